@@ -1,0 +1,47 @@
+# Every target runs from the repository root; the virtual environment is created (or refreshed
+# when requirements.txt changes) on first use, so a fresh clone needs nothing installed by hand.
+
+PYTHON_BOOT ?= $(shell command -v python3.11 || command -v python3)
+VENV        := .venv
+PY          := $(VENV)/bin/python
+STAMP       := $(VENV)/.installed
+
+# No import may reach the network: albumentations' version check and the Hugging Face hub stay off.
+export NO_ALBUMENTATIONS_UPDATE := 1
+export HF_HUB_OFFLINE := 1
+export PYTHONDONTWRITEBYTECODE := 1
+
+.DEFAULT_GOAL := help
+.PHONY: help venv test test-all fixup lint bench clean
+
+help:  ## list the targets
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(STAMP): requirements.txt
+	@test -x $(PY) || $(PYTHON_BOOT) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	@touch $(STAMP)
+
+venv: $(STAMP)  ## create or refresh .venv from requirements.txt
+
+test: $(STAMP)  ## run the test suite (slow tests excluded)
+	$(PY) -m pytest
+
+test-all: $(STAMP)  ## run every test, slow ones included
+	$(PY) -m pytest -m ""
+
+fixup: $(STAMP)  ## format and lint with ruff, fixing what it can
+	$(PY) -m ruff format .
+	$(PY) -m ruff check --fix .
+
+lint: $(STAMP)  ## check formatting and lint without changing files
+	$(PY) -m ruff format --check .
+	$(PY) -m ruff check .
+
+bench: $(STAMP)  ## run the benchmarks; figures go to benchmarks/results.json
+	$(PY) -m benchmarks.run
+
+clean:  ## remove caches (keeps .venv, data, models)
+	find . -name __pycache__ -type d -prune -not -path './.venv/*' -exec rm -rf {} +
+	rm -rf .pytest_cache .ruff_cache .hypothesis

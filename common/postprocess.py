@@ -1,0 +1,98 @@
+"""Triplet binarisation of probability maps (top score threshold, minimum area, bottom threshold).
+
+Probability maps are 2-D (H, W), or batches (N, H, W), either float in [0, 1] or uint8 quantised
+probabilities ``q`` (probability ``q / 255``). Thresholds are always on the 0..1 scale: a float
+pixel ``p`` passes ``t`` when ``p > t``; a quantised pixel passes when ``q / 255 > t`` (computed
+in float64), that is when ``q >= quantised_cutoff(t)``.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+PROB_SCALE = 255  # uint8 quantisation: probability = q / PROB_SCALE
+_LEVELS = np.arange(PROB_SCALE + 1, dtype=np.float64) / PROB_SCALE
+
+
+def quantise(prob) -> np.ndarray:
+    """Float probabilities in [0, 1] to uint8 ``round(p * 255)``."""
+    prob = np.asarray(prob, dtype=np.float32)
+    return np.rint(np.clip(prob, 0.0, 1.0) * PROB_SCALE).astype(np.uint8)
+
+
+def quantised_cutoff(threshold: float) -> int:
+    """The smallest uint8 level ``q`` with ``q / 255 > threshold`` (256 when none passes)."""
+    return int(np.searchsorted(_LEVELS, float(threshold), side="right"))
+
+
+def binarize(prob, threshold: float) -> np.ndarray:
+    """uint8 0/1 mask of the pixels whose probability is above ``threshold`` (0..1 scale)."""
+    prob = np.asarray(prob)
+    if prob.dtype == np.uint8:
+        cutoff = quantised_cutoff(threshold)
+        return (prob >= cutoff).view(np.uint8) if cutoff <= PROB_SCALE else np.zeros_like(prob)
+    if not np.issubdtype(prob.dtype, np.floating):
+        raise ValueError(f"probability maps must be float in [0, 1] or uint8, got {prob.dtype}")
+    return (prob > threshold).view(np.uint8)
+
+
+def remove_small_components(mask, min_size: int, connectivity: int = 8) -> np.ndarray:
+    """Drop the connected components of a 2-D mask smaller than ``min_size`` pixels."""
+    mask = np.ascontiguousarray(np.asarray(mask) != 0, dtype=np.uint8)
+    if min_size <= 1 or not mask.any():
+        return mask
+    _, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=connectivity)
+    keep = stats[:, cv2.CC_STAT_AREA] >= min_size
+    keep[0] = False  # label 0 is the background
+    return keep[labels].view(np.uint8)
+
+
+def triplet(
+    prob, top: float, min_area: int, bottom: float, *, min_component: int = 0
+) -> np.ndarray:
+    """Triplet post-processing of one (H, W) map.
+
+    The map is kept only if at least ``min_area`` pixels are above ``top``; the mask is then the
+    pixels above ``bottom``. ``min_component`` > 0 also removes connected components smaller than
+    that many pixels (8-connectivity) from the final mask.
+    """
+    prob = np.asarray(prob)
+    if prob.ndim != 2:
+        raise ValueError(f"triplet takes one (H, W) map, got shape {prob.shape}; use triplet_batch")
+    if int(binarize(prob, top).sum()) < min_area:
+        return np.zeros(prob.shape, dtype=np.uint8)
+    mask = binarize(prob, bottom)
+    if min_component > 0:
+        mask = remove_small_components(mask, min_component)
+    return mask
+
+
+def triplet_batch(
+    probs, top: float, min_area: int, bottom: float, *, min_component: int = 0
+) -> np.ndarray:
+    """Triplet post-processing of each map of an (N, H, W) batch, uint8 0/1 (N, H, W)."""
+    probs = np.asarray(probs)
+    if probs.ndim != 3:
+        raise ValueError(f"triplet_batch takes (N, H, W) maps, got shape {probs.shape}")
+    out = np.empty(probs.shape, dtype=np.uint8)
+    for i, prob in enumerate(probs):
+        out[i] = triplet(prob, top, min_area, bottom, min_component=min_component)
+    return out
+
+
+def two_stage(
+    prob, cls_score: float, cls_threshold: float, seg_threshold: float, min_area: int
+) -> np.ndarray:
+    """Two-stage post-processing of one (H, W) map with its image's classification score.
+
+    The mask is the pixels above ``seg_threshold``, kept only when ``cls_score > cls_threshold``
+    and the mask has at least ``min_area`` pixels.
+    """
+    prob = np.asarray(prob)
+    if prob.ndim != 2:
+        raise ValueError(f"two_stage takes one (H, W) map, got shape {prob.shape}")
+    mask = binarize(prob, seg_threshold)
+    if not cls_score > cls_threshold or int(mask.sum()) < min_area:
+        return np.zeros(prob.shape, dtype=np.uint8)
+    return mask
