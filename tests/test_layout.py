@@ -1,0 +1,33 @@
+"""Project-wide rules that are cheap to check: common/ never imports competitions/."""
+
+from __future__ import annotations
+
+import ast
+
+from tests.conftest import REPO
+
+
+def test_common_does_not_import_competitions():
+    for path in (REPO / "common").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            assert not any(n.split(".")[0] == "competitions" for n in names), path
+
+
+def test_atomic_write_leaves_nothing_on_failure(tmp_path):
+    from common.atomic import atomic_path, write_text_atomic
+
+    target = tmp_path / "out.txt"
+    write_text_atomic(target, "old")
+    try:
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("killed")
+    except RuntimeError:
+        pass
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
