@@ -53,7 +53,7 @@ def test_real_siim_ids_and_areas():
 
 
 def test_duplicate_ids_are_refused():
-    with pytest.raises(ValueError, match="'b' appears more than once.*merge"):
+    with pytest.raises(ValueError, match=r"'b' appears more than once.*merge"):
         make_folds(["a", "b", "b", "c", "d"], [0, 1, 2, 0, 0], n_folds=2)
 
 
@@ -74,11 +74,11 @@ def test_csv_round_trip_and_validation(tmp_path):
     write_folds(folds, tmp_path / "folds.csv")
     pd.testing.assert_frame_equal(read_folds(tmp_path / "folds.csv"), folds)
     (tmp_path / "dup.csv").write_text("ImageId,fold\na,0\na,1\n")
-    with pytest.raises(ValueError, match="dup.csv: image id 'a' is in more than one row"):
+    with pytest.raises(ValueError, match=r"dup.csv: image id 'a' is in more than one row"):
         read_folds(tmp_path / "dup.csv")
     (tmp_path / "cols.csv").write_text("id,fold\na,0\n")
     with pytest.raises(ValueError, match=r"cols.csv: missing column\(s\) \['ImageId'\]"):
         read_folds(tmp_path / "cols.csv")
     (tmp_path / "neg.csv").write_text("ImageId,fold\na,-1\n")
-    with pytest.raises(ValueError, match="neg.csv: fold must be"):
+    with pytest.raises(ValueError, match=r"neg.csv: fold must be"):
         read_folds(tmp_path / "neg.csv")
