@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import itertools
 import os
+from collections import deque
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numba
@@ -32,21 +34,22 @@ _LANES = 4  # interleaved sub-histograms: consecutive equal pixels do not wait o
 
 @numba.njit(cache=True, nogil=True)
 def _histograms(prob, truth):
-    """Counts of each uint8 level over all pixels and over the truth pixels of flat arrays."""
-    lanes = np.zeros((2 * _LANES, PROB_SCALE + 1), dtype=np.int64)
+    """Counts of each uint8 level over all pixels and over the truth pixels of flat arrays.
+
+    One 512-bin histogram indexed by ``q + 256 * is_true`` costs one increment per pixel;
+    interleaved lanes keep runs of equal pixels from waiting on a single counter.
+    """
+    bins = PROB_SCALE + 1
+    lanes = np.zeros((_LANES, 2 * bins), dtype=np.int32)
     n = prob.size
     body = n - n % _LANES
     for i in range(0, body, _LANES):
         for lane in range(_LANES):
-            q = prob[i + lane]
-            lanes[lane, q] += 1
-            if truth[i + lane]:
-                lanes[_LANES + lane, q] += 1
+            lanes[lane, prob[i + lane] + (bins if truth[i + lane] else 0)] += 1
     for i in range(body, n):
-        lanes[0, prob[i]] += 1
-        if truth[i]:
-            lanes[_LANES, prob[i]] += 1
-    return lanes[:_LANES].sum(axis=0), lanes[_LANES:].sum(axis=0)
+        lanes[0, prob[i] + (bins if truth[i] else 0)] += 1
+    both = lanes.astype(np.int64).sum(axis=0)
+    return both[:bins] + both[bins:], both[bins:]
 
 
 @dataclass(frozen=True)
@@ -69,30 +72,46 @@ class ImageStats:
         return self.above[:, k], self.above_true[:, k]
 
 
+def _reduce_one(index: int, prob, truth) -> tuple[np.ndarray, np.ndarray]:
+    prob = np.asarray(prob)
+    truth = np.asarray(truth)
+    if prob.dtype != np.uint8:
+        raise ValueError(f"map {index}: expected uint8 quantised probabilities, got {prob.dtype}")
+    if prob.shape != truth.shape or prob.ndim != 2:
+        raise ValueError(
+            f"map {index}: map shape {prob.shape} and truth shape {truth.shape} differ"
+        )
+    if truth.dtype != np.uint8 and truth.dtype != np.bool_:
+        truth = truth != 0
+    hist, hist_true = _histograms(np.ravel(prob), np.ravel(truth.view(np.uint8)))
+    above = np.zeros((2, PROB_SCALE + 2), dtype=np.int64)
+    above[0, :-1] = np.cumsum(hist[::-1])[::-1]
+    above[1, :-1] = np.cumsum(hist_true[::-1])[::-1]
+    return above[0], above[1]
+
+
 def reduce_maps(
-    prob_maps: Iterable, truth_masks: Iterable, *, progress: bool = False
+    prob_maps: Iterable, truth_masks: Iterable, *, progress: bool = False, workers: int = 2
 ) -> ImageStats:
-    """Read each (map, truth) pair once; maps are uint8 quantised, truths binary (non-zero = 1)."""
-    above, above_true = [], []
-    pairs = zip(prob_maps, truth_masks, strict=True)
-    for i, (prob, truth) in enumerate(tqdm(pairs, desc="threshold search", disable=not progress)):
-        prob = np.asarray(prob)
-        truth = np.asarray(truth)
-        if prob.dtype != np.uint8:
-            raise ValueError(f"map {i}: expected uint8 quantised probabilities, got {prob.dtype}")
-        if prob.shape != truth.shape or prob.ndim != 2:
-            raise ValueError(
-                f"map {i}: map shape {prob.shape} and truth shape {truth.shape} differ"
-            )
-        if truth.dtype != np.uint8 and truth.dtype != np.bool_:
-            truth = truth != 0
-        hist, hist_true = _histograms(np.ravel(prob), np.ravel(truth.view(np.uint8)))
-        above.append(np.concatenate([np.cumsum(hist[::-1])[::-1], [0]]))
-        above_true.append(np.concatenate([np.cumsum(hist_true[::-1])[::-1], [0]]))
-    if not above:
+    """Read each (map, truth) pair once; maps are uint8 quantised, truths binary (non-zero = 1).
+
+    Pairs are reduced on ``workers`` threads (the kernel releases the GIL) with at most
+    ``2 * workers`` pairs in flight, so memory does not grow with the number of maps.
+    """
+    rows = []
+    pairs = enumerate(zip(prob_maps, truth_masks, strict=True))
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        pending: deque = deque()
+        for index, (prob, truth) in tqdm(pairs, desc="threshold search", disable=not progress):
+            pending.append(pool.submit(_reduce_one, index, prob, truth))
+            del prob, truth
+            if len(pending) >= 2 * max(1, workers):
+                rows.append(pending.popleft().result())
+        rows.extend(future.result() for future in pending)
+    if not rows:
         raise ValueError("threshold search needs at least one map")
-    above = np.stack(above)
-    above_true = np.stack(above_true)
+    above = np.stack([r[0] for r in rows])
+    above_true = np.stack([r[1] for r in rows])
     return ImageStats(above=above, above_true=above_true, n_true=above_true[:, 0])
 
 
@@ -160,13 +179,14 @@ def search_triplets(
     bottoms=None,
     *,
     progress: bool = False,
+    workers: int = 2,
 ) -> SearchResult:
     """Grid search of (top, min_area, bottom) triplets; see ``postprocess.triplet``.
 
     Defaults: top and bottom 0.05..0.95 in 0.05 steps, min areas from ``default_min_areas``
     at the maps' own size (19 x 19 x 16 = 5,776 points at 1024x1024).
     """
-    stats = reduce_maps(prob_maps, truth_masks, progress=progress)
+    stats = reduce_maps(prob_maps, truth_masks, progress=progress, workers=workers)
     return search_triplets_from_stats(stats, tops, min_areas, bottoms)
 
 
@@ -191,6 +211,7 @@ def search_two_stage(
     min_areas=None,
     *,
     progress: bool = False,
+    workers: int = 2,
 ) -> SearchResult:
     """Grid search of (cls_threshold, seg_threshold, min_area) for a two-stage model.
 
@@ -198,7 +219,7 @@ def search_two_stage(
     least ``min_area`` pixels are above ``seg_threshold``; the mask is then those pixels (see
     ``postprocess.two_stage``).
     """
-    stats = reduce_maps(prob_maps, truth_masks, progress=progress)
+    stats = reduce_maps(prob_maps, truth_masks, progress=progress, workers=workers)
     scores = np.asarray(cls_scores, dtype=np.float64).ravel()
     if len(scores) != len(stats.n_true):
         raise ValueError(f"{len(scores)} classification scores for {len(stats.n_true)} maps")

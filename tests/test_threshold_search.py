@@ -85,7 +85,7 @@ def test_maps_are_streamed_one_at_a_time():
             yield copy
             del copy
             gc.collect()
-            assert sum(ref() is not None for ref in alive) <= 2
+            assert sum(ref() is not None for ref in alive) <= 6  # bounded in-flight window
 
     search_triplets(stream(), iter(truths), [0.5], [0], [0.5])
 

@@ -1,0 +1,1 @@
+"""Performance benchmarks: each prints ratios against a baseline run in the same process."""

@@ -1,0 +1,14 @@
+"""Run every benchmark in turn (``make bench``); figures are merged into benchmarks/results.json."""
+
+from __future__ import annotations
+
+from benchmarks import bench_metrics, bench_rle, bench_threshold_search
+
+
+def main() -> None:
+    for bench in (bench_rle, bench_metrics, bench_threshold_search):
+        bench.main()
+
+
+if __name__ == "__main__":
+    main()
