@@ -25,7 +25,7 @@ def main() -> None:
     pred = np.zeros((N, SIZE, SIZE), np.uint8)
     for i in range(N):
         if i % 4:  # about a quarter empty, as in SIIM
-            cy, cx, r = rng.integers(200, 800, 2).tolist() + [int(rng.integers(10, 150))]
+            (cy, cx), r = rng.integers(200, 800, 2).tolist(), int(rng.integers(10, 150))
             truth[i] = (yy - cy) ** 2 + (xx - cx) ** 2 < r * r
             pred[i] = (yy - cy - 5) ** 2 + (xx - cx + 3) ** 2 < (r * 1.1) ** 2
     np.testing.assert_allclose(dice_per_image(pred, truth), numpy_dice(pred, truth))
