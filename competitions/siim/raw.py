@@ -1,0 +1,95 @@
+"""Readers for the SIIM files as Kaggle ships them.
+
+CSV quirks handled (all seen in the real files): a UTF-8 byte-order mark, CRLF line ends, no
+header (Kaggle's sample), the header ``ImageId, EncodedPixels`` with a space, values with a
+leading space (`` -1``), ``-1`` for an empty mask, and an ImageId repeated on several rows (one
+row per annotation; the masks are merged by OR). DICOMs are found recursively by ImageId = stem.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from common.paths import check_id
+from common.rle import SIIM_EMPTY, siim_rle_decode
+
+RLE_COLUMNS = ("ImageId", "EncodedPixels")
+
+
+def read_rle_csv(path: str | os.PathLike) -> pd.DataFrame:
+    """One row per annotation: ImageId, EncodedPixels (stripped; ``-1`` when empty) and the
+    1-based ``line`` of the file it came from, for error messages."""
+    path = Path(path)
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except FileNotFoundError:
+        raise ValueError(f"{path}: file not found") from None
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+    rows = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        fields = [field.strip() for field in line.split(",")]
+        if number == 1 and fields[0] == "ImageId":
+            if fields[1:] != ["EncodedPixels"]:
+                raise ValueError(f"{path}: header {line!r}, expected 'ImageId,EncodedPixels'")
+            continue
+        where = f"{path}, line {number}"
+        if len(fields) != 2:
+            raise ValueError(
+                f"{where}: expected 2 fields (ImageId, EncodedPixels), got {len(fields)}"
+            )
+        image_id, encoded = fields
+        check_id(image_id, where)
+        if not encoded:
+            raise ValueError(
+                f"{where}: EncodedPixels is empty; an empty mask is written {SIIM_EMPTY!r}"
+            )
+        rows.append((image_id, encoded, number))
+    if not rows:
+        raise ValueError(f"{path}: no data rows")
+    return pd.DataFrame(rows, columns=[*RLE_COLUMNS, "line"])
+
+
+def merged_masks(
+    annotations: pd.DataFrame, shape=(1024, 1024), source: str = ""
+) -> dict[str, np.ndarray]:
+    """ImageId -> uint8 mask, the OR of all that image's annotations; errors name the line."""
+    return {
+        image_id: merged_mask_rows(
+            zip(group["EncodedPixels"], group["line"], strict=True), shape, source
+        )
+        for image_id, group in annotations.groupby("ImageId", sort=False)
+    }
+
+
+def merged_mask_rows(rows, shape=(1024, 1024), source: str = "") -> np.ndarray:
+    """The OR of the decoded (EncodedPixels, line) rows of one image."""
+    mask = np.zeros(shape, dtype=np.uint8)
+    for encoded, line in rows:
+        try:
+            mask |= siim_rle_decode(encoded, shape)
+        except ValueError as error:
+            raise ValueError(f"{source}, line {line}: {error}") from None
+    return mask
+
+
+def find_dicoms(folder: str | os.PathLike) -> dict[str, Path]:
+    """ImageId (file stem) -> path of every ``*.dcm`` below ``folder``, searched recursively."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError(f"{folder}: DICOM folder not found")
+    found: dict[str, Path] = {}
+    for path in sorted(folder.rglob("*.dcm")):
+        image_id = check_id(path.stem, str(path))
+        if image_id in found:
+            raise ValueError(
+                f"ImageId {image_id!r} has two DICOM files: {found[image_id]} and {path}"
+            )
+        found[image_id] = path
+    return found
