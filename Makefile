@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE := 1
 export PYTHONDONTWRITEBYTECODE := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help venv test test-all fixup lint bench clean
+.PHONY: help venv test test-all fixup lint bench clean siim-synthetic
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -41,6 +41,9 @@ lint: $(STAMP)  ## check formatting and lint without changing files
 
 bench: $(STAMP)  ## run the benchmarks; figures go to benchmarks/results.json
 	$(PY) -m benchmarks.run
+
+siim-synthetic: $(STAMP)  ## write the embedded synthetic SIIM set to data/siim/synthetic (SIZE=256)
+	$(PY) -m competitions.siim.synthetic --out data/siim/synthetic --size $(or $(SIZE),256)
 
 clean:  ## remove caches (keeps .venv, data, models)
 	find . -name __pycache__ -type d -prune -not -path './.venv/*' -exec rm -rf {} +
