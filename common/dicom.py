@@ -25,6 +25,7 @@ import cv2
 import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
+from pydicom.multival import MultiValue
 from pydicom.pixels import apply_modality_lut
 
 PERCENTILES = (0.5, 99.5)  # scaling range for deep images that carry no window
@@ -36,7 +37,7 @@ def read_dicom(path: str | os.PathLike) -> np.ndarray:
     Raises ``ValueError`` naming the file and the reason for a missing, truncated or non-DICOM
     file, or pixel data that cannot be decoded.
     """
-    dataset = read_header(path, pixels=True)
+    dataset = _read_dataset(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # e.g. SIIM stage-2 "Invalid value for VR UI"
@@ -50,16 +51,15 @@ def read_dicom(path: str | os.PathLike) -> np.ndarray:
     return to_uint8(pixels, dataset, path)
 
 
-def read_header(path: str | os.PathLike, *, pixels: bool = False) -> pydicom.Dataset:
-    """The dataset of a DICOM file (without pixel data unless ``pixels``); ``ValueError`` if
-    the file is missing or is not DICOM."""
+def _read_dataset(path: str | os.PathLike) -> pydicom.Dataset:
+    """The dataset of a DICOM file; ``ValueError`` if the file is missing or is not DICOM."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{path}: DICOM file not found")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return pydicom.dcmread(path, stop_before_pixels=not pixels)
+            return pydicom.dcmread(path)
     except InvalidDicomError:
         raise ValueError(f"{path}: not a DICOM file (no DICM preamble)") from None
     except Exception as error:
@@ -105,8 +105,8 @@ def _window(dataset: pydicom.Dataset) -> tuple[float, float] | None:
     width = dataset.get("WindowWidth")
     if center is None or width is None:
         return None
-    center = float(center[0] if isinstance(center, pydicom.multival.MultiValue) else center)
-    width = float(width[0] if isinstance(width, pydicom.multival.MultiValue) else width)
+    center = float(center[0] if isinstance(center, MultiValue) else center)
+    width = float(width[0] if isinstance(width, MultiValue) else width)
     return (center, width) if width > 0 else None
 
 

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import re
-from pathlib import Path
 
 _SAFE_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
 
@@ -19,8 +17,3 @@ def check_id(image_id: str, where: str = "") -> str:
             "(letters, digits, '.', '_', '-'; no path separators, no leading '.')"
         )
     return image_id
-
-
-def id_path(folder: str | os.PathLike, image_id: str, suffix: str) -> Path:
-    """``folder / (image_id + suffix)`` for a checked id."""
-    return Path(folder) / f"{check_id(image_id)}{suffix}"

@@ -13,7 +13,7 @@ Images look enough like chest X-rays to make the task non-trivial: two dark lung
 vessel texture, rib arcs, a bright mediastinum and heart, exposure and contrast that vary, noise.
 A pneumothorax is a smooth region along a lung's outer edge where the lung markings vanish and the
 field is darker (air), bounded by a thin bright pleural line; sizes go from under 0.1% of the
-image to about 8%.
+image to over 10%.
 
     python -m competitions.siim.synthetic [--size 256] [--n-train 600] [--n-test 120] [--seed 0]
 """
