@@ -56,6 +56,15 @@ class SyntheticSpec:
     n_test: int = 120
     seed: int = 0
 
+    def __post_init__(self):
+        # Below 64 px the lung fields and the smallest pneumothoraces no longer fit.
+        for name, minimum in (("size", 64), ("n_train", 1), ("n_test", 1), ("seed", 0)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < minimum:
+                raise ValueError(
+                    f"synthetic dataset: {name} must be an integer >= {minimum}, got {value!r}"
+                )
+
 
 @dataclass(frozen=True)
 class _Case:
@@ -253,7 +262,12 @@ def main(argv=None) -> None:
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--jobs", type=int, default=2)
     args = parser.parse_args(argv)
-    spec = SyntheticSpec(size=args.size, n_train=args.n_train, n_test=args.n_test, seed=args.seed)
+    try:
+        spec = SyntheticSpec(
+            size=args.size, n_train=args.n_train, n_test=args.n_test, seed=args.seed
+        )
+    except ValueError as error:
+        parser.error(str(error))
     print(f"SIIM: writing the synthetic dataset ({spec}) to {args.out}")
     generate(args.out, spec, n_jobs=args.jobs)
 

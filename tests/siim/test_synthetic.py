@@ -101,3 +101,11 @@ def test_pneumothorax_sizes_range_from_tiny_to_large():
         assert case.annotations
         sizes.append(np.logical_or.reduce(case.annotations).mean())
     assert min(sizes) < 0.001 and max(sizes) > 0.04
+
+
+@pytest.mark.parametrize(
+    ("field", "value"), [("size", 0), ("size", 32), ("n_train", 0), ("n_test", -1), ("seed", -3)]
+)
+def test_bad_spec_is_refused(field, value):
+    with pytest.raises(ValueError, match=f"synthetic dataset: {field} must be an integer"):
+        SyntheticSpec(**{field: value})
