@@ -12,10 +12,10 @@ export HF_HUB_OFFLINE := 1
 export PYTHONDONTWRITEBYTECODE := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help venv test test-all fixup lint bench clean siim-synthetic
+.PHONY: help venv test test-all fixup lint bench clean siim-synthetic siim-prepare
 
 help:  ## list the targets
-	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
 
 $(STAMP): requirements.txt
 	@test -x $(PY) || $(PYTHON_BOOT) -m venv $(VENV)
@@ -44,6 +44,9 @@ bench: $(STAMP)  ## run the benchmarks; figures go to benchmarks/results.json
 
 siim-synthetic: $(STAMP)  ## write the embedded synthetic SIIM set to data/siim/synthetic (SIZE=256)
 	$(PY) -m competitions.siim.synthetic --out data/siim/synthetic --size $(or $(SIZE),256)
+
+siim-prepare: $(STAMP)  ## decode raw (or synthetic) SIIM to data/siim/prepared/SIZE + folds.csv; SKIP_BAD=1
+	$(PY) -m competitions.siim.prepare --size $(or $(SIZE),256) $(if $(SKIP_BAD),--skip-bad)
 
 clean:  ## remove caches (keeps .venv, data, models)
 	find . -name __pycache__ -type d -prune -not -path './.venv/*' -exec rm -rf {} +

@@ -37,7 +37,27 @@ def read_dicom(path: str | os.PathLike) -> np.ndarray:
     Raises ``ValueError`` naming the file and the reason for a missing, truncated or non-DICOM
     file, or pixel data that cannot be decoded.
     """
+    return read_dicom_with_tags(path, ())[0]
+
+
+def read_dicom_with_tags(
+    path: str | os.PathLike, keywords: tuple[str, ...]
+) -> tuple[np.ndarray, dict[str, str]]:
+    """``read_dicom``'s image plus the named tags as stripped strings ("" when absent)."""
     dataset = _read_dataset(path)
+    tags = {keyword: _tag_text(dataset.get(keyword)) for keyword in keywords}
+    return _decode(dataset, path), tags
+
+
+def _tag_text(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, MultiValue):
+        return "\\".join(str(item).strip() for item in value)
+    return str(value).strip()
+
+
+def _decode(dataset: pydicom.Dataset, path: str | os.PathLike) -> np.ndarray:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # e.g. SIIM stage-2 "Invalid value for VR UI"

@@ -1,0 +1,111 @@
+"""Where the SIIM inputs are: the Kaggle download in either stage's layout, or the synthetic set.
+
+Stage 1: ``dicom-images-train/<study>/<series>/<ImageId>.dcm``, ``dicom-images-test/...``,
+``train-rle.csv`` (and, in the synthetic set, ``sample_submission.csv``).
+Stage 2: the stage-1 folders plus a flat folder of ``ID_*.dcm`` test files (any name),
+``stage_2_train.csv`` (stage-1 train and test labels) and ``stage_2_sample_submission.csv``.
+
+DICOMs are found anywhere below the root by ImageId = file stem. Training ids are the ids of the
+training CSV; test ids are those of the sample submission, or, with none, the DICOMs under
+``dicom-images-test``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from competitions.siim.raw import find_dicoms, read_rle_csv
+from competitions.siim.synthetic import SyntheticSpec, generate
+
+TRAIN_CSVS = ("stage_2_train.csv", "train-rle.csv")  # first found wins: stage 2 extends stage 1
+SAMPLE_CSVS = ("stage_2_sample_submission.csv", "sample_submission.csv")
+STAGE1_TEST_FOLDER = "dicom-images-test"
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """Everything the prepare stage reads, resolved to files."""
+
+    root: Path
+    synthetic: bool
+    train_csv: Path
+    annotations: pd.DataFrame  # one row per annotation: ImageId, EncodedPixels, line
+    test_ids: tuple[str, ...]
+    dicoms: dict[str, Path]  # ImageId -> file, every DICOM below root
+
+    @property
+    def train_ids(self) -> list[str]:
+        return list(dict.fromkeys(self.annotations["ImageId"]))
+
+    def unlabelled(self) -> list[str]:
+        """DICOMs that are neither in the training CSV nor test images."""
+        known = set(self.annotations["ImageId"]) | set(self.test_ids)
+        return sorted(set(self.dicoms) - known)
+
+
+def banner(lines: list[str]) -> str:
+    width = max(len(line) for line in lines)
+    rule = "=" * (width + 4)
+    return "\n".join([rule, *(f"= {line:<{width}} =" for line in lines), rule])
+
+
+def has_competition_data(raw: str | os.PathLike) -> bool:
+    raw = Path(raw)
+    return raw.is_dir() and any((raw / name).is_file() for name in TRAIN_CSVS)
+
+
+def resolve_inputs(
+    raw: str | os.PathLike,
+    synthetic: str | os.PathLike,
+    spec: SyntheticSpec | None = None,
+    *,
+    n_jobs: int = 2,
+    log=print,
+) -> Inputs:
+    """The real download at ``raw`` when it holds a training CSV; otherwise the synthetic set at
+    ``synthetic`` (generated from ``spec``, default ``SyntheticSpec()``, if needed), announced loudly through ``log``."""
+    raw = Path(raw)
+    spec = spec or SyntheticSpec()
+    if has_competition_data(raw):
+        return read_inputs(raw, synthetic=False)
+    if raw.exists() and any(raw.iterdir()):
+        raise ValueError(
+            f"{raw} exists but holds none of {', '.join(TRAIN_CSVS)}: put the Kaggle download "
+            "there as downloaded, or remove the folder to use the synthetic set"
+        )
+    log(
+        banner(
+            [
+                f"No competition data in {raw}/: using the embedded SYNTHETIC SIIM set",
+                f"({spec.n_train} train + {spec.n_test} test images at {spec.size}x{spec.size}, "
+                f"seed {spec.seed}) in {synthetic}/.",
+                "Scores on it say the pipeline works; they are not Kaggle scores.",
+            ]
+        )
+    )
+    generate(synthetic, spec, n_jobs=n_jobs)
+    return read_inputs(Path(synthetic), synthetic=True)
+
+
+def read_inputs(root: Path, *, synthetic: bool) -> Inputs:
+    train_csv = next(root / name for name in TRAIN_CSVS if (root / name).is_file())
+    annotations = read_rle_csv(train_csv)
+    dicoms = find_dicoms(root)
+    sample = next((root / name for name in SAMPLE_CSVS if (root / name).is_file()), None)
+    if sample is not None:
+        test_ids = tuple(dict.fromkeys(read_rle_csv(sample)["ImageId"]))
+    elif (root / STAGE1_TEST_FOLDER).is_dir():
+        test_ids = tuple(find_dicoms(root / STAGE1_TEST_FOLDER))
+    else:
+        test_ids = ()
+    overlap = set(test_ids) & set(annotations["ImageId"])
+    if overlap:
+        raise ValueError(
+            f"{len(overlap)} image id(s) are both training ({train_csv.name}) and test images, "
+            f"e.g. {sorted(overlap)[0]!r}"
+        )
+    return Inputs(root, synthetic, train_csv, annotations, test_ids, dicoms)
