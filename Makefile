@@ -11,8 +11,11 @@ export NO_ALBUMENTATIONS_UPDATE := 1
 export HF_HUB_OFFLINE := 1
 export PYTHONDONTWRITEBYTECODE := 1
 
+CONFIG ?= competitions/siim/configs/unet_resnet18_cpu.yaml
+FOLDS  ?= 0,1,2,3,4
+
 .DEFAULT_GOAL := help
-.PHONY: help venv test test-all fixup lint bench clean siim-synthetic siim-prepare
+.PHONY: help venv test test-all fixup lint bench clean siim-synthetic siim-prepare siim-fold0 siim-folds
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -45,8 +48,14 @@ bench: $(STAMP)  ## run the benchmarks; figures go to benchmarks/results.json
 siim-synthetic: $(STAMP)  ## write the embedded synthetic SIIM set to data/siim/synthetic (SIZE=256)
 	$(PY) -m competitions.siim.synthetic --out data/siim/synthetic --size $(or $(SIZE),256)
 
-siim-prepare: $(STAMP)  ## decode raw (or synthetic) SIIM to data/siim/prepared/SIZE + folds.csv; SKIP_BAD=1
-	$(PY) -m competitions.siim.prepare --size $(or $(SIZE),256) $(if $(SKIP_BAD),--skip-bad)
+siim-prepare: $(STAMP)  ## decode raw (or synthetic) SIIM at the CONFIG's size + folds.csv; SKIP_BAD=1
+	$(PY) -m competitions.siim.prepare --config $(CONFIG) $(if $(SIZE),--size $(SIZE)) $(if $(SKIP_BAD),--skip-bad)
+
+siim-fold0: siim-prepare  ## prepare, train fold 0 of CONFIG, predict its OOF maps, search thresholds
+	$(PY) -m competitions.siim.train --config $(CONFIG) --folds 0 $(ARGS)
+
+siim-folds: siim-prepare  ## the same for every fold in FOLDS (default 0,1,2,3,4)
+	$(PY) -m competitions.siim.train --config $(CONFIG) --folds $(FOLDS) $(ARGS)
 
 clean:  ## remove caches (keeps .venv, data, models)
 	find . -name __pycache__ -type d -prune -not -path './.venv/*' -exec rm -rf {} +

@@ -51,3 +51,49 @@ def search_heatmap(result, path: str | os.PathLike) -> None:
         + f"; all empty {result.empty_dice:.4f}"
     )
     _save(fig, path)
+
+
+def training_curves(log, path: str | os.PathLike) -> None:
+    """Losses (left) and validation metrics (right) per epoch, from the trainer's log frame."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.2))
+    for column in [c for c in log.columns if c.endswith("loss")]:
+        left.plot(log["epoch"], log[column], marker="o", label=column)
+    left.set_xlabel("epoch")
+    left.set_title("loss")
+    left.legend(fontsize=8)
+    metrics = [c for c in ("dice_05", "dice_triplet", "empty_dice", "auc", "accuracy") if c in log]
+    for column in metrics:
+        style = "--" if column == "empty_dice" else "-"
+        right.plot(log["epoch"], log[column], style, marker="o", label=column)
+    right.set_xlabel("epoch")
+    right.set_title("validation")
+    if metrics:
+        right.legend(fontsize=8)
+    _save(fig, path)
+
+
+def mask_overlays(panels, path: str | os.PathLike, columns: int = 4) -> None:
+    """A grid of images with their truth (green) and prediction (red) outlines.
+
+    ``panels``: (title, image uint8 (H, W), truth {0,1} or None, prediction {0,1}) tuples."""
+    import cv2
+
+    panels = list(panels)
+    if not panels:
+        return
+    rows = -(-len(panels) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.4 * rows), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, (title, image, truth, pred) in zip(axes.ravel(), panels, strict=False):
+        rgb = cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
+        for mask, colour in ((truth, (0, 255, 0)), (pred, (255, 40, 40))):
+            if mask is not None and mask.any():
+                contours, _ = cv2.findContours(
+                    mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE
+                )
+                cv2.drawContours(rgb, contours, -1, colour, max(1, image.shape[0] // 256))
+        ax.imshow(rgb)
+        ax.set_title(title, fontsize=8)
+    fig.suptitle("truth: green, prediction: red", fontsize=10)
+    _save(fig, path)

@@ -98,8 +98,16 @@ def reduce_maps(
     Pairs are reduced on ``workers`` threads (the kernel releases the GIL) with at most
     ``2 * workers`` pairs in flight, so memory does not grow with the number of maps.
     """
+    return reduce_pairs(
+        zip(prob_maps, truth_masks, strict=True), progress=progress, workers=workers
+    )
+
+
+def reduce_pairs(pairs: Iterable, *, progress: bool = False, workers: int = 2) -> ImageStats:
+    """As ``reduce_maps``, on one iterable of (map, truth) pairs (e.g. a model's predictions
+    as they are made)."""
     rows = []
-    pairs = enumerate(zip(prob_maps, truth_masks, strict=True))
+    pairs = enumerate(pairs)
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         pending: deque = deque()
         for index, (prob, truth) in tqdm(pairs, desc="threshold search", disable=not progress):

@@ -31,3 +31,14 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
         pass
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
+
+
+def test_atomic_files_get_the_usual_permissions(tmp_path):
+    import os
+
+    from common.atomic import write_text_atomic
+
+    write_text_atomic(tmp_path / "x.txt", "hi")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (tmp_path / "x.txt").stat().st_mode & 0o777 == 0o666 & ~mask

@@ -31,6 +31,7 @@ from joblib import Parallel, delayed
 from tqdm import tqdm
 
 from common.atomic import atomic_path
+from common.config import load_config
 from common.dicom import read_dicom_with_tags
 from common.folds import make_folds, read_folds, write_folds
 from common.images import resize_image, resize_mask, write_png
@@ -204,7 +205,10 @@ def ensure_folds(train: pd.DataFrame, path: str | os.PathLike, n_folds: int, see
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size", type=int, default=256, help="training image side in pixels")
+    parser.add_argument("--size", type=int, default=None, help="image side (default 256)")
+    parser.add_argument(
+        "--config", help="take the size and the output paths from an experiment's data section"
+    )
     parser.add_argument("--raw", default="data/siim/raw", help="the Kaggle download")
     parser.add_argument("--synthetic", default="data/siim/synthetic", help="used without raw")
     defaults = SyntheticSpec()
@@ -221,6 +225,11 @@ def main(argv=None) -> None:
     )
     args = parser.parse_args(argv)
     try:
+        if args.config:
+            data = load_config(args.config).data
+            args.size = args.size or data.size
+            args.out, args.folds = data.prepared, data.folds
+        args.size = args.size or 256
         spec = SyntheticSpec(
             size=args.synthetic_size, n_train=args.synthetic_train, n_test=args.synthetic_test
         )

@@ -1,0 +1,191 @@
+"""Training data: a dataset over prepared PNGs, albumentations pipelines from JSON, and samplers
+whose share of non-empty images follows a schedule.
+
+Tensor conventions: ``image`` is float32 (C, H, W), normalised per channel with ``mean``/``std``
+on the 0..1 scale (the grey image is repeated over ``in_channels``); ``mask`` is float32
+(1, H, W) in {0, 1}; ``label`` is float32 (1,), 1 when the (augmented) mask is non-empty.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import albumentations as A
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from common.images import read_mask, read_png
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def load_transforms(path: str | os.PathLike, size: int) -> A.Compose:
+    """An albumentations 2.x pipeline saved as JSON (``A.save`` format). A transform whose
+    ``size`` is ``null`` gets the training size (``size`` x ``size``), so one file serves every
+    resolution."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"{path}: transforms file not found") from None
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: not valid JSON: {error}") from None
+    _fill_size(data.get("transform", {}), size)
+    try:
+        pipeline = A.from_dict(data)
+    except Exception as error:  # albumentations raises several types for a bad spec
+        raise ValueError(f"{path}: not an albumentations pipeline: {error}") from None
+    if not isinstance(pipeline, A.Compose):
+        raise ValueError(f"{path}: the top-level transform must be a Compose")
+    return pipeline
+
+
+def _fill_size(node: dict, size: int) -> None:
+    if "size" in node and node["size"] is None:
+        node["size"] = [size, size]
+    for child in node.get("transforms", []):
+        _fill_size(child, size)
+
+
+def seed_worker(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: reseed numpy, random and the dataset's albumentations
+    pipeline from the worker's torch seed, which differs per worker and per epoch. Without it,
+    forked workers replay the parent's augmentation stream (albumentations 2.x keeps its own
+    generator, copied into every worker)."""
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)  # noqa: NPY002 (third-party code may draw from the legacy global RNG)
+    random.seed(seed)
+    info = torch.utils.data.get_worker_info()
+    transform = getattr(info.dataset, "transform", None) if info else None
+    if transform is not None:
+        transform.set_random_seed(seed)
+
+
+class SegmentationDataset(Dataset):
+    """Images (and masks, when ``mask_dir`` is given) named ``<id>.png`` in prepared folders."""
+
+    def __init__(
+        self,
+        ids: Sequence[str],
+        image_dir: str | os.PathLike,
+        mask_dir: str | os.PathLike | None = None,
+        *,
+        size: int,
+        transform: Callable | None = None,
+        in_channels: int = 3,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+    ):
+        self.ids = list(ids)
+        self.image_dir = Path(image_dir)
+        self.mask_dir = Path(mask_dir) if mask_dir is not None else None
+        self.size = size
+        self.transform = transform
+        self.in_channels = in_channels
+        self.mean = np.asarray(mean, np.float32)[:in_channels].reshape(-1, 1, 1)
+        self.std = np.asarray(std, np.float32)[:in_channels].reshape(-1, 1, 1)
+        if len(self.mean) != in_channels or len(self.std) != in_channels:
+            raise ValueError(f"mean and std need {in_channels} values, one per input channel")
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index: int) -> dict:
+        image_id = self.ids[index]
+        shape = (self.size, self.size)
+        image = read_png(self.image_dir / f"{image_id}.png", shape)
+        mask = None
+        if self.mask_dir is not None:
+            mask = read_mask(self.mask_dir / f"{image_id}.png", shape)
+        if self.transform is not None:
+            out = self.transform(image=image, **({"mask": mask} if mask is not None else {}))
+            image, mask = out["image"], out.get("mask")
+        item = {"image": torch.from_numpy(self._normalise(image)), "index": index}
+        if mask is not None:
+            mask = np.ascontiguousarray(mask, dtype=np.float32)[None]
+            item["mask"] = torch.from_numpy(mask)
+            item["label"] = torch.tensor([float(mask.any())])
+        return item
+
+    def _normalise(self, image: np.ndarray) -> np.ndarray:
+        if image.ndim == 3:  # a transform may hand back (H, W, 1)
+            image = image[..., 0]
+        scaled = image.astype(np.float32) / 255.0
+        stacked = np.broadcast_to(scaled, (self.in_channels, *scaled.shape))
+        return np.ascontiguousarray((stacked - self.mean) / self.std, dtype=np.float32)
+
+
+def linear_rate(start: float, end: float, epochs: int) -> Callable[[int], float]:
+    """Non-empty rate going linearly from ``start`` (epoch 0) to ``end`` (last epoch)."""
+    return lambda epoch: start + (end - start) * min(epoch, epochs - 1) / max(epochs - 1, 1)
+
+
+class NonEmptyRateSampler(Sampler[int]):
+    """Each epoch draws ``epoch_size`` indices of which a share ``rate(epoch)`` are non-empty
+    images (drawn without replacement while they last), shuffled; ``rate=None`` is a plain
+    shuffle of every index. Deterministic from ``seed`` and the epoch (call ``set_epoch``).
+
+    With ``num_replicas`` > 1 (DDP) each rank takes an interleaved, disjoint share of the same
+    epoch order, padded to equal length, so the global rate follows the schedule.
+    """
+
+    def __init__(
+        self,
+        has_mask: Sequence[bool],
+        rate: Callable[[int], float] | None = None,
+        *,
+        epoch_size: int = 0,
+        seed: int = 0,
+        num_replicas: int = 1,
+        rank: int = 0,
+    ):
+        self.has_mask = np.asarray(has_mask, dtype=bool)
+        self.positives = np.flatnonzero(self.has_mask)
+        self.negatives = np.flatnonzero(~self.has_mask)
+        self.rate = rate
+        self.epoch_size = epoch_size or len(self.has_mask)
+        self.seed = seed
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.epoch = 0
+        if rate is not None and (len(self.positives) == 0 or len(self.negatives) == 0):
+            raise ValueError("a non-empty sample rate needs both empty and non-empty images")
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def epoch_indices(self) -> np.ndarray:
+        """The whole epoch's order (every rank), before the split across replicas."""
+        rng = np.random.default_rng([self.seed, self.epoch])
+        if self.rate is None:
+            return _draw(rng, np.arange(len(self.has_mask)), self.epoch_size)
+        rate = float(np.clip(self.rate(self.epoch), 0.0, 1.0))
+        n_pos = round(rate * self.epoch_size)
+        picked = np.concatenate(
+            [_draw(rng, self.positives, n_pos), _draw(rng, self.negatives, self.epoch_size - n_pos)]
+        )
+        return rng.permutation(picked)
+
+    def __iter__(self):
+        indices = self.epoch_indices()
+        per_rank = -(-len(indices) // self.num_replicas)
+        padded = np.resize(indices, per_rank * self.num_replicas)
+        return iter(padded[self.rank :: self.num_replicas].tolist())
+
+    def __len__(self) -> int:
+        return -(-self.epoch_size // self.num_replicas)
+
+
+def _draw(rng: np.random.Generator, pool: np.ndarray, n: int) -> np.ndarray:
+    """``n`` items of ``pool``: whole shuffled passes, then a partial one without repeats."""
+    if n <= 0:
+        return pool[:0]
+    full, rest = divmod(n, len(pool))
+    parts = [rng.permutation(pool) for _ in range(full)] + [rng.permutation(pool)[:rest]]
+    return np.concatenate(parts)

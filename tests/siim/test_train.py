@@ -1,0 +1,113 @@
+"""SIIM training entry point on a tiny synthetic set: segmentation, classification, multi-part
+runs, the files each writes, and config errors."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from common.config import load_config
+from competitions.siim.layout import read_inputs
+from competitions.siim.prepare import ensure_folds, prepare
+from competitions.siim.synthetic import SyntheticSpec, generate
+from competitions.siim.train import main, run_fold
+from tests.conftest import REPO
+
+BASE = REPO / "competitions" / "siim" / "configs" / "base.yaml"
+TINY = [
+    "data.size=64",
+    "data.batch_size=4",
+    "data.val_batch_size=8",
+    "data.num_workers=0",
+    "train.epochs=2",
+    "train.max_steps=2",
+    "predict.overlays=4",
+]
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("siim_train")
+    synthetic = generate(root / "synthetic", SyntheticSpec(size=64, n_train=40, n_test=4), n_jobs=1)
+    prepare(read_inputs(synthetic, synthetic=True), root / "prepared" / "64", 64, n_jobs=1)
+    train = pd.read_csv(root / "prepared" / "64" / "train.csv", dtype={"ImageId": str})
+    ensure_folds(train, root / "folds.csv", n_folds=4, seed=0)
+    return root
+
+
+def _config(workspace, tmp_path, *extra):
+    paths = [
+        f"data.prepared={workspace / 'prepared'}",
+        f"data.folds={workspace / 'folds.csv'}",
+        f"output={tmp_path / 'models'}",
+        "name=tiny",
+    ]
+    return load_config(BASE, [*paths, *TINY, *extra])
+
+
+def test_segmentation_fold_writes_every_file(workspace, tmp_path):
+    config = _config(workspace, tmp_path, "model.cls_head=true", "loss.cls_weight=0.1")
+    metrics = run_fold(config, 1, log=lambda _: None)
+    fold = tmp_path / "models" / "tiny" / "fold1"
+    expected = {"config.yaml", "checkpoints", "final.pt", "log.csv", "curves.png", "oof"}
+    assert expected | {"search.csv", "search.png", "overlays.png", "metrics.json"} <= {
+        p.name for p in fold.iterdir()
+    }
+    assert json.loads((fold / "metrics.json").read_text()) == metrics
+    assert {"oof_dice", "empty_dice", "dice_at_0.5", "best_triplet", "wall_seconds"} <= set(metrics)
+    assert metrics["oof_dice"] >= metrics["empty_dice"] - 1e-12  # the grid contains "all empty"
+    val = pd.read_csv(workspace / "folds.csv").query("fold == 1")
+    assert sorted(p.stem for p in (fold / "oof").iterdir()) == sorted(val["ImageId"])
+    saved = yaml.safe_load((fold / "config.yaml").read_text())
+    assert saved == config.to_dict()
+    assert torch.load(fold / "final.pt", weights_only=True)["config"] == config.to_dict()
+
+
+def test_classification_fold(workspace, tmp_path):
+    config = _config(
+        workspace, tmp_path, "model.task=classification", "loss.cls_weight=1.0", "train.monitor=auc"
+    )
+    metrics = run_fold(config, 0, log=lambda _: None)
+    oof = pd.read_csv(tmp_path / "models" / "tiny" / "fold0" / "oof.csv")
+    assert list(oof.columns) == ["ImageId", "prob", "has_mask"] and oof["prob"].between(0, 1).all()
+    assert 0 <= metrics["auc"] <= 1 and "oof_dice" not in metrics
+
+
+def test_multi_part_run_chains_weights(workspace, tmp_path):
+    parts = (
+        "train.parts=[{train: {epochs: 1}}, "
+        "{optim: {lr: 0.0001}, data: {sample_rate: {kind: fixed, start: 0.5}}}]"
+    )
+    run_fold(_config(workspace, tmp_path, parts), 0, log=lambda _: None)
+    fold = tmp_path / "models" / "tiny" / "fold0"
+    first = load_config(fold / "part0" / "config.yaml", schema=load_config(BASE).to_dict())
+    second = yaml.safe_load((fold / "part1" / "config.yaml").read_text())
+    assert first.train.epochs == 1 and second["optim"]["lr"] == 0.0001
+    assert second["model"]["weights"] == str(fold / "part0" / "final.pt")
+    final = torch.load(fold / "final.pt", weights_only=True)["model"]
+    last = torch.load(fold / "part1" / "final.pt", weights_only=True)["model"]
+    assert all(torch.equal(final[k], last[k]) for k in final)
+
+
+def test_config_errors_exit_with_one_clear_line(workspace, tmp_path, capsys):
+    with pytest.raises(SystemExit, match=r"unknown key 'train\.epoch'; valid keys here: "):
+        main(["--config", str(BASE), "train.epoch=3"])
+    with pytest.raises(SystemExit, match=r"train\.csv not found: run `make siim-prepare"):
+        main(["--config", str(BASE), f"data.prepared={tmp_path}"])
+    bad_part = "train.parts=[{train: {epoks: 1}}]"
+    with pytest.raises(SystemExit, match=r"train\.parts\[0\]: unknown key 'train\.epoks'"):
+        main(
+            [
+                "--config",
+                str(BASE),
+                *TINY,
+                f"data.prepared={workspace / 'prepared'}",
+                f"data.folds={workspace / 'folds.csv'}",
+                f"output={tmp_path}",
+                bad_part,
+            ]
+        )

@@ -1,0 +1,134 @@
+"""common.data: JSON pipelines, per-worker and per-epoch augmentation seeds, non-empty samplers."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from common.data import (
+    NonEmptyRateSampler,
+    SegmentationDataset,
+    linear_rate,
+    load_transforms,
+    seed_worker,
+)
+from common.images import write_png
+from tests.conftest import REPO
+
+TRANSFORMS = REPO / "competitions" / "siim" / "transforms"
+
+
+@pytest.fixture
+def prepared(tmp_path):
+    rng = np.random.default_rng(0)
+    for name in ("a", "b"):
+        write_png(tmp_path / "images" / f"{name}.png", rng.integers(0, 256, (64, 64), np.uint8))
+        mask = np.zeros((64, 64), np.uint8)
+        mask[10:30, 5:20] = 255 if name == "a" else 0
+        write_png(tmp_path / "masks" / f"{name}.png", mask)
+    return tmp_path
+
+
+@pytest.mark.parametrize("name", ["light", "heavy"])
+def test_pipelines_load_at_any_size(prepared, name):
+    for size in (64, 96):
+        pipeline = load_transforms(TRANSFORMS / f"{name}.json", size)
+        out = pipeline(
+            image=np.zeros((size, size), np.uint8), mask=np.zeros((size, size), np.uint8)
+        )
+        assert out["image"].shape[:2] == (size, size) and out["mask"].shape == (size, size)
+
+
+def test_bad_pipeline_files(tmp_path):
+    with pytest.raises(ValueError, match="not found"):
+        load_transforms(tmp_path / "absent.json", 64)
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        load_transforms(tmp_path / "bad.json", 64)
+    spec = {"transform": {"__class_fullname__": "NoSuchTransform", "p": 1.0}}
+    (tmp_path / "unknown.json").write_text(json.dumps(spec))
+    with pytest.raises(ValueError, match="not an albumentations pipeline"):
+        load_transforms(tmp_path / "unknown.json", 64)
+
+
+def test_dataset_tensors(prepared):
+    dataset = SegmentationDataset(["a", "b"], prepared / "images", prepared / "masks", size=64)
+    item = dataset[0]
+    assert item["image"].shape == (3, 64, 64) and item["image"].dtype == torch.float32
+    assert item["mask"].shape == (1, 64, 64) and float(item["mask"].sum()) == 20 * 15
+    assert float(item["label"]) == 1.0 and float(dataset[1]["label"]) == 0.0
+    single = SegmentationDataset(["a"], prepared / "images", size=64, in_channels=1)
+    assert single[0]["image"].shape == (1, 64, 64) and "mask" not in single[0]
+    with pytest.raises(ValueError, match=r"expected \(32, 32\)"):
+        SegmentationDataset(["a"], prepared / "images", size=32)[0]
+
+
+def _epochs(prepared, worker_init_fn, epochs=2):
+    """Images of the same input picture, per epoch, as seen through 2 forked workers."""
+    transform = load_transforms(TRANSFORMS / "light.json", 64)
+    dataset = SegmentationDataset(["a"] * 8, prepared / "images", size=64, transform=transform)
+    loader = DataLoader(
+        dataset,
+        batch_size=1,
+        num_workers=2,
+        worker_init_fn=worker_init_fn,
+        generator=torch.Generator().manual_seed(0),
+        multiprocessing_context="fork",
+    )
+    return [[batch["image"][0].numpy() for batch in loader] for _ in range(epochs)]
+
+
+def _same(xs, ys) -> int:
+    return sum(np.array_equal(x, y) for x, y in zip(xs, ys, strict=True))
+
+
+def test_workers_and_epochs_see_different_augmentations(prepared):
+    first, second = _epochs(prepared, seed_worker)
+    # batches alternate between the workers; each step of the pipeline fires with p = 0.5, so an
+    # identical pair happens by chance (1 in 8 or less), a replayed stream makes all 4 identical
+    assert _same(first[0::2], first[1::2]) <= 1
+    assert _same(first, second) <= 2
+
+
+def test_without_reseeding_the_albumentations_pitfall_shows(prepared):
+    """Evidence that the test above can fail: forked workers replay the parent's stream."""
+    first, second = _epochs(prepared, None)
+    assert _same(first[0::2], first[1::2]) == 4 and _same(first, second) == 8
+
+
+def test_sampler_rate_schedule_and_determinism():
+    has_mask = np.r_[np.ones(30, bool), np.zeros(170, bool)]
+    rate = linear_rate(0.8, 0.2, epochs=4)
+    sampler = NonEmptyRateSampler(has_mask, rate, epoch_size=100, seed=1)
+    for epoch, expected in enumerate([0.8, 0.6, 0.4, 0.2]):
+        sampler.set_epoch(epoch)
+        indices = list(sampler)
+        assert len(indices) == len(sampler) == 100
+        assert has_mask[indices].mean() == pytest.approx(expected)
+        assert len(set(np.asarray(indices)[has_mask[indices]])) == min(30, round(100 * expected))
+    sampler.set_epoch(1)
+    again = NonEmptyRateSampler(has_mask, rate, epoch_size=100, seed=1)
+    again.set_epoch(1)
+    assert list(sampler) == list(again)
+
+
+def test_plain_shuffle_covers_every_index_once():
+    sampler = NonEmptyRateSampler(np.zeros(37, bool))
+    assert sorted(sampler) == list(range(37))
+    with pytest.raises(ValueError, match="both empty and non-empty"):
+        NonEmptyRateSampler(np.zeros(10, bool), lambda epoch: 0.5)
+
+
+def test_replicas_split_an_epoch_disjointly():
+    has_mask = np.r_[np.ones(20, bool), np.zeros(80, bool)]
+    shards = []
+    for rank in range(3):
+        sampler = NonEmptyRateSampler(has_mask, epoch_size=99, seed=2, num_replicas=3, rank=rank)
+        sampler.set_epoch(5)
+        shards.append(list(sampler))
+    assert [len(s) for s in shards] == [33, 33, 33]
+    assert sorted(i for shard in shards for i in shard) == sorted(sampler.epoch_indices().tolist())
