@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
-from benchmarks import bench_metrics, bench_prepare, bench_rle, bench_threshold_search
+from benchmarks import (
+    bench_metrics,
+    bench_prepare,
+    bench_rle,
+    bench_threshold_search,
+    bench_trainer,
+)
 
 
 def main() -> None:
-    for bench in (bench_rle, bench_metrics, bench_threshold_search, bench_prepare):
+    for bench in (bench_rle, bench_metrics, bench_threshold_search, bench_prepare, bench_trainer):
         bench.main()
 
 

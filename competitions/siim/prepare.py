@@ -225,11 +225,13 @@ def main(argv=None) -> None:
     )
     args = parser.parse_args(argv)
     try:
+        sizes = [args.size] if args.size else [256]
         if args.config:
-            data = load_config(args.config).data
-            args.size = args.size or data.size
-            args.out, args.folds = data.prepared, data.folds
-        args.size = args.size or 256
+            config = load_config(args.config)
+            args.out, args.folds = config.data.prepared, config.data.folds
+            if not args.size:  # every size the experiment trains at, parts included
+                part_sizes = [p.get("data", {}).get("size") for p in config.train.parts]
+                sizes = sorted({config.data.size, *filter(None, part_sizes)})
         spec = SyntheticSpec(
             size=args.synthetic_size, n_train=args.synthetic_train, n_test=args.synthetic_test
         )
@@ -237,15 +239,16 @@ def main(argv=None) -> None:
         unlabelled = inputs.unlabelled()
         if unlabelled:
             print(f"note: {len(unlabelled)} DICOM(s) are in neither CSV; ignored")
-        out = Path(args.out) / str(args.size)
-        counts = prepare(inputs, out, args.size, n_jobs=args.jobs, skip_bad=args.skip_bad)
-        if counts["bad"]:
-            print(_report(pd.read_csv(out / "bad_ids.csv").values.tolist()), file=sys.stderr)
-            print(f"--skip-bad: left {counts['bad']} image(s) out", file=sys.stderr)
-        print(
-            f"prepared {counts['train']} train + {counts['test']} test images in {out} "
-            f"({counts['done']} decoded, {counts['cached']} unchanged)"
-        )
+        for size in sizes:
+            out = Path(args.out) / str(size)
+            counts = prepare(inputs, out, size, n_jobs=args.jobs, skip_bad=args.skip_bad)
+            if counts["bad"]:
+                print(_report(pd.read_csv(out / "bad_ids.csv").values.tolist()), file=sys.stderr)
+                print(f"--skip-bad: left {counts['bad']} image(s) out", file=sys.stderr)
+            print(
+                f"prepared {counts['train']} train + {counts['test']} test images in {out} "
+                f"({counts['done']} decoded, {counts['cached']} unchanged)"
+            )
         train = pd.read_csv(out / "train.csv", dtype={"ImageId": str})
         print(ensure_folds(train, args.folds, args.n_folds, args.fold_seed))
     except ValueError as error:

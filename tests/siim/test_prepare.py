@@ -162,3 +162,17 @@ def test_real_stage2_layout(tmp_path):
     image = read_png(tmp_path / "out" / "images" / f"{test_ids[0]}.png", (256, 256))
     native = read_dicom(stage2_dir / f"{test_ids[0]}.dcm")
     assert abs(float(image.mean()) - float(native.mean())) < 1.0
+
+
+def test_config_prepares_every_part_size(synthetic, tmp_path, capsys):
+    base = Path(__file__).resolve().parents[2] / "competitions" / "siim" / "configs" / "base.yaml"
+    config = tmp_path / "exp.yaml"
+    config.write_text(
+        f"base: {base}\ndata: {{size: 48, prepared: {tmp_path / 'p'}, folds: {tmp_path / 'f.csv'}}}\n"
+        "train: {parts: [{}, {data: {size: 64}}]}\n"
+    )
+    spec = ["--synthetic-size", "64", "--synthetic-train", "30", "--synthetic-test", "6"]
+    paths = ["--raw", str(tmp_path / "absent"), "--synthetic", str(synthetic)]
+    main([*spec, *paths, "--config", str(config), "--jobs", "1"])
+    assert (tmp_path / "p" / "48" / "train.csv").is_file()
+    assert (tmp_path / "p" / "64" / "train.csv").is_file() and (tmp_path / "f.csv").is_file()
