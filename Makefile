@@ -13,6 +13,10 @@ export PYTHONDONTWRITEBYTECODE := 1
 
 CONFIG ?= competitions/siim/configs/unet_resnet18_cpu.yaml
 FOLDS  ?= 0,1,2,3,4
+# GPUS=N trains with DistributedDataParallel on N processes (torchrun); RESUME=1 continues a
+# killed run from its last finished epoch.
+LAUNCH := $(if $(GPUS),$(PY) -m torch.distributed.run --standalone --nproc_per_node=$(GPUS),$(PY))
+SIIM_TRAIN = $(LAUNCH) -m competitions.siim.train --config $(CONFIG) $(if $(RESUME),--resume)
 
 .DEFAULT_GOAL := help
 .PHONY: help venv test test-all fixup lint bench clean siim-synthetic siim-prepare siim-fold0 siim-folds
@@ -51,11 +55,11 @@ siim-synthetic: $(STAMP)  ## write the embedded synthetic SIIM set to data/siim/
 siim-prepare: $(STAMP)  ## decode raw (or synthetic) SIIM at the CONFIG's size + folds.csv; SKIP_BAD=1
 	$(PY) -m competitions.siim.prepare --config $(CONFIG) $(if $(SIZE),--size $(SIZE)) $(if $(SKIP_BAD),--skip-bad)
 
-siim-fold0: siim-prepare  ## prepare, train fold 0 of CONFIG, predict its OOF maps, search thresholds
-	$(PY) -m competitions.siim.train --config $(CONFIG) --folds 0 $(ARGS)
+siim-fold0: siim-prepare  ## prepare, train fold 0 of CONFIG, OOF maps, threshold search; GPUS=N, RESUME=1
+	$(SIIM_TRAIN) --folds 0 $(ARGS)
 
 siim-folds: siim-prepare  ## the same for every fold in FOLDS (default 0,1,2,3,4)
-	$(PY) -m competitions.siim.train --config $(CONFIG) --folds $(FOLDS) $(ARGS)
+	$(SIIM_TRAIN) --folds $(FOLDS) $(ARGS)
 
 clean:  ## remove caches (keeps .venv, data, models)
 	find . -name __pycache__ -type d -prune -not -path './.venv/*' -exec rm -rf {} +

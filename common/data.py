@@ -67,6 +67,18 @@ def seed_worker(worker_id: int) -> None:
         transform.set_random_seed(seed)
 
 
+def reseed_main_process(loader) -> None:
+    """With ``num_workers=0`` the pipeline runs in this process and ``seed_worker`` never runs:
+    reseed it at each epoch from the loader's generator instead, so that a run (and a resumed
+    run, which restores that generator) draws the same augmentations every time."""
+    transform = getattr(getattr(loader, "dataset", None), "transform", None)
+    if getattr(loader, "num_workers", 1) != 0 or transform is None:
+        return
+    generator = getattr(loader, "generator", None)
+    seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+    transform.set_random_seed(seed)
+
+
 class SegmentationDataset(Dataset):
     """Images (and masks, when ``mask_dir`` is given) named ``<id>.png`` in prepared folders."""
 

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from common.postprocess import quantise
-from common.threshold_search import reduce_pairs, search_triplets_from_stats
+from common.threshold_search import ImageStats, reduce_pairs, search_triplets_from_stats
 
 TTA_NAMES = ("none", "hflip", "vflip")
 
@@ -104,8 +104,27 @@ def evaluate(
     predicted empty). With labels: ``auc`` and ``accuracy`` of the classification output.
     Always ``val_loss``.
     """
+    part = collect_validation(
+        model, loader, loss, device=device, amp=amp, channels_last=channels_last
+    )
+    return validation_metrics([part])
+
+
+@torch.no_grad()
+def collect_validation(
+    model: nn.Module,
+    loader,
+    loss: nn.Module,
+    *,
+    device: torch.device,
+    amp: str = "none",
+    channels_last: bool = False,
+) -> dict:
+    """What ``validation_metrics`` needs from one shard of the validation set: per-image
+    histogram rows, per-batch losses and sizes, classification scores and labels. Small (a few
+    KB per image), so DDP ranks can gather them."""
     model.eval()
-    losses, sizes, scores, labels = [], [], [], []
+    part: dict = {"loss_sums": [], "sizes": [], "scores": [], "labels": []}
 
     def mask_pairs():
         for batch in loader:
@@ -113,11 +132,12 @@ def evaluate(
                 model, batch["image"], device=device, amp=amp, channels_last=channels_last
             )
             targets = {k: batch[k].to(device) for k in ("mask", "label") if k in batch}
-            losses.append(float(loss(out, targets)[0]))
-            sizes.append(len(batch["image"]))
+            size = len(batch["image"])
+            part["loss_sums"].append(float(loss(out, targets)[0]) * size)
+            part["sizes"].append(size)
             if "label" in out:
-                scores.extend(torch.sigmoid(out["label"].float())[:, 0].tolist())
-                labels.extend(batch["label"][:, 0].tolist())
+                part["scores"].extend(torch.sigmoid(out["label"].float())[:, 0].tolist())
+                part["labels"].extend(batch["label"][:, 0].tolist())
             if "mask" in out:
                 probs = torch.sigmoid(out["mask"].float())[:, 0].cpu().numpy()
                 truths = batch["mask"][:, 0].numpy().astype(np.uint8)
@@ -125,15 +145,31 @@ def evaluate(
 
     pairs = mask_pairs()
     first = next(pairs, None)  # runs the loader until the first mask (or to the end)
-    metrics: dict[str, float] = {}
     if first is not None:
         stats = reduce_pairs(itertools.chain([first], pairs), workers=1)
-        metrics["dice_05"] = search_triplets_from_stats(stats, [0.5], [0], [0.5]).best["dice"]
+        part["above"], part["above_true"] = stats.above, stats.above_true
+    return part
+
+
+def validation_metrics(parts: list[dict]) -> dict[str, float]:
+    """Metrics over the union of ``collect_validation`` shards (one per DDP rank)."""
+    metrics: dict[str, float] = {}
+    with_maps = [p for p in parts if "above" in p]
+    if with_maps:
+        above = np.concatenate([p["above"] for p in with_maps])
+        above_true = np.concatenate([p["above_true"] for p in with_maps])
+        stats = ImageStats(above=above, above_true=above_true, n_true=above_true[:, 0])
+        at_half = search_triplets_from_stats(stats, [0.5], [0], [0.5]).best["dice"]
         grid = search_triplets_from_stats(stats)
-        metrics |= {"dice_triplet": grid.best["dice"], "empty_dice": grid.empty_dice}
+        metrics |= {"dice_05": float(at_half), "dice_triplet": float(grid.best["dice"])}
+        metrics["empty_dice"] = float(grid.empty_dice)
+    scores = [s for p in parts for s in p["scores"]]
+    labels = [label for p in parts for label in p["labels"]]
     if scores:
         metrics |= {"auc": roc_auc(labels, scores), "accuracy": _accuracy(labels, scores)}
-    metrics["val_loss"] = float(np.average(losses, weights=sizes)) if losses else float("nan")
+    total = sum(sum(p["sizes"]) for p in parts)
+    loss_sum = sum(sum(p["loss_sums"]) for p in parts)
+    metrics["val_loss"] = loss_sum / total if total else float("nan")
     return metrics
 
 

@@ -1,12 +1,19 @@
 """The train loop: AMP, gradient accumulation and clipping, EMA, channels_last, validation every
-epoch, top-k checkpoints averaged into the final weights, early stopping, a CSV log and curves.
+epoch, top-k checkpoints averaged into the final weights, early stopping, resume, DDP.
 
-Files written into ``out`` (all atomically):
+Files written into ``out`` (all atomically, by rank 0 only):
 
     checkpoints/epoch<NNN>.pt   the top-k epochs by ``monitor``: {"model", "config", "epoch",
-                                "score", "metrics"}; loaded with ``torch.load(weights_only=True)``
-    final.pt                    the mean of the top-k weights (same format, epoch = -1)
-    log.csv, curves.png         one row per epoch: losses, metrics, learning rates, time
+                                "score", "metrics"}
+    last.pt                     everything a resume needs, rewritten after every epoch: model,
+                                optimiser, scheduler, scaler, EMA, top-k list, history, early-stop
+                                counters and the random states (the sampler is a function of the
+                                seed and the epoch, so the epoch number restores its position)
+    final.pt                    the mean of the top-k weights (epoch = -1)
+    log.csv, curves.png         one row per epoch: losses, metrics, learning rates, speed
+
+A run killed at any point resumes (``fit(resume=True)``) from the end of the last finished epoch,
+and finishes with the same top-k list and final weights as an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -22,13 +29,24 @@ from pathlib import Path
 import pandas as pd
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from common import distributed
 from common.atomic import atomic_path
-from common.inference import autocast, evaluate
+from common.checkpoints import (
+    average_state_dicts,
+    load_checkpoint,
+    random_states,
+    restore_random_states,
+    save_checkpoint,
+)
+from common.data import reseed_main_process
+from common.inference import autocast, collect_validation, validation_metrics
 from common.optim import Stepper
 
 AMP_MODES = ("none", "fp16", "bf16")
+LAST = "last.pt"
 
 
 @dataclass
@@ -43,6 +61,7 @@ class Settings:
     early_stop: int = 0  # epochs without improvement before stopping; 0 = off
     monitor: str = "dice_triplet"  # validation metric to maximise (val_loss is minimised)
     max_steps: int = 0  # cap on batches per epoch (smoke tests); 0 = all
+    sync_bn: bool = False  # SyncBatchNorm under DDP with NCCL
 
     def __post_init__(self):
         if self.amp not in AMP_MODES:
@@ -71,34 +90,6 @@ class EMA:
                 shadow.copy_(value)
 
 
-def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-
-
-def load_checkpoint(path: str | os.PathLike) -> dict:
-    """A checkpoint written by ``save_checkpoint``; ``ValueError`` naming the file otherwise."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise ValueError(f"{path}: checkpoint not found") from None
-    except Exception as error:
-        raise ValueError(f"{path}: not a readable checkpoint: {error}") from None
-
-
-def average_state_dicts(states: list[dict]) -> dict:
-    """The element-wise mean of floating-point tensors; other tensors from the first state."""
-    if not states:
-        raise ValueError("no checkpoints to average")
-    mean = {}
-    for key, first in states[0].items():
-        if first.dtype.is_floating_point:
-            mean[key] = sum(s[key].double() for s in states).div(len(states)).to(first.dtype)
-        else:
-            mean[key] = first.clone()
-    return mean
-
-
 class Trainer:
     def __init__(
         self,
@@ -115,25 +106,29 @@ class Trainer:
         device: torch.device,
         log: Callable[[str], None] = print,
     ):
-        self.model, self.loss, self.optimiser, self.stepper = model, loss, optimiser, stepper
+        self.loss, self.optimiser, self.stepper = loss, optimiser, stepper
         self.train_loader, self.val_loader = train_loader, val_loader
-        self.settings, self.out, self.config, self.device, self.log = (
-            settings,
-            Path(out),
-            config,
-            device,
-            log,
-        )
+        self.settings, self.out, self.config, self.device = settings, Path(out), config, device
+        self.log = log if distributed.is_main() else (lambda _: None)
         self.amp = settings.amp if device.type == "cuda" else "none"
         if settings.amp != "none" and self.amp == "none":
-            log(f"note: train.amp={settings.amp} needs CUDA; training in float32 on {device}")
+            self.log(f"note: train.amp={settings.amp} needs CUDA; training in float32 on {device}")
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp == "fp16")
+        if settings.sync_bn and distributed.active():
+            if distributed.backend() != "nccl":
+                raise ValueError("train.sync_bn needs the NCCL backend (DDP on GPUs)")
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         memory = torch.channels_last if settings.channels_last else torch.preserve_format
-        self.model.to(device=device, memory_format=memory)
+        self.model = model.to(device=device, memory_format=memory)  # the bare module
+        self.net: nn.Module = self.model
+        if distributed.active():
+            ids = [device.index] if device.type == "cuda" else None
+            self.net = DistributedDataParallel(self.model, device_ids=ids)
         self.loss.to(device)
         self.ema = EMA(self.model, settings.ema) if settings.ema > 0 else None
         self.top: list[tuple[float, int, Path]] = []  # (score, epoch, path), best first
         self.history: list[dict] = []
+        self.best, self.stale = -math.inf, 0
 
     @property
     def eval_model(self) -> nn.Module:
@@ -143,17 +138,19 @@ class Trainer:
         return -1.0 if self.settings.monitor == "val_loss" else 1.0
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
-        self.model.train()
+        self.net.train()
         sampler = getattr(self.train_loader, "sampler", None)
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)
+        reseed_main_process(self.train_loader)
         steps = len(self.train_loader)
         if self.settings.max_steps:
             steps = min(steps, self.settings.max_steps)
         totals: dict[str, float] = {}
         seen = 0
         self.optimiser.zero_grad(set_to_none=True)
-        bar = tqdm(total=steps, desc=f"epoch {epoch}", unit="batch", leave=False, disable=None)
+        show = None if distributed.is_main() else True
+        bar = tqdm(total=steps, desc=f"epoch {epoch}", unit="batch", leave=False, disable=show)
         for step, batch in enumerate(self.train_loader):
             if step >= steps:
                 break
@@ -162,7 +159,7 @@ class Trainer:
             if self.settings.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with autocast(self.device, self.amp):
-                outputs = self.model(x)
+                outputs = self.net(x)
             loss, parts = self.loss(outputs, batch)
             if not torch.isfinite(loss):
                 raise FloatingPointError(
@@ -170,8 +167,7 @@ class Trainer:
                     "stopping, the checkpoints written so far are intact"
                 )
             self.scaler.scale(loss / self.settings.accumulate).backward()
-            last = step + 1 == steps
-            if (step + 1) % self.settings.accumulate == 0 or last:
+            if (step + 1) % self.settings.accumulate == 0 or step + 1 == steps:
                 self._optimiser_step()
             n = len(x)
             seen += n
@@ -180,7 +176,8 @@ class Trainer:
             bar.set_postfix(loss=f"{totals['loss'] / seen:.4f}")
             bar.update()
         bar.close()
-        return {f"train_{k}": v / max(seen, 1) for k, v in totals.items()} | {"images": seen}
+        means = distributed.mean({f"train_{k}": v / max(seen, 1) for k, v in totals.items()})
+        return means | {"images": seen * distributed.world_size()}
 
     def _optimiser_step(self) -> None:
         if self.settings.clip_grad > 0:
@@ -194,7 +191,8 @@ class Trainer:
             self.ema.update(self.model)
 
     def validate(self) -> dict[str, float]:
-        return evaluate(
+        """Metrics over the whole validation set; under DDP each rank scores its shard."""
+        part = collect_validation(
             self.eval_model,
             self.val_loader,
             self.loss,
@@ -202,40 +200,18 @@ class Trainer:
             amp=self.amp,
             channels_last=self.settings.channels_last,
         )
+        return validation_metrics(distributed.gather(part))
 
-    def fit(self) -> dict:
-        """Train every epoch, keep the top-k, write ``final.pt``; returns a summary."""
-        (self.out / "checkpoints").mkdir(parents=True, exist_ok=True)
-        best, stale = -math.inf, 0
+    def fit(self, resume: bool = False) -> dict:
+        """Train every epoch (from ``last.pt`` when resuming), keep the top-k, write
+        ``final.pt``; returns a summary."""
+        if distributed.is_main():
+            (self.out / "checkpoints").mkdir(parents=True, exist_ok=True)
+        start_epoch = self._resume() if resume else 0
         start = time.perf_counter()
-        for epoch in range(self.settings.epochs):
-            began = time.perf_counter()
-            lrs = {
-                f"lr_{g.get('name', i)}": g["lr"] for i, g in enumerate(self.optimiser.param_groups)
-            }
-            row = {"epoch": epoch, **self.train_epoch(epoch), **lrs}
-            train_time = time.perf_counter() - began
-            metrics = self.validate()
-            if self.settings.monitor not in metrics:
-                raise ValueError(
-                    f"train.monitor {self.settings.monitor!r} is not a validation metric; "
-                    f"valid: {', '.join(sorted(metrics))}"
-                )
-            score = metrics[self.settings.monitor]
-            self.stepper.after_epoch(score * self._sign())
-            row |= metrics | {"seconds": time.perf_counter() - began}
-            row["images_per_s"] = row["images"] / train_time
-            self.history.append(row)
-            self._keep_top_k(epoch, score, metrics)
-            self._write_log()
-            self.log(_summary(row, self.settings.monitor))
-            if score * self._sign() > best:
-                best, stale = score * self._sign(), 0
-            else:
-                stale += 1
-                if self.settings.early_stop and stale >= self.settings.early_stop:
-                    self.log(f"early stop: no better {self.settings.monitor} for {stale} epochs")
-                    break
+        for epoch in range(start_epoch, self.settings.epochs):
+            if self._run_epoch(epoch):
+                break
         final = self.write_final()
         return {
             "top_k": [(epoch, score) for score, epoch, _ in self.top],
@@ -244,38 +220,117 @@ class Trainer:
             "epochs_run": len(self.history),
         }
 
-    def _keep_top_k(self, epoch: int, score: float, metrics: dict) -> None:
+    def _run_epoch(self, epoch: int) -> bool:
+        """One epoch with its validation and bookkeeping; True when early stopping says stop."""
+        began = time.perf_counter()
+        lrs = {f"lr_{g.get('name', i)}": g["lr"] for i, g in enumerate(self.optimiser.param_groups)}
+        row = {"epoch": epoch, **self.train_epoch(epoch), **lrs}
+        train_time = time.perf_counter() - began
+        metrics = self.validate()
+        if self.settings.monitor not in metrics:
+            raise ValueError(
+                f"train.monitor {self.settings.monitor!r} is not a validation metric; "
+                f"valid: {', '.join(sorted(metrics))}"
+            )
+        score = metrics[self.settings.monitor]
+        self.stepper.after_epoch(score * self._sign())
+        row |= metrics | {"seconds": time.perf_counter() - began}
+        row["images_per_s"] = row["images"] / train_time
+        self.history.append({k: float(v) if k != "epoch" else int(v) for k, v in row.items()})
+        dropped = self._keep_top_k(epoch, score, metrics)
+        if score * self._sign() > self.best:
+            self.best, self.stale = score * self._sign(), 0
+        else:
+            self.stale += 1
+        self._write_last(epoch)
+        for path in dropped:  # only once last.pt no longer lists them
+            path.unlink(missing_ok=True)
+        self._write_log()
+        self.log(_summary(row, self.settings.monitor))
+        if self.settings.early_stop and self.stale >= self.settings.early_stop:
+            self.log(f"early stop: no better {self.settings.monitor} for {self.stale} epochs")
+            return True
+        return False
+
+    def _keep_top_k(self, epoch: int, score: float, metrics: dict) -> list[Path]:
+        """Add this epoch if it is among the best k; returns the files that fell out."""
         key = score * self._sign()
-        if not math.isfinite(key):
-            key = -math.inf
-        if len(self.top) >= self.settings.top_k and key <= self.top[-1][0] * self._sign():
-            return
+        key = key if math.isfinite(key) else -math.inf
+        worst = self.top[-1][0] * self._sign() if self.top else math.inf
+        if len(self.top) >= self.settings.top_k and key <= worst:
+            return []
         path = self.out / "checkpoints" / f"epoch{epoch:03d}.pt"
-        state = self.eval_model.state_dict()
-        save_checkpoint(
-            path,
-            {"model": state, "config": self.config, "epoch": epoch, "score": score}
-            | {"metrics": metrics},
-        )
+        if distributed.is_main():
+            state = {"model": self.eval_model.state_dict(), "config": self.config}
+            save_checkpoint(path, state | {"epoch": epoch, "score": score, "metrics": metrics})
         self.top.append((score, epoch, path))
         self.top.sort(key=lambda item: (-item[0] * self._sign(), item[1]))
-        for _, _, dropped in self.top[self.settings.top_k :]:
-            dropped.unlink(missing_ok=True)
+        dropped = [path for _, _, path in self.top[self.settings.top_k :]]
         del self.top[self.settings.top_k :]
+        return dropped
+
+    def _write_last(self, epoch: int) -> None:
+        if not distributed.is_main():
+            return
+        generator = getattr(self.train_loader, "generator", None)
+        save_checkpoint(
+            self.out / LAST,
+            {
+                "epoch": epoch,
+                "model": self.model.state_dict(),
+                "optimiser": self.optimiser.state_dict(),
+                "stepper": self.stepper.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                "ema": self.ema.model.state_dict() if self.ema is not None else None,
+                "top": [(score, e, str(path)) for score, e, path in self.top],
+                "history": self.history,
+                "best": self.best,
+                "stale": self.stale,
+                "random": random_states(generator),
+                "config": self.config,
+            },
+        )
+
+    def _resume(self) -> int:
+        """Restore ``last.pt`` (every rank reads it); returns the epoch to start from."""
+        path = self.out / LAST
+        if not path.is_file():
+            self.log(f"resume: no {path}, starting from epoch 0")
+            return 0
+        state = load_checkpoint(path)
+        self.model.load_state_dict(state["model"])
+        self.optimiser.load_state_dict(state["optimiser"])
+        self.stepper.load_state_dict(state["stepper"])
+        self.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None and state["ema"] is not None:
+            self.ema.model.load_state_dict(state["ema"])
+        self.top = [(score, epoch, Path(p)) for score, epoch, p in state["top"]]
+        self.history, self.best, self.stale = state["history"], state["best"], state["stale"]
+        restore_random_states(state["random"], getattr(self.train_loader, "generator", None))
+        if distributed.is_main():  # files of a top-k list that a kill left half-updated
+            listed = {p.name for _, _, p in self.top}
+            for stray in (self.out / "checkpoints").glob("epoch*.pt"):
+                if stray.name not in listed:
+                    stray.unlink()
+        self.log(f"resumed from {path}: epoch {state['epoch']} done, top-k {state['top']}")
+        return state["epoch"] + 1
 
     def write_final(self) -> Path:
         """Average the top-k checkpoints into ``final.pt`` and load it into the model."""
+        distributed.barrier()  # rank 0's checkpoint files are complete
         states = [load_checkpoint(path)["model"] for _, _, path in self.top]
         mean = average_state_dicts(states)
         path = self.out / "final.pt"
-        epochs = [epoch for _, epoch, _ in self.top]
-        save_checkpoint(
-            path, {"model": mean, "config": self.config, "epoch": -1, "averaged_epochs": epochs}
-        )
+        if distributed.is_main():
+            epochs = [epoch for _, epoch, _ in self.top]
+            state = {"model": mean, "config": self.config, "epoch": -1}
+            save_checkpoint(path, state | {"averaged_epochs": epochs})
         self.model.load_state_dict(mean)
         return path
 
     def _write_log(self) -> None:
+        if not distributed.is_main():
+            return
         from common.plots import training_curves
 
         frame = pd.DataFrame(self.history)

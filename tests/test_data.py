@@ -132,3 +132,20 @@ def test_replicas_split_an_epoch_disjointly():
         shards.append(list(sampler))
     assert [len(s) for s in shards] == [33, 33, 33]
     assert sorted(i for shard in shards for i in shard) == sorted(sampler.epoch_indices().tolist())
+
+
+def test_in_process_loading_is_reproducible(prepared):
+    """num_workers=0: the pipeline is reseeded per epoch from the loader's generator, so two
+    fresh loaders with the same seed draw the same augmentations (albumentations would
+    otherwise seed itself from the OS)."""
+    from common.data import reseed_main_process
+
+    def epoch_images():
+        transform = load_transforms(TRANSFORMS / "light.json", 64)
+        dataset = SegmentationDataset(["a"] * 4, prepared / "images", size=64, transform=transform)
+        loader = DataLoader(dataset, batch_size=1, generator=torch.Generator().manual_seed(3))
+        reseed_main_process(loader)
+        return [batch["image"][0].numpy() for batch in loader]
+
+    first, second = epoch_images(), epoch_images()
+    assert _same(first, second) == 4 and _same(first[:2], first[2:]) < 2

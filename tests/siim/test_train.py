@@ -111,3 +111,47 @@ def test_config_errors_exit_with_one_clear_line(workspace, tmp_path, capsys):
                 bad_part,
             ]
         )
+
+
+RECIPES = ["siim_1st_place_parts", "siim_4th_place", "siim_two_stage_cls", "siim_two_stage_seg"]
+
+
+def _shrunk(recipe: str, workspace, tmp_path):
+    """The recipe as written, shrunk to the tiny set: 64 px, one step per epoch and per part."""
+    config = load_config(REPO / "competitions" / "siim" / "configs" / f"{recipe}.yaml")
+    tiny = ["data.batch_size=4", "data.val_batch_size=8", "train.max_steps=1", "train.epochs=1"]
+    shrink = {"data": {"size": 64, "batch_size": 4, "val_batch_size": 8}}
+    shrink["train"] = {"epochs": 1, "max_steps": 1}
+    parts = []
+    for part in config.train.parts:
+        part = json.loads(json.dumps(part))  # a deep copy
+        for section, values in shrink.items():
+            part.setdefault(section, {}).update(values)
+        parts.append(part)
+    overrides = [*TINY, *tiny, f"train.parts={json.dumps(parts)}"]
+    overrides += ["train.amp=none", "train.channels_last=false", "data.num_workers=0"]
+    return load_config(
+        REPO / "competitions" / "siim" / "configs" / f"{recipe}.yaml",
+        [
+            f"data.prepared={workspace / 'prepared'}",
+            f"data.folds={workspace / 'folds.csv'}",
+            f"output={tmp_path}",
+            f"name={recipe}",
+            *overrides,
+        ],
+    )
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_recipes_run_shrunk(recipe, workspace, tmp_path):
+    config = _shrunk(recipe, workspace, tmp_path)
+    metrics = run_fold(config, 2, log=lambda _: None)
+    assert ("auc" if config.model.task == "classification" else "oof_dice") in metrics
+    if recipe == "siim_1st_place_parts":
+        fold = tmp_path / recipe / "fold2"
+        assert sorted(p.name for p in fold.glob("part*")) == ["part0", "part1", "part2", "part3"]
+        rates = [
+            yaml.safe_load((fold / f"part{i}" / "config.yaml").read_text())["data"]["sample_rate"]
+            for i in range(4)
+        ]
+        assert [r["start"] for r in rates] == [0.8, 0.6, 0.4, 0.4]
