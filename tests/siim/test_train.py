@@ -4,6 +4,7 @@ runs, the files each writes, and config errors."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import pandas as pd
 import pytest
@@ -155,3 +156,25 @@ def test_recipes_run_shrunk(recipe, workspace, tmp_path):
             for i in range(4)
         ]
         assert [r["start"] for r in rates] == [0.8, 0.6, 0.4, 0.4]
+
+
+def test_corrupt_cached_image_names_the_file(workspace, tmp_path):
+    images = sorted((workspace / "prepared" / "64" / "images").iterdir())
+    broken = tmp_path / "prepared" / "64"
+    shutil.copytree(workspace / "prepared" / "64", broken)
+    (broken / "images" / images[0].name).write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    overrides = [f"data.prepared={tmp_path / 'prepared'}", f"data.folds={workspace / 'folds.csv'}"]
+    overrides += [f"output={tmp_path / 'models'}", "train.max_steps=0", "data.transforms=none"]
+    with pytest.raises(SystemExit, match=rf"{images[0].name}: not a readable PNG"):
+        main(["--config", str(BASE), "--folds", "0,1,2,3", *TINY, *overrides])
+
+
+def test_resume_skips_finished_parts(workspace, tmp_path):
+    config = _config(workspace, tmp_path, "train.parts=[{}, {optim: {lr: 0.0001}}]")
+    run_fold(config, 0, log=lambda _: None)
+    fold = tmp_path / "models" / "tiny" / "fold0"
+    stamps = {p: p.stat().st_mtime_ns for p in fold.glob("part*/final.pt")}
+    messages = []
+    run_fold(config, 0, resume=True, log=messages.append)
+    assert sum("is finished" in m for m in messages) == 2
+    assert stamps == {p: p.stat().st_mtime_ns for p in fold.glob("part*/final.pt")}
