@@ -13,13 +13,14 @@ export PYTHONDONTWRITEBYTECODE := 1
 
 CONFIG ?= competitions/siim/configs/unet_resnet18_cpu.yaml
 FOLDS  ?= 0,1,2,3,4
+ENSEMBLE ?= competitions/siim/configs/ensembles/default.yaml
 # GPUS=N trains with DistributedDataParallel on N processes (torchrun); RESUME=1 continues a
 # killed run from its last finished epoch.
 LAUNCH := $(if $(GPUS),$(PY) -m torch.distributed.run --standalone --nproc_per_node=$(GPUS),$(PY))
 SIIM_TRAIN = $(LAUNCH) -m competitions.siim.train --config $(CONFIG) $(if $(RESUME),--resume)
 
 .DEFAULT_GOAL := help
-.PHONY: help venv test test-all fixup lint bench clean siim-synthetic siim-prepare siim-fold0 siim-folds
+.PHONY: help venv test test-all fixup lint bench clean siim-synthetic siim-prepare siim-fold0 siim-folds ensemble submit
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -60,6 +61,12 @@ siim-fold0: siim-prepare  ## prepare, train fold 0 of CONFIG, OOF maps, threshol
 
 siim-folds: siim-prepare  ## the same for every fold in FOLDS (default 0,1,2,3,4)
 	$(SIIM_TRAIN) --folds $(FOLDS) $(ARGS)
+
+ensemble: siim-prepare  ## OOF search and test submission for ENSEMBLE (trains missing members first)
+	$(PY) -m competitions.siim.ensemble --config $(ENSEMBLE) $(ARGS)
+
+submit: $(STAMP)  ## validate the ensemble's CSV (or CSV=...), then kaggle competitions submit; MESSAGE=
+	$(PY) -m competitions.siim.submit --csv $(or $(CSV),submissions/siim/$(basename $(notdir $(ENSEMBLE))).csv) $(if $(MESSAGE),--message "$(MESSAGE)")
 
 clean:  ## remove caches (keeps .venv, data, models)
 	find . -name __pycache__ -type d -prune -not -path './.venv/*' -exec rm -rf {} +

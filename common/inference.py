@@ -14,6 +14,7 @@ from contextlib import nullcontext
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from common.postprocess import quantise
@@ -57,34 +58,45 @@ def forward(
 
 
 @torch.no_grad()
-def predict_batches(
+def predict_tensor(
     model: nn.Module,
-    loader,
+    image: torch.Tensor,
     *,
     device: torch.device,
     tta: tuple[str, ...] = ("none",),
+    scales: tuple[int, ...] = (),
     amp: str = "none",
     channels_last: bool = False,
-) -> Iterator[tuple[dict, dict[str, np.ndarray]]]:
-    """Yield (batch, probabilities) per batch: ``mask`` (N, H, W) float32 and/or ``label`` (N,)
-    float32, each the mean over the TTA transforms of the de-augmented sigmoid."""
+) -> dict[str, np.ndarray]:
+    """Probabilities for a batch of images (N, C, H, W): ``mask`` (N, H, W) float32 and/or
+    ``label`` (N,) float32, each the mean over the TTA flips (de-augmented) and the input sizes:
+    the batch's own and each of ``scales`` (multi-scale TTA: the images are resized bilinearly to
+    side ``s`` and the maps resized back)."""
     model.eval()
-    for batch in loader:
-        sums: dict[str, torch.Tensor] = {}
+    size = image.shape[-2:]
+    sums: dict[str, torch.Tensor] = {}
+    views = 0
+    for scale in (None, *scales):
+        x = image if scale is None else F.interpolate(image, (scale, scale), mode="bilinear")
         for name in tta:
             out = forward(
-                model,
-                tta_augment(batch["image"], name),
-                device=device,
-                amp=amp,
-                channels_last=channels_last,
+                model, tta_augment(x, name), device=device, amp=amp, channels_last=channels_last
             )
             for key, logits in out.items():
                 prob = torch.sigmoid(logits.float())
                 if key == "mask":
                     prob = tta_deaugment(prob, name)
+                    if scale is not None:
+                        prob = F.interpolate(prob, size, mode="bilinear")
                 sums[key] = sums[key] + prob if key in sums else prob
-        yield batch, {k: (v / len(tta)).cpu().numpy()[:, 0] for k, v in sums.items()}
+            views += 1
+    return {k: (v / views).cpu().numpy()[:, 0] for k, v in sums.items()}
+
+
+def predict_batches(model: nn.Module, loader, **options) -> Iterator[tuple[dict, dict]]:
+    """``predict_tensor`` over a loader: yields (batch, probabilities) per batch."""
+    for batch in loader:
+        yield batch, predict_tensor(model, batch["image"], **options)
 
 
 @torch.no_grad()

@@ -95,5 +95,6 @@ def mask_overlays(panels, path: str | os.PathLike, columns: int = 4) -> None:
                 cv2.drawContours(rgb, contours, -1, colour, max(1, image.shape[0] // 256))
         ax.imshow(rgb)
         ax.set_title(title, fontsize=8)
-    fig.suptitle("truth: green, prediction: red", fontsize=10)
+    with_truth = any(truth is not None for _, _, truth, _ in panels)
+    fig.suptitle("truth: green, prediction: red" if with_truth else "prediction: red", fontsize=10)
     _save(fig, path)

@@ -228,6 +228,13 @@ def search_two_stage(
     ``postprocess.two_stage``).
     """
     stats = reduce_maps(prob_maps, truth_masks, progress=progress, workers=workers)
+    return search_two_stage_from_stats(stats, cls_scores, cls_thresholds, seg_thresholds, min_areas)
+
+
+def search_two_stage_from_stats(
+    stats: ImageStats, cls_scores, cls_thresholds=None, seg_thresholds=None, min_areas=None
+) -> SearchResult:
+    """As ``search_two_stage``, on an existing per-image reduction."""
     scores = np.asarray(cls_scores, dtype=np.float64).ravel()
     if len(scores) != len(stats.n_true):
         raise ValueError(f"{len(scores)} classification scores for {len(stats.n_true)} maps")

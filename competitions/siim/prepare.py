@@ -6,6 +6,7 @@ reads ``data/siim/raw/`` (or the synthetic set when it is absent) and writes
 
     data/siim/prepared/<size>/images/<ImageId>.png   uint8 image, size x size
     data/siim/prepared/<size>/masks/<ImageId>.png    merged mask {0, 255}, training images only
+    data/siim/prepared/<size>/full_masks/<id>.png    the same at the image's native size (scoring)
     data/siim/prepared/<size>/train.csv              one row per training image (TRAIN_COLUMNS)
     data/siim/prepared/<size>/test.csv               one row per test image (TEST_COLUMNS)
     data/siim/prepared/<size>/bad_ids.csv            ImageId, split, reason (when any were bad)
@@ -39,7 +40,7 @@ from competitions.siim.layout import Inputs, resolve_inputs
 from competitions.siim.raw import merged_mask_rows
 from competitions.siim.synthetic import SyntheticSpec
 
-VERSION = 1  # bump when the output of _prepare_one changes, to redo every cached image
+VERSION = 2  # bump when the output of _prepare_one changes, to redo every cached image
 TAGS = ("PatientAge", "PatientSex", "ViewPosition", "PhotometricInterpretation", "BitsStored")
 TEST_COLUMNS = ("ImageId", "height", "width", *TAGS, "key")
 TRAIN_COLUMNS = ("ImageId", "has_mask", "mask_area", "n_annotations", *TEST_COLUMNS[1:])
@@ -96,6 +97,7 @@ def _prepare_one(item: Item, out: Path, size: int, source: str) -> dict:
             "n_annotations": sum(rle != "-1" for rle, _ in item.rles),
         }
         write_png(out / "masks" / f"{item.image_id}.png", resize_mask(mask, size) * np.uint8(255))
+        write_png(out / "full_masks" / f"{item.image_id}.png", mask * np.uint8(255))
     write_png(out / "images" / f"{item.image_id}.png", resize_image(image, size))
     return row
 
@@ -125,6 +127,7 @@ def _cached_rows(out: Path, items: list[Item]) -> dict[str, dict]:
         files = [out / "images" / f"{item.image_id}.png"]
         if item.split == "train":
             files.append(out / "masks" / f"{item.image_id}.png")
+            files.append(out / "full_masks" / f"{item.image_id}.png")
         if all(path.is_file() for path in files):
             cached[item.image_id] = row
     return cached

@@ -1,0 +1,146 @@
+"""Ensemble prediction for SIIM: trained fold models averaged with weights, image by image, at
+each image's native size.
+
+Each fold model reads the prepared images at its own training size; models that share a size
+share one loader, and the loaders run in lockstep over the same ids, so at any time only one
+batch of each is in memory, whatever the number of images. Probability maps are resized to the
+image's native (height, width) before averaging, then quantised to uint8.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from common.checkpoints import load_checkpoint
+from common.config import Config, to_config
+from common.data import SegmentationDataset
+from common.inference import predict_tensor
+from common.models import build_model
+from common.postprocess import quantise
+
+
+@dataclass
+class FoldModel:
+    experiment: str
+    fold: int
+    weight: float
+    model: nn.Module
+    config: Config  # the resolved config stored in the checkpoint
+
+    @property
+    def size(self) -> int:
+        return self.config.data.size
+
+    @property
+    def images(self) -> Path:
+        return Path(self.config.data.prepared) / str(self.size) / "images"
+
+
+def final_path(output: str | Path, experiment: str, fold: int) -> Path:
+    return Path(output) / experiment / f"fold{fold}" / "final.pt"
+
+
+def load_fold_model(
+    output: str | Path, experiment: str, fold: int, weight: float, device: torch.device
+) -> FoldModel:
+    """A fold's ``final.pt`` rebuilt from the config stored inside it (no weights downloaded)."""
+    path = final_path(output, experiment, fold)
+    state = load_checkpoint(path)
+    config = to_config(state["config"])
+    m = config.model
+    model = build_model(
+        task=m.task,
+        arch=m.arch,
+        encoder=m.encoder,
+        in_channels=config.data.in_channels,
+        cls_head=m.cls_head,
+        params=m.params,
+    )
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as error:
+        raise ValueError(f"{path}: weights do not fit the model in its config: {error}") from None
+    return FoldModel(experiment, fold, weight, model.to(device).eval(), config)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    image_id: str
+    mask: np.ndarray | None  # uint8 quantised map at native size, from the segmentation models
+    head: float | None  # weighted mean of the segmentation models' classification heads
+    classifier: float | None  # weighted mean of the classifiers
+
+
+def predict_ids(
+    ids: list[str],
+    shapes: dict[str, tuple[int, int]],
+    segmenters: list[FoldModel],
+    classifiers: list[FoldModel],
+    *,
+    device: torch.device,
+    tta: tuple[str, ...],
+    scales: tuple[int, ...] = (),
+    batch_size: int = 8,
+    num_workers: int = 0,
+) -> Iterator[Prediction]:
+    """One ``Prediction`` per id, in order, from the weighted mean of the models."""
+    models = segmenters + classifiers
+    if not models:
+        raise ValueError("an ensemble needs at least one model")
+    groups: dict[tuple, list[FoldModel]] = {}
+    for m in models:
+        groups.setdefault((str(m.images), m.size, m.config.data.in_channels), []).append(m)
+    loaders = [
+        DataLoader(
+            SegmentationDataset(ids, images, size=size, in_channels=channels),
+            batch_size=batch_size,
+            shuffle=False,
+            num_workers=num_workers,
+        )
+        for images, size, channels in groups
+    ]
+    options = {"device": device, "tta": tta, "scales": scales}
+    seg_weight = sum(m.weight for m in segmenters)
+    cls_weight = sum(m.weight for m in classifiers)
+    start = 0
+    for batches in zip(*loaders, strict=True):
+        n = len(batches[0]["image"])
+        batch_ids = ids[start : start + n]
+        start += n
+        maps = [np.zeros(shapes[i], np.float32) for i in batch_ids] if segmenters else None
+        head = np.zeros(n) if segmenters else None
+        cls = np.zeros(n) if classifiers else None
+        for batch, group in zip(batches, groups.values(), strict=True):
+            for m in group:
+                probs = predict_tensor(m.model, batch["image"], **options)
+                if m.config.model.task == "classification":
+                    cls += m.weight * probs["label"]
+                    continue
+                for k, prob in enumerate(probs["mask"]):
+                    height, width = shapes[batch_ids[k]]
+                    native = cv2.resize(prob, (width, height), interpolation=cv2.INTER_LINEAR)
+                    maps[k] += m.weight * native
+                head = head + m.weight * probs["label"] if "label" in probs else None
+        for k, image_id in enumerate(batch_ids):
+            yield Prediction(
+                image_id,
+                quantise(maps[k] / seg_weight) if maps is not None else None,
+                float(head[k] / seg_weight) if head is not None else None,
+                float(cls[k] / cls_weight) if cls is not None else None,
+            )
+
+
+def native_shapes(table: pd.DataFrame) -> dict[str, tuple[int, int]]:
+    return {
+        image_id: (int(h), int(w))
+        for image_id, h, w in zip(table["ImageId"], table["height"], table["width"], strict=True)
+    }

@@ -1,0 +1,62 @@
+"""The SIIM submission format, its validator, and scoring against a truth file.
+
+``ImageId,EncodedPixels``; one row per test image in the sample submission's order; the relative
+run-length encoding (``common.rle.siim_rle_encode``) at the image's native size; ``-1`` for an
+empty mask.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from common.metrics import dice_per_image
+from common.rle import SIIM_EMPTY, SIIM_SHAPE, siim_rle_decode
+from common.submission import SubmissionFormat, validate_submission
+from competitions.siim.raw import merged_mask_rows, read_rle_csv
+
+FORMAT = SubmissionFormat("ImageId", "EncodedPixels", SIIM_EMPTY, siim_rle_decode)
+
+
+def shapes_from(test_csv: str | os.PathLike | None) -> dict[str, tuple[int, int]]:
+    """Native (height, width) per test id from a prepared ``test.csv``; {} when absent."""
+    if test_csv is None or not Path(test_csv).is_file():
+        return {}
+    table = pd.read_csv(test_csv, dtype={"ImageId": str})
+    return {i: (int(h), int(w)) for i, h, w in table[["ImageId", "height", "width"]].values}
+
+
+def validate(
+    path: str | os.PathLike, sample: str | os.PathLike, test_csv: str | os.PathLike | None = None
+) -> dict[str, int]:
+    """Check a SIIM CSV against the sample submission; image sizes from the prepared
+    ``test.csv`` when given, else 1024x1024. Raises ``SubmissionError`` listing the problems."""
+    expected = list(dict.fromkeys(read_rle_csv(sample)["ImageId"]))
+    shapes = shapes_from(test_csv)
+    return validate_submission(path, expected, FORMAT, lambda i: shapes.get(i, SIIM_SHAPE))
+
+
+def score(
+    path: str | os.PathLike, truth: str | os.PathLike, shapes: dict[str, tuple[int, int]]
+) -> dict[str, float]:
+    """Kaggle mean Dice of a submission against a truth CSV in the train-rle format (annotations
+    OR-merged), next to the all-empty baseline."""
+    predicted = read_rle_csv(path).groupby("ImageId", sort=False)
+    annotations = read_rle_csv(truth).groupby("ImageId", sort=False)
+    missing = set(annotations.groups) - set(predicted.groups)
+    if missing:
+        raise ValueError(f"{path}: {len(missing)} truth id(s) have no row, e.g. {min(missing)!r}")
+    dice, empty = [], []
+    for image_id, rows in annotations:
+        shape = shapes.get(image_id, SIIM_SHAPE)
+        true = merged_mask_rows(zip(rows["EncodedPixels"], rows["line"], strict=True), shape, truth)
+        group = predicted.get_group(image_id)
+        pred = merged_mask_rows(
+            zip(group["EncodedPixels"], group["line"], strict=True), shape, path
+        )
+        dice.append(float(dice_per_image(pred[None], true[None])[0]))
+        empty.append(float(not true.any()))
+    return {"dice": float(np.mean(dice)), "empty_dice": float(np.mean(empty)), "n": len(dice)}

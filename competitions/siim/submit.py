@@ -1,0 +1,108 @@
+"""Validate a SIIM submission CSV, then submit it with the ``kaggle`` package.
+
+    python -m competitions.siim.submit --csv submissions/siim/default.csv [--message "..."]
+
+Validation comes first and always (``competitions.siim.submission.validate``: every sample id
+exactly once, nothing extra, valid relative RLE within the image, ``-1`` for empty, the header).
+A CSV made for the synthetic test set is refused: Kaggle would score it against other images.
+Without Kaggle credentials, or without a network, the command prints one line and exits 1;
+nothing is changed and no credential is ever printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import os
+import sys
+from pathlib import Path
+
+from competitions.siim import submission
+from competitions.siim.layout import SAMPLE_CSVS
+
+COMPETITION = "siim-acr-pneumothorax-segmentation"
+RAW = Path("data/siim/raw")
+SYNTHETIC = Path("data/siim/synthetic")
+PREPARED = Path("data/siim/prepared")  # any size's test.csv gives the native image sizes
+
+
+def find_sample() -> tuple[Path, bool]:
+    """The sample submission (real download first) and whether it is the synthetic one."""
+    for root, synthetic in ((RAW, False), (SYNTHETIC, True)):
+        for name in SAMPLE_CSVS:
+            if (root / name).is_file():
+                return root / name, synthetic
+    raise ValueError(f"no sample submission in {RAW}/ or {SYNTHETIC}/: pass --sample")
+
+
+def has_credentials(env=os.environ) -> bool:
+    """Whether the kaggle package will find credentials (its documented places), checked
+    without importing it: on import it prints a page of help and exits when there are none."""
+    if env.get("KAGGLE_API_TOKEN") or (env.get("KAGGLE_USERNAME") and env.get("KAGGLE_KEY")):
+        return True
+    folders = [Path(env["KAGGLE_CONFIG_DIR"])] if env.get("KAGGLE_CONFIG_DIR") else []
+    folders.append(Path(env.get("HOME", "~")).expanduser() / ".kaggle")
+    names = ("kaggle.json", "access_token", "credentials.json")
+    return any((folder / name).is_file() for folder in folders for name in names)
+
+
+def kaggle_submit(csv: Path, message: str, competition: str) -> str:
+    """Submit through the kaggle API; ``RuntimeError`` with one line on any failure."""
+    if not has_credentials():
+        raise RuntimeError(
+            "no Kaggle credentials: set KAGGLE_API_TOKEN (or KAGGLE_USERNAME and KAGGLE_KEY), "
+            "or put kaggle.json / access_token in ~/.kaggle"
+        )
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(captured), contextlib.redirect_stderr(captured):
+            from kaggle.api.kaggle_api_extended import KaggleApi
+
+            api = KaggleApi()
+            api.authenticate()
+            result = api.competition_submit(str(csv), message, competition)
+    except SystemExit:
+        raise RuntimeError(
+            "the kaggle package refused the credentials (authentication failed)"
+        ) from None
+    except Exception as error:  # network, HTTP and API errors all end the same way
+        first = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
+        raise RuntimeError(f"submission failed ({type(error).__name__}): {first}") from None
+    return str(result)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--csv", required=True, type=Path)
+    parser.add_argument("--sample", type=Path, help="sample submission (found if omitted)")
+    parser.add_argument("--test-csv", type=Path, help="prepared test.csv with image sizes")
+    parser.add_argument("--message", default="", help="submission description")
+    parser.add_argument("--competition", default=COMPETITION)
+    parser.add_argument("--check-only", action="store_true", help="validate, do not submit")
+    args = parser.parse_args(argv)
+    try:
+        if args.sample:
+            sample, synthetic = args.sample, False
+        else:
+            sample, synthetic = find_sample()
+        test_csv = args.test_csv or next(iter(sorted(PREPARED.glob("*/test.csv"))), None)
+        counts = submission.validate(args.csv, sample, test_csv)
+        print(
+            f"{args.csv}: valid against {sample} ({counts['rows']} rows, "
+            f"{counts['non_empty']} non-empty)"
+        )
+        if args.check_only:
+            return
+        if synthetic:
+            raise RuntimeError(
+                "this CSV is for the synthetic test set (no data in data/siim/raw/); not submitted"
+            )
+        message = args.message or args.csv.stem
+        print(kaggle_submit(args.csv, message, args.competition))
+    except (ValueError, RuntimeError) as error:
+        sys.exit(f"siim submit: {error}")
+
+
+if __name__ == "__main__":
+    main()
