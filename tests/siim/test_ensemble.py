@@ -1,0 +1,118 @@
+"""SIIM ensemble end to end on tiny synthetic data: training what is missing, the OOF search,
+thresholds read back from their file, a validated submission scored against the test truth."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from common.config import load_config
+from common.images import read_png
+from common.postprocess import triplet
+from common.rle import siim_rle_decode
+from competitions.siim.ensemble import run_ensemble
+from competitions.siim.layout import read_inputs
+from competitions.siim.prepare import ensure_folds, prepare
+from competitions.siim.raw import merged_masks, read_rle_csv
+from competitions.siim.synthetic import SyntheticSpec, generate
+from tests.conftest import REPO
+
+CONFIGS = REPO / "competitions" / "siim" / "configs"
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("siim_ensemble")
+    synthetic = generate(root / "synthetic", SyntheticSpec(size=64, n_train=40, n_test=8), n_jobs=1)
+    prepare(read_inputs(synthetic, synthetic=True), root / "prepared" / "48", 48, n_jobs=1)
+    train = pd.read_csv(root / "prepared" / "48" / "train.csv", dtype={"ImageId": str})
+    ensure_folds(train, root / "folds.csv", n_folds=4, seed=0)
+    data = {"size": 48, "prepared": str(root / "prepared"), "folds": str(root / "folds.csv")}
+    data |= {"batch_size": 4, "val_batch_size": 8, "num_workers": 0}
+    common = {"base": str(CONFIGS / "base.yaml"), "data": data, "predict": {"overlays": 0}}
+    common["train"] = {"epochs": 2, "max_steps": 3}
+    (root / "configs").mkdir()
+    seg = common | {"model": {"cls_head": True}, "loss": {"cls_weight": 0.1}}
+    cls = common | {"model": {"task": "classification"}, "loss": {"terms": [], "cls_weight": 1.0}}
+    cls["train"] = common["train"] | {"monitor": "auc"}
+    (root / "configs" / "tiny_seg.yaml").write_text(yaml.safe_dump(seg))
+    (root / "configs" / "tiny_cls.yaml").write_text(yaml.safe_dump(cls))
+    return root
+
+
+def _ensemble(workspace, name, *extra):
+    overrides = [
+        f"name={name}",
+        f"output={workspace / 'models'}",
+        f"submissions={workspace / 'submissions'}",
+        f"configs={workspace / 'configs'}",
+        f"test_truth={workspace / 'synthetic' / 'test-rle.csv'}",
+        "train_missing=true",
+        "members=[{experiment: tiny_seg, folds: [0, 1], weight: 1.0}]",
+        "classifiers=[{experiment: tiny_cls, folds: [0, 1], weight: 2.0}]",
+        "num_workers=0",
+        "overlays=4",
+        *extra,
+    ]
+    return load_config(CONFIGS / "ensembles" / "base.yaml", overrides)
+
+
+def test_triplet_ensemble_end_to_end(workspace):
+    config = _ensemble(workspace, "tiny")
+    report = run_ensemble(config, sample=workspace / "synthetic" / "sample_submission.csv")
+    out = workspace / "models" / "tiny"
+    thresholds = yaml.safe_load((out / "thresholds.yaml").read_text())
+    assert thresholds["combine"] == "triplet" and report["thresholds"] == thresholds
+    assert report["validated"]["rows"] == 8
+    folds = pd.read_csv(workspace / "folds.csv", dtype={"ImageId": str})
+    assert sorted(p.stem for p in (out / "oof").iterdir()) == sorted(
+        folds.loc[folds["fold"] < 2, "ImageId"]
+    )
+    assert (out / "search.png").stat().st_size and (out / "search.csv").stat().st_size
+    csv = workspace / "submissions" / "tiny.csv"
+    rows = read_rle_csv(csv).set_index("ImageId")["EncodedPixels"]
+    truth = merged_masks(read_rle_csv(workspace / "synthetic" / "test-rle.csv"), (64, 64))
+    dice = []
+    for image_id, encoded in rows.items():
+        q = read_png(out / "test" / f"{image_id}.png", (64, 64))  # maps at the native size
+        expected = triplet(q, thresholds["top"], thresholds["min_area"], thresholds["bottom"])
+        pred = siim_rle_decode(encoded, (64, 64))
+        np.testing.assert_array_equal(pred, expected)  # the masks come from thresholds.yaml
+        true = truth[image_id]
+        both = pred.sum() + true.sum()
+        dice.append(1.0 if both == 0 else 2 * (pred & true).sum() / both)
+    assert report["test_dice"] == pytest.approx(np.mean(dice))
+    saved = json.loads(csv.with_suffix(".json").read_text())
+    assert saved["members"][0]["experiment"] == "tiny_seg" and "test_dice" in saved
+    assert csv.with_suffix(".png").is_file() or report["n_test_non_empty"] == 0
+
+
+@pytest.mark.parametrize("combine", ["head", "classifier", "max_pixel", "product"])
+def test_other_combinations(workspace, combine):
+    extra = ["search.tops=[0.3, 0.5]", "search.bottoms=[0.3, 0.5]", "search.min_areas=[0, 10]"]
+    config = _ensemble(workspace, f"tiny_{combine}", f"combine={combine}", "scales=[64]", *extra)
+    report = run_ensemble(config, sample=workspace / "synthetic" / "sample_submission.csv")
+    thresholds = report["thresholds"]
+    assert thresholds["combine"] == combine
+    if combine in ("head", "classifier", "max_pixel"):
+        assert {"cls_threshold", "seg_threshold", "min_area"} <= set(thresholds)
+    assert 0 <= report["test_dice"] <= 1 and report["validated"]["rows"] == 8
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["train_missing=false", "members=[{experiment: nope, folds: [0]}]"], "not trained yet"),
+        (["combine=average"], "combine 'average' is unknown"),
+        (["members=[{experiment: tiny_seg, folds: [], weight: 1}]"], "non-empty list"),
+        (["members=[{experiment: tiny_seg, weight: -1}]"], "positive number"),
+        (["combine=classifier", "classifiers=[]"], "needs at least one entry in classifiers"),
+    ],
+)
+def test_bad_ensembles(workspace, extra, message):
+    with pytest.raises(ValueError, match=message):
+        run_ensemble(_ensemble(workspace, "bad", *extra), sample=None)
