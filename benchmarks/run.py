@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from benchmarks import (
+    bench_inference,
     bench_metrics,
     bench_prepare,
     bench_rle,
@@ -12,7 +13,8 @@ from benchmarks import (
 
 
 def main() -> None:
-    for bench in (bench_rle, bench_metrics, bench_threshold_search, bench_prepare, bench_trainer):
+    benches = (bench_rle, bench_metrics, bench_threshold_search, bench_prepare, bench_trainer)
+    for bench in (*benches, bench_inference):
         bench.main()
 
 

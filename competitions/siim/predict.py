@@ -24,8 +24,11 @@ from common.checkpoints import load_checkpoint
 from common.config import Config, to_config
 from common.data import SegmentationDataset
 from common.inference import predict_tensor
+from common.memory import trim_heap
 from common.models import build_model
 from common.postprocess import quantise
+
+TRIM_EVERY = 64  # images between two heap trims
 
 
 @dataclass
@@ -113,6 +116,8 @@ def predict_ids(
     cls_weight = sum(m.weight for m in classifiers)
     start = 0
     for batches in zip(*loaders, strict=True):
+        if start % TRIM_EVERY < batch_size:
+            trim_heap()  # flat memory whatever the number of images (see common.memory)
         n = len(batches[0]["image"])
         batch_ids = ids[start : start + n]
         start += n
