@@ -20,7 +20,7 @@ LAUNCH := $(if $(GPUS),$(PY) -m torch.distributed.run --standalone --nproc_per_n
 SIIM_TRAIN = $(LAUNCH) -m competitions.siim.train --config $(CONFIG) $(if $(RESUME),--resume)
 
 .DEFAULT_GOAL := help
-.PHONY: help venv test test-all fixup lint bench clean siim-synthetic siim-prepare siim-fold0 siim-folds ensemble submit
+.PHONY: help venv test test-all fixup lint bench clean siim-synthetic siim-prepare siim-fold0 siim-folds ensemble submit kaggle-bundle kaggle-push
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -67,6 +67,12 @@ ensemble: siim-prepare  ## OOF search and test submission for ENSEMBLE (trains m
 
 submit: $(STAMP)  ## validate the ensemble's CSV (or CSV=...), then kaggle competitions submit; MESSAGE=
 	$(PY) -m competitions.siim.submit --csv $(or $(CSV),submissions/siim/$(basename $(notdir $(ENSEMBLE))).csv) $(if $(MESSAGE),--message "$(MESSAGE)")
+
+kaggle-bundle: $(STAMP)  ## frozen code + ENSEMBLE's weights + offline notebook in dist/kaggle/<name>/; OWNER=
+	$(PY) -m competitions.siim.kaggle_bundle build --ensemble $(ENSEMBLE) $(if $(OWNER),--owner $(OWNER))
+
+kaggle-push: $(STAMP)  ## create or version the bundle's dataset and push its notebook (needs credentials)
+	$(PY) -m competitions.siim.kaggle_bundle push --ensemble $(ENSEMBLE)
 
 clean:  ## remove caches (keeps .venv, data, models)
 	find . -name __pycache__ -type d -prune -not -path './.venv/*' -exec rm -rf {} +

@@ -48,7 +48,12 @@ class SegmentationNet(nn.Module):
             aux_params=aux,
             **params,
         )
-        self.encoder = self.net.encoder
+
+    @property
+    def encoder(self) -> nn.Module:
+        """The smp encoder (a property, so that its weights are not listed twice in the state
+        dict and saved twice in every checkpoint)."""
+        return self.net.encoder
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         out = self.net(x)

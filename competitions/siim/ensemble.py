@@ -125,7 +125,9 @@ def ensure_trained(config: Config, members: list[Member], log=print) -> None:
 
 def _fold_models(config, members, fold, device) -> list[FoldModel]:
     return [
-        load_fold_model(config.output, m.experiment, fold, m.weight, device)
+        load_fold_model(
+            config.output, m.experiment, fold, m.weight, device, prepared=config.prepared
+        )
         for m in members
         if fold in m.folds
     ]
@@ -246,7 +248,10 @@ def _at(mask: np.ndarray, shape) -> np.ndarray:
 def _fold_models_all(config, member: Member, device) -> list[FoldModel]:
     weight = member.weight / len(member.folds)  # each member counts by its weight, not folds
     return [
-        load_fold_model(config.output, member.experiment, k, weight, device) for k in member.folds
+        load_fold_model(
+            config.output, member.experiment, k, weight, device, prepared=config.prepared
+        )
+        for k in member.folds
     ]
 
 

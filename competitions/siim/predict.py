@@ -53,12 +53,21 @@ def final_path(output: str | Path, experiment: str, fold: int) -> Path:
 
 
 def load_fold_model(
-    output: str | Path, experiment: str, fold: int, weight: float, device: torch.device
+    output: str | Path,
+    experiment: str,
+    fold: int,
+    weight: float,
+    device: torch.device,
+    *,
+    prepared: str | Path | None = None,
 ) -> FoldModel:
-    """A fold's ``final.pt`` rebuilt from the config stored inside it (no weights downloaded)."""
+    """A fold's ``final.pt`` rebuilt from the config stored inside it (no weights downloaded).
+    ``prepared`` replaces the prepared-data folder of that config (e.g. in a Kaggle notebook)."""
     path = final_path(output, experiment, fold)
     state = load_checkpoint(path)
     config = to_config(state["config"])
+    if prepared:
+        config["data"]["prepared"] = str(prepared)
     m = config.model
     model = build_model(
         task=m.task,

@@ -1,0 +1,96 @@
+"""Offline inference from a Kaggle bundle: test DICOMs in, ``submission.csv`` out.
+
+This is what the bundle's notebook runs (``make kaggle-bundle``). It reads only the bundle
+(code, fold weights, the resolved ensemble, ``thresholds.yaml``) and the competition's input
+folder (test DICOMs found anywhere below it, the sample submission), and writes into the working
+folder. The steps are those of ``make ensemble``'s test stage, so for the same ensemble and data
+the CSV is byte-identical: DICOMs decoded and resized by the prepare stage at each member's
+size, the same weighted prediction, the thresholds from the file. A test image whose DICOM is
+missing or cannot be decoded is reported and gets an empty mask (``-1``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from common.checkpoints import load_checkpoint
+from common.config import to_config
+from common.submission import write_submission
+from competitions.siim.ensemble import parse_members, predict_test
+from competitions.siim.layout import SAMPLE_CSVS, STAGE1_TEST_FOLDER, Inputs
+from competitions.siim.predict import final_path
+from competitions.siim.prepare import prepare
+from competitions.siim.raw import RLE_COLUMNS, find_dicoms, read_rle_csv
+from competitions.siim.submission import FORMAT
+from competitions.siim.train import resolve_device
+
+COMPETITION = "siim-acr-pneumothorax-segmentation"
+
+
+def test_inputs(competition: Path) -> Inputs:
+    """Test ids (the sample submission's, else the DICOMs under dicom-images-test) and files."""
+    dicoms = find_dicoms(competition)
+    sample = next((competition / n for n in SAMPLE_CSVS if (competition / n).is_file()), None)
+    if sample is not None:
+        ids = tuple(dict.fromkeys(read_rle_csv(sample)["ImageId"]))
+    elif (competition / STAGE1_TEST_FOLDER).is_dir():
+        ids = tuple(find_dicoms(competition / STAGE1_TEST_FOLDER))
+    else:
+        raise ValueError(f"{competition}: no sample submission and no {STAGE1_TEST_FOLDER}/")
+    no_labels = pd.DataFrame(columns=[*RLE_COLUMNS, "line"])
+    return Inputs(competition, False, sample or competition, no_labels, ids, dicoms)
+
+
+def predict_submission(
+    bundle: str | os.PathLike,
+    competition: str | os.PathLike,
+    working: str | os.PathLike,
+    *,
+    n_jobs: int = 2,
+    log=print,
+) -> Path:
+    """Write ``<working>/submission.csv`` from the bundle's ensemble; returns its path."""
+    bundle, competition, working = Path(bundle), Path(competition), Path(working)
+    config = to_config(yaml.safe_load((bundle / "ensemble.yaml").read_text()))
+    config["output"] = str(bundle / "models")
+    config["prepared"] = str(working / "prepared")
+    config["overlays"] = 0
+    thresholds = yaml.safe_load((bundle / "thresholds.yaml").read_text())
+    members = parse_members(config.members, "members")
+    classifiers = parse_members(config.classifiers, "classifiers")
+    inputs = test_inputs(competition)
+    sizes = sorted(
+        {
+            int(
+                load_checkpoint(final_path(config.output, m.experiment, k))["config"]["data"][
+                    "size"
+                ]
+            )
+            for m in members + classifiers
+            for k in m.folds
+        }
+    )
+    for size in sizes:
+        counts = prepare(
+            inputs, working / "prepared" / str(size), size, n_jobs=n_jobs, skip_bad=True
+        )
+        if counts["bad"]:
+            log(f"{counts['bad']} test image(s) could not be read; they are submitted empty")
+    root = working / "prepared" / str(sizes[0])
+    tables = {
+        "test": pd.read_csv(root / "test.csv", dtype={"ImageId": str}),
+        "images": root / "images",
+    }
+    device = resolve_device("auto")
+    rows, _ = predict_test(
+        config, members, classifiers, tables, thresholds, device, working / "maps", log
+    )
+    predicted = dict(rows)
+    path = working / "submission.csv"
+    write_submission(((i, predicted.get(i, FORMAT.empty)) for i in inputs.test_ids), path, FORMAT)
+    log(f"wrote {path}: {len(inputs.test_ids)} rows, {len(predicted)} predicted")
+    return path
