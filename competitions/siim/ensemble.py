@@ -30,6 +30,7 @@ import cv2
 import numpy as np
 import pandas as pd
 import yaml
+from tqdm import tqdm
 
 from common.atomic import write_text_atomic
 from common.checkpoints import load_checkpoint
@@ -182,7 +183,7 @@ def search_oof(config: Config, members, classifiers, tables, device, out: Path, 
                 num_workers=config.num_workers,
             )
             log(f"ensemble: out-of-fold maps of fold {fold} ({len(ids)} images)")
-            for pred in predictions:
+            for pred in tqdm(predictions, total=len(ids), desc=f"oof fold {fold}", disable=None):
                 q = _map(config.combine, pred)
                 write_png(out / "oof" / f"{pred.image_id}.png", q)
                 if config.combine in TWO_STAGE:
@@ -218,7 +219,7 @@ def predict_test(config, members, classifiers, tables, thresholds, device, out: 
     log(f"ensemble: test images ({len(ids)}) x {len(segmenters) + len(gates)} fold models")
     panels: list = []
     rows = []
-    for pred in predict_ids(
+    predictions = predict_ids(
         ids,
         native_shapes(test),
         segmenters,
@@ -228,7 +229,8 @@ def predict_test(config, members, classifiers, tables, thresholds, device, out: 
         scales=tuple(config.scales),
         batch_size=config.batch_size,
         num_workers=config.num_workers,
-    ):
+    )
+    for pred in tqdm(predictions, total=len(ids), desc="test", disable=None):
         write_png(out / "test" / f"{pred.image_id}.png", pred.mask)
         mask = apply_thresholds(thresholds, pred)
         rows.append((pred.image_id, siim_rle_encode(mask)))
