@@ -1,0 +1,1 @@
+"""Chest X-ray anatomy on JSRT images with SCR masks (second competition)."""
