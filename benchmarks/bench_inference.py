@@ -10,7 +10,6 @@ bare loop runs the same model on the same batches (``torch.no_grad``, sigmoid) a
 
 from __future__ import annotations
 
-import resource
 import shutil
 import subprocess
 import sys
@@ -86,7 +85,10 @@ def bare_loop(work: Path, n: int) -> float:
 
 def child(work: Path, n: int) -> None:
     run_stage(work, n)
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)  # KiB on Linux
+    # VmHWM: this address space's peak. ru_maxrss would also count the parent's pages shared
+    # between fork and exec, i.e. the whole benchmark run's size when started from benchmarks.run
+    status = Path("/proc/self/status").read_text().splitlines()
+    print(next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")))  # KiB
 
 
 def peak_rss_mib(work: Path, n: int) -> float:
