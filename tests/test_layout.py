@@ -42,3 +42,19 @@ def test_atomic_files_get_the_usual_permissions(tmp_path):
     mask = os.umask(0)
     os.umask(mask)
     assert (tmp_path / "x.txt").stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_atomic_dir_replaces_whole_or_not_at_all(tmp_path):
+    import pytest
+
+    from common.atomic import atomic_dir
+
+    target = tmp_path / "set"
+    with atomic_dir(target) as build:
+        (build / "a.txt").write_text("1")
+    assert [p.name for p in target.iterdir()] == ["a.txt"]
+    with pytest.raises(RuntimeError), atomic_dir(target) as build:
+        (build / "b.txt").write_text("2")
+        raise RuntimeError("killed half way")
+    assert [p.name for p in target.iterdir()] == ["a.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["set"]  # no build folder left

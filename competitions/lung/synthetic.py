@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from common.atomic import atomic_dir
 from common.images import write_png
 from competitions.lung.raw import STRUCTURES
 
@@ -92,9 +91,7 @@ def generate(out: str | Path, spec: SyntheticSpec = SyntheticSpec()) -> Path:
     manifest = out / "manifest.json"
     if manifest.exists() and json.loads(manifest.read_text()) == asdict(spec):
         return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    build = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
-    try:
+    with atomic_dir(out) as build:
         for index in range(spec.n_cases):
             image, masks = make_case(spec, index)
             name = case_id(index)
@@ -102,11 +99,6 @@ def generate(out: str | Path, spec: SyntheticSpec = SyntheticSpec()) -> Path:
             for structure in STRUCTURES:
                 write_png(build / "masks" / structure / f"{name}.png", masks[structure] * 255)
         (build / "manifest.json").write_text(json.dumps(asdict(spec), indent=2) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        build.rename(out)
-    finally:
-        shutil.rmtree(build, ignore_errors=True)
     return out
 
 

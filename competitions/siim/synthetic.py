@@ -23,8 +23,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -41,6 +39,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
+from common.atomic import atomic_dir
 from common.rle import siim_rle_encode
 
 UID_PREFIX = "1.2.826.0.1.3680043.10.511."  # synthetic, never a real patient
@@ -221,9 +220,7 @@ def generate(out: str | Path, spec: SyntheticSpec = SyntheticSpec(), *, n_jobs: 
     manifest = out / "manifest.json"
     if manifest.exists() and json.loads(manifest.read_text()) == asdict(spec):
         return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    build = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
-    try:
+    with atomic_dir(out) as build:
         total = spec.n_train + spec.n_test
         positives = np.random.default_rng([spec.seed, 999]).random(total) < POSITIVE_RATE
         jobs = [
@@ -242,11 +239,6 @@ def generate(out: str | Path, spec: SyntheticSpec = SyntheticSpec(), *, n_jobs: 
         sample = "ImageId,EncodedPixels\n" + "".join(f"{i},-1\n" for i in test_ids)
         (build / "sample_submission.csv").write_text(sample)
         (build / "manifest.json").write_text(json.dumps(asdict(spec), indent=2) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        build.rename(out)
-    finally:
-        shutil.rmtree(build, ignore_errors=True)
     return out
 
 
