@@ -35,7 +35,7 @@ from common.config import Config, load_config
 from competitions.siim.ensemble import parse_members
 from competitions.siim.offline import COMPETITION
 from competitions.siim.predict import final_path
-from competitions.siim.submit import has_credentials
+from competitions.siim.submit import call_kaggle
 
 REPO = Path(__file__).resolve().parents[2]
 CODE = ("common", "competitions")
@@ -196,32 +196,16 @@ def build(config: Config, out: Path, owner: str, *, wheels: bool = True, log=pri
 
 def push(root: Path, log=print) -> None:
     """Create or version the dataset, then push the kernel; ``RuntimeError`` with one line."""
-    if not has_credentials():
-        raise RuntimeError(
-            "no Kaggle credentials: set KAGGLE_API_TOKEN (or KAGGLE_USERNAME and KAGGLE_KEY), "
-            "or put kaggle.json / access_token in ~/.kaggle"
-        )
-    import contextlib
-    import io
 
-    captured = io.StringIO()
-    try:
-        with contextlib.redirect_stdout(captured), contextlib.redirect_stderr(captured):
-            from kaggle.api.kaggle_api_extended import KaggleApi
+    def upload(api) -> None:
+        dataset = str(root / "dataset")
+        try:
+            api.dataset_create_version(dataset, "bundle update", dir_mode="zip")
+        except Exception:  # a first push: the dataset does not exist yet
+            api.dataset_create_new(dataset, dir_mode="zip")
+        api.kernels_push(str(root / "kernel"))
 
-            api = KaggleApi()
-            api.authenticate()
-            dataset = str(root / "dataset")
-            try:
-                api.dataset_create_version(dataset, "bundle update", dir_mode="zip")
-            except Exception:  # a first push: the dataset does not exist yet
-                api.dataset_create_new(dataset, dir_mode="zip")
-            api.kernels_push(str(root / "kernel"))
-    except SystemExit:
-        raise RuntimeError("the kaggle package refused the credentials") from None
-    except Exception as error:
-        first = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
-        raise RuntimeError(f"push failed ({type(error).__name__}): {first}") from None
+    call_kaggle(upload, "push")
     log(f"pushed {root.name}: dataset and kernel")
 
 

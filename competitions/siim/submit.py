@@ -16,7 +16,9 @@ import contextlib
 import io
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 from competitions.siim import submission
 from competitions.siim.layout import SAMPLE_CSVS
@@ -24,7 +26,8 @@ from competitions.siim.layout import SAMPLE_CSVS
 COMPETITION = "siim-acr-pneumothorax-segmentation"
 RAW = Path("data/siim/raw")
 SYNTHETIC = Path("data/siim/synthetic")
-PREPARED = Path("data/siim/prepared")  # any size's test.csv gives the native image sizes
+PREPARED = Path("data/siim/prepared")
+T = TypeVar("T")  # any size's test.csv gives the native image sizes
 
 
 def find_sample() -> tuple[Path, bool]:
@@ -47,8 +50,10 @@ def has_credentials(env=os.environ) -> bool:
     return any((folder / name).is_file() for folder in folders for name in names)
 
 
-def kaggle_submit(csv: Path, message: str, competition: str) -> str:
-    """Submit through the kaggle API; ``RuntimeError`` with one line on any failure."""
+def call_kaggle(action: Callable[[Any], T], what: str) -> T:
+    """``action(api)`` with an authenticated kaggle API; ``RuntimeError`` with one line on any
+    failure: no credentials, credentials refused, no network, an HTTP or API error. The
+    package's own printing is captured, so nothing it says (nor any credential) is shown."""
     if not has_credentials():
         raise RuntimeError(
             "no Kaggle credentials: set KAGGLE_API_TOKEN (or KAGGLE_USERNAME and KAGGLE_KEY), "
@@ -61,15 +66,23 @@ def kaggle_submit(csv: Path, message: str, competition: str) -> str:
 
             api = KaggleApi()
             api.authenticate()
-            result = api.competition_submit(str(csv), message, competition)
+            return action(api)
     except SystemExit:
         raise RuntimeError(
             "the kaggle package refused the credentials (authentication failed)"
         ) from None
     except Exception as error:  # network, HTTP and API errors all end the same way
         first = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
-        raise RuntimeError(f"submission failed ({type(error).__name__}): {first}") from None
-    return str(result)
+        raise RuntimeError(f"{what} failed ({type(error).__name__}): {first}") from None
+
+
+def kaggle_submit(csv: Path, message: str, competition: str) -> str:
+    """Submit through the kaggle API; ``RuntimeError`` with one line on any failure."""
+    return str(
+        call_kaggle(
+            lambda api: api.competition_submit(str(csv), message, competition), "submission"
+        )
+    )
 
 
 def main(argv=None) -> None:
