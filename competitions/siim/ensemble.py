@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from common.atomic import write_text_atomic
 from common.checkpoints import load_checkpoint
-from common.config import Config, load_config, to_config
+from common.config import Config, load_config, load_run_config, to_config
 from common.folds import read_folds
 from common.images import read_mask, read_png, write_png
 from common.plots import mask_overlays
@@ -47,17 +47,17 @@ from common.threshold_search import (
     search_two_stage_from_stats,
 )
 from competitions.siim import submission
-from competitions.siim.layout import SAMPLE_CSVS
+from competitions.siim.layout import find_sample as find_sample_in
 from competitions.siim.predict import (
     FoldModel,
     Prediction,
     final_path,
     load_fold_model,
-    native_shapes,
     predict_ids,
 )
 from competitions.siim.prepare import main as prepare_main
 from competitions.siim.raw import read_rle_csv
+from competitions.siim.submission import native_shapes
 from competitions.siim.train import resolve_device, run_fold
 
 COMBINES = ("triplet", "classifier", "head", "max_pixel", "product")
@@ -313,11 +313,8 @@ def run_ensemble(config: Config, *, sample: Path | None, log=print) -> dict:
 
 def find_sample(config: Config) -> Path | None:
     """The sample submission of the data the members were trained on (raw, else synthetic)."""
-    for root in (Path("data/siim/raw"), Path(config.test_truth).parent):
-        for name in SAMPLE_CSVS:
-            if (root / name).is_file():
-                return root / name
-    return None
+    roots = (Path("data/siim/raw"), Path(config.test_truth).parent)
+    return next((s for s in map(find_sample_in, roots) if s is not None), None)
 
 
 def main(argv=None) -> None:
@@ -327,9 +324,7 @@ def main(argv=None) -> None:
     parser.add_argument("overrides", nargs="*", help="key.sub=value overrides")
     args = parser.parse_args(argv)
     try:
-        config = load_config(args.config, args.overrides)
-        if not config.name:
-            config["name"] = Path(args.config).stem
+        config = load_run_config(args.config, args.overrides)
         sample = Path(args.sample) if args.sample else find_sample(config)
         report = run_ensemble(config, sample=sample)
     except (ValueError, FloatingPointError) as error:

@@ -91,17 +91,26 @@ def resolve_inputs(
     return read_inputs(Path(synthetic), synthetic=True)
 
 
+def find_sample(root: Path) -> Path | None:
+    """The sample submission in ``root`` (stage 2 first), or None."""
+    return next((root / name for name in SAMPLE_CSVS if (root / name).is_file()), None)
+
+
+def find_test_ids(root: Path) -> tuple[str, ...]:
+    """Test ids: the sample submission's, else the DICOMs under dicom-images-test, else none."""
+    sample = find_sample(root)
+    if sample is not None:
+        return tuple(dict.fromkeys(read_rle_csv(sample)["ImageId"]))
+    if (root / STAGE1_TEST_FOLDER).is_dir():
+        return tuple(find_dicoms(root / STAGE1_TEST_FOLDER))
+    return ()
+
+
 def read_inputs(root: Path, *, synthetic: bool) -> Inputs:
     train_csv = next(root / name for name in TRAIN_CSVS if (root / name).is_file())
     annotations = read_rle_csv(train_csv)
     dicoms = find_dicoms(root)
-    sample = next((root / name for name in SAMPLE_CSVS if (root / name).is_file()), None)
-    if sample is not None:
-        test_ids = tuple(dict.fromkeys(read_rle_csv(sample)["ImageId"]))
-    elif (root / STAGE1_TEST_FOLDER).is_dir():
-        test_ids = tuple(find_dicoms(root / STAGE1_TEST_FOLDER))
-    else:
-        test_ids = ()
+    test_ids = find_test_ids(root)
     overlap = set(test_ids) & set(annotations["ImageId"])
     if overlap:
         raise ValueError(

@@ -21,10 +21,10 @@ from common.checkpoints import load_checkpoint
 from common.config import to_config
 from common.submission import write_submission
 from competitions.siim.ensemble import parse_members, predict_test
-from competitions.siim.layout import SAMPLE_CSVS, STAGE1_TEST_FOLDER, Inputs
+from competitions.siim.layout import STAGE1_TEST_FOLDER, Inputs, find_sample, find_test_ids
 from competitions.siim.predict import final_path
 from competitions.siim.prepare import prepare
-from competitions.siim.raw import RLE_COLUMNS, find_dicoms, read_rle_csv
+from competitions.siim.raw import RLE_COLUMNS, find_dicoms
 from competitions.siim.submission import FORMAT
 from competitions.siim.train import resolve_device
 
@@ -34,15 +34,12 @@ COMPETITION = "siim-acr-pneumothorax-segmentation"
 def test_inputs(competition: Path) -> Inputs:
     """Test ids (the sample submission's, else the DICOMs under dicom-images-test) and files."""
     dicoms = find_dicoms(competition)
-    sample = next((competition / n for n in SAMPLE_CSVS if (competition / n).is_file()), None)
-    if sample is not None:
-        ids = tuple(dict.fromkeys(read_rle_csv(sample)["ImageId"]))
-    elif (competition / STAGE1_TEST_FOLDER).is_dir():
-        ids = tuple(find_dicoms(competition / STAGE1_TEST_FOLDER))
-    else:
+    ids = find_test_ids(competition)
+    if not ids:
         raise ValueError(f"{competition}: no sample submission and no {STAGE1_TEST_FOLDER}/")
     no_labels = pd.DataFrame(columns=[*RLE_COLUMNS, "line"])
-    return Inputs(competition, False, sample or competition, no_labels, ids, dicoms)
+    source = find_sample(competition) or competition
+    return Inputs(competition, False, source, no_labels, ids, dicoms)
 
 
 def predict_submission(

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import pandas as pd
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
@@ -151,10 +150,3 @@ def predict_ids(
                 float(head[k] / seg_weight) if head is not None else None,
                 float(cls[k] / cls_weight) if cls is not None else None,
             )
-
-
-def native_shapes(table: pd.DataFrame) -> dict[str, tuple[int, int]]:
-    return {
-        image_id: (int(h), int(w))
-        for image_id, h, w in zip(table["ImageId"], table["height"], table["width"], strict=True)
-    }

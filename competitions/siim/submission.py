@@ -21,12 +21,19 @@ from competitions.siim.raw import merged_mask_rows, read_rle_csv
 FORMAT = SubmissionFormat("ImageId", "EncodedPixels", SIIM_EMPTY, siim_rle_decode)
 
 
+def native_shapes(table: pd.DataFrame) -> dict[str, tuple[int, int]]:
+    """Native (height, width) per ImageId of a prepared train.csv / test.csv table."""
+    return {
+        image_id: (int(h), int(w))
+        for image_id, h, w in zip(table["ImageId"], table["height"], table["width"], strict=True)
+    }
+
+
 def shapes_from(test_csv: str | os.PathLike | None) -> dict[str, tuple[int, int]]:
-    """Native (height, width) per test id from a prepared ``test.csv``; {} when absent."""
+    """``native_shapes`` of a prepared ``test.csv`` file; {} when absent."""
     if test_csv is None or not Path(test_csv).is_file():
         return {}
-    table = pd.read_csv(test_csv, dtype={"ImageId": str})
-    return {i: (int(h), int(w)) for i, h, w in table[["ImageId", "height", "width"]].values}
+    return native_shapes(pd.read_csv(test_csv, dtype={"ImageId": str}))
 
 
 def validate(

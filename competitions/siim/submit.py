@@ -20,8 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from competitions.siim import submission
-from competitions.siim.layout import SAMPLE_CSVS
+from competitions.siim import layout, submission
 
 COMPETITION = "siim-acr-pneumothorax-segmentation"
 RAW = Path("data/siim/raw")
@@ -33,9 +32,9 @@ T = TypeVar("T")  # any size's test.csv gives the native image sizes
 def find_sample() -> tuple[Path, bool]:
     """The sample submission (real download first) and whether it is the synthetic one."""
     for root, synthetic in ((RAW, False), (SYNTHETIC, True)):
-        for name in SAMPLE_CSVS:
-            if (root / name).is_file():
-                return root / name, synthetic
+        sample = layout.find_sample(root)
+        if sample is not None:
+            return sample, synthetic
     raise ValueError(f"no sample submission in {RAW}/ or {SYNTHETIC}/: pass --sample")
 
 
