@@ -163,6 +163,14 @@ def load_config(
     return to_config(resolved)
 
 
+def load_run_config(path: str | os.PathLike, overrides: list[str] = ()) -> Config:
+    """``load_config``, where an empty ``name`` (the run's folder) becomes the file's stem."""
+    config = load_config(path, overrides)
+    if "name" in config and not config["name"]:
+        config["name"] = Path(path).stem
+    return config
+
+
 def save_config(config: dict, path: str | os.PathLike) -> None:
     """Write the resolved config as YAML, atomically."""
     data = config.to_dict() if isinstance(config, Config) else config

@@ -31,7 +31,7 @@ from pathlib import Path
 import yaml
 
 from common.atomic import write_text_atomic
-from common.config import Config, load_config
+from common.config import Config, load_run_config
 from competitions.siim.ensemble import parse_members
 from competitions.siim.offline import COMPETITION
 from competitions.siim.predict import final_path
@@ -219,9 +219,7 @@ def main(argv=None) -> None:
     parser.add_argument("overrides", nargs="*", help="key.sub=value overrides of the ensemble")
     args = parser.parse_args(argv)
     try:
-        config = load_config(args.ensemble, args.overrides)
-        if not config.name:
-            config["name"] = Path(args.ensemble).stem
+        config = load_run_config(args.ensemble, args.overrides)
         if args.action == "build":
             build(config, args.out, args.owner, wheels=not args.no_wheels)
         else:

@@ -28,7 +28,14 @@ import torch
 from common import distributed
 from common.atomic import atomic_path, write_text_atomic
 from common.checkpoints import load_checkpoint
-from common.config import Config, ConfigError, load_config, merge, save_config, to_config
+from common.config import (
+    Config,
+    ConfigError,
+    load_run_config,
+    merge,
+    save_config,
+    to_config,
+)
 from common.losses import CombinedLoss
 from common.models import build_model
 from common.optim import Stepper, build_optimiser
@@ -192,9 +199,7 @@ def main(argv=None) -> None:
     parser.add_argument("overrides", nargs="*", help="key.sub=value overrides")
     args = parser.parse_args(argv)
     try:
-        config = load_config(args.config, args.overrides)
-        if not config.name:
-            config["name"] = Path(args.config).stem
+        config = load_run_config(args.config, args.overrides)
         for fold in parse_folds(args.folds):
             metrics = run_fold(config, fold, resume=args.resume)
             if metrics is not None:
