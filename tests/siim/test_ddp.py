@@ -15,11 +15,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from common.config import load_config
-from competitions.siim.layout import read_inputs
 from competitions.siim.loaders import eval_loader, fold_frames, train_loader
-from competitions.siim.prepare import ensure_folds, prepare
-from competitions.siim.synthetic import SyntheticSpec, generate
 from tests.conftest import REPO
+from tests.siim.tiny import tiny_siim
 
 BASE = REPO / "competitions" / "siim" / "configs" / "base.yaml"
 
@@ -27,10 +25,7 @@ BASE = REPO / "competitions" / "siim" / "configs" / "base.yaml"
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     root = tmp_path_factory.mktemp("siim_ddp")
-    synthetic = generate(root / "synthetic", SyntheticSpec(size=64, n_train=40, n_test=2), n_jobs=1)
-    prepare(read_inputs(synthetic, synthetic=True), root / "prepared" / "64", 64, n_jobs=1)
-    train = pd.read_csv(root / "prepared" / "64" / "train.csv", dtype={"ImageId": str})
-    ensure_folds(train, root / "folds.csv", n_folds=4, seed=0)
+    tiny_siim(root, n_train=40, n_test=2)
     return root
 
 

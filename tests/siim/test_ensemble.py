@@ -15,11 +15,9 @@ from common.images import read_png
 from common.postprocess import triplet
 from common.rle import siim_rle_decode
 from competitions.siim.ensemble import run_ensemble
-from competitions.siim.layout import read_inputs
-from competitions.siim.prepare import ensure_folds, prepare
 from competitions.siim.raw import merged_masks, read_rle_csv
-from competitions.siim.synthetic import SyntheticSpec, generate
 from tests.conftest import REPO
+from tests.siim.tiny import tiny_siim
 
 CONFIGS = REPO / "competitions" / "siim" / "configs"
 
@@ -27,10 +25,7 @@ CONFIGS = REPO / "competitions" / "siim" / "configs"
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     root = tmp_path_factory.mktemp("siim_ensemble")
-    synthetic = generate(root / "synthetic", SyntheticSpec(size=64, n_train=40, n_test=8), n_jobs=1)
-    prepare(read_inputs(synthetic, synthetic=True), root / "prepared" / "48", 48, n_jobs=1)
-    train = pd.read_csv(root / "prepared" / "48" / "train.csv", dtype={"ImageId": str})
-    ensure_folds(train, root / "folds.csv", n_folds=4, seed=0)
+    tiny_siim(root, n_train=40, n_test=8, size=48)
     data = {"size": 48, "prepared": str(root / "prepared"), "folds": str(root / "folds.csv")}
     data |= {"batch_size": 4, "val_batch_size": 8, "num_workers": 0}
     common = {"base": str(CONFIGS / "base.yaml"), "data": data, "predict": {"overlays": 0}}

@@ -9,17 +9,14 @@ import shutil
 import subprocess
 import sys
 
-import pandas as pd
 import pytest
 import yaml
 
 from common.config import load_config
 from competitions.siim.ensemble import run_ensemble
 from competitions.siim.kaggle_bundle import build, main
-from competitions.siim.layout import read_inputs
-from competitions.siim.prepare import ensure_folds, prepare
-from competitions.siim.synthetic import SyntheticSpec, generate
 from tests.conftest import REPO
+from tests.siim.tiny import tiny_siim
 
 CONFIGS = REPO / "competitions" / "siim" / "configs"
 RUNNER = """
@@ -35,10 +32,7 @@ for cell in json.load(open(sys.argv[1]))["cells"]:
 @pytest.fixture(scope="module")
 def ensemble(tmp_path_factory):
     root = tmp_path_factory.mktemp("siim_bundle")
-    synthetic = generate(root / "synthetic", SyntheticSpec(size=64, n_train=30, n_test=6), n_jobs=1)
-    prepare(read_inputs(synthetic, synthetic=True), root / "prepared" / "48", 48, n_jobs=1)
-    train = pd.read_csv(root / "prepared" / "48" / "train.csv", dtype={"ImageId": str})
-    ensure_folds(train, root / "folds.csv", n_folds=3, seed=0)
+    synthetic = tiny_siim(root, n_train=30, n_test=6, size=48, n_folds=3)
     data = {"size": 48, "prepared": str(root / "prepared"), "folds": str(root / "folds.csv")}
     data |= {"batch_size": 4, "num_workers": 0}
     experiment = {"base": str(CONFIGS / "base.yaml"), "data": data, "predict": {"overlays": 0}}
