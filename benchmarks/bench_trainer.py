@@ -28,9 +28,9 @@ from common.models import build_model
 from common.optim import Stepper, build_optimiser
 from common.training import Settings, Trainer
 from competitions.siim.layout import read_inputs
+from competitions.siim.loaders import train_loader
 from competitions.siim.prepare import prepare
 from competitions.siim.synthetic import SyntheticSpec, generate
-from competitions.siim.train import train_loader
 
 CONFIG = Path("competitions/siim/configs/unet_resnet18_cpu.yaml")
 STEPS = 12

@@ -3,7 +3,8 @@ whose share of non-empty images follows a schedule.
 
 Tensor conventions: ``image`` is float32 (C, H, W), normalised per channel with ``mean``/``std``
 on the 0..1 scale (the grey image is repeated over ``in_channels``); ``mask`` is float32
-(1, H, W) in {0, 1}; ``label`` is float32 (1,), 1 when the (augmented) mask is non-empty.
+(C, H, W) in {0, 1}, C = 1 for one mask per image or one channel per class of a multi-label
+task; ``label`` is float32 (1,), 1 when the (augmented) mask is non-empty in any channel.
 """
 
 from __future__ import annotations
@@ -25,10 +26,12 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def load_transforms(path: str | os.PathLike, size: int) -> A.Compose:
+def load_transforms(path: str | os.PathLike, size: int, crop: int = 0) -> A.Compose:
     """An albumentations 2.x pipeline saved as JSON (``A.save`` format). A transform whose
     ``size`` is ``null`` gets the training size (``size`` x ``size``), so one file serves every
-    resolution."""
+    resolution. ``crop`` > 0 appends a random ``crop`` x ``crop`` crop: training on crops of a
+    larger image costs what the crop size costs, and the fully convolutional model then predicts
+    whole images at the full resolution."""
     path = Path(path)
     try:
         data = json.loads(path.read_text())
@@ -43,7 +46,20 @@ def load_transforms(path: str | os.PathLike, size: int) -> A.Compose:
         raise ValueError(f"{path}: not an albumentations pipeline: {error}") from None
     if not isinstance(pipeline, A.Compose):
         raise ValueError(f"{path}: the top-level transform must be a Compose")
+    if crop:
+        if not 0 < crop <= size:
+            raise ValueError(f"crop {crop} must be between 1 and the image size {size}")
+        pipeline = A.Compose([*pipeline.transforms, A.RandomCrop(crop, crop)])
     return pipeline
+
+
+def transform_names(pipeline) -> list[str]:
+    """The class names of every transform in a pipeline, nested ones included."""
+    names = []
+    for transform in getattr(pipeline, "transforms", []):
+        names.append(type(transform).__name__)
+        names.extend(transform_names(transform))
+    return names
 
 
 def _fill_size(node: dict, size: int) -> None:
@@ -80,7 +96,12 @@ def reseed_main_process(loader) -> None:
 
 
 class SegmentationDataset(Dataset):
-    """Images (and masks, when ``mask_dir`` is given) named ``<id>.png`` in prepared folders."""
+    """Images (and masks, when ``mask_dir`` is given) named ``<id>.png`` in prepared folders.
+
+    With ``mask_channels`` (multi-label tasks) the masks are ``mask_dir/<channel>/<id>.png``,
+    stacked in that order into (C, H, W); the augmentation sees them as one (H, W, C) mask, so
+    every channel gets the same geometric transform.
+    """
 
     def __init__(
         self,
@@ -93,8 +114,10 @@ class SegmentationDataset(Dataset):
         in_channels: int = 3,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
+        mask_channels: Sequence[str] | None = None,
     ):
         self.ids = list(ids)
+        self.mask_channels = list(mask_channels) if mask_channels else None
         self.image_dir = Path(image_dir)
         self.mask_dir = Path(mask_dir) if mask_dir is not None else None
         self.size = size
@@ -114,16 +137,26 @@ class SegmentationDataset(Dataset):
         image = read_png(self.image_dir / f"{image_id}.png", shape)
         mask = None
         if self.mask_dir is not None:
-            mask = read_mask(self.mask_dir / f"{image_id}.png", shape)
+            mask = self._read_mask(image_id, shape)
         if self.transform is not None:
             out = self.transform(image=image, **({"mask": mask} if mask is not None else {}))
             image, mask = out["image"], out.get("mask")
         item = {"image": torch.from_numpy(self._normalise(image)), "index": index}
         if mask is not None:
-            mask = np.ascontiguousarray(mask, dtype=np.float32)[None]
+            mask = np.asarray(mask, dtype=np.float32)
+            mask = np.ascontiguousarray(mask.transpose(2, 0, 1) if mask.ndim == 3 else mask[None])
             item["mask"] = torch.from_numpy(mask)
             item["label"] = torch.tensor([float(mask.any())])
         return item
+
+    def _read_mask(self, image_id: str, shape: tuple[int, int]) -> np.ndarray:
+        """(H, W), or (H, W, C) with ``mask_channels``."""
+        if self.mask_channels is None:
+            return read_mask(self.mask_dir / f"{image_id}.png", shape)
+        channels = [
+            read_mask(self.mask_dir / c / f"{image_id}.png", shape) for c in self.mask_channels
+        ]
+        return np.stack(channels, axis=-1)
 
     def _normalise(self, image: np.ndarray) -> np.ndarray:
         if image.ndim == 3:  # a transform may hand back (H, W, 1)

@@ -1,7 +1,9 @@
 """Prediction with test-time augmentation, and validation metrics computed while streaming.
 
 TTA transforms come in inverse pairs (``tta_augment`` / ``tta_deaugment``) over (N, C, H, W)
-tensors; the de-augmented probabilities are averaged. Masks come out as uint8 quantised maps
+tensors; the de-augmented probabilities are averaged. A flip is wrong for a task whose channels
+have a side (a left and a right lung swap places in a mirrored image): ``TtaPolicy`` lets a
+competition forbid a flip or remap the channels after undoing it. Masks come out as uint8 quantised maps
 (``common.postprocess.quantise``), one image at a time, so memory does not grow with the
 number of images.
 """
@@ -9,14 +11,16 @@ number of images.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import nullcontext
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from common.metrics import jaccard_from_counts
 from common.postprocess import quantise
 from common.threshold_search import ImageStats, reduce_pairs, search_triplets_from_stats
 
@@ -33,8 +37,58 @@ def tta_augment(x: torch.Tensor, name: str) -> torch.Tensor:
     raise ValueError(f"unknown TTA {name!r}; valid: {', '.join(TTA_NAMES)}")
 
 
-def tta_deaugment(y: torch.Tensor, name: str) -> torch.Tensor:
-    return tta_augment(y, name)  # flips are their own inverse
+def tta_deaugment(y: torch.Tensor, name: str, policy: TtaPolicy | None = None) -> torch.Tensor:
+    """Undo ``name`` on the model's output (flips are their own inverse), then apply the
+    policy's channel remap for it, if any."""
+    y = tta_augment(y, name)
+    order = policy.remap.get(name) if policy is not None else None
+    return y[:, list(order)] if order is not None else y
+
+
+@dataclass(frozen=True)
+class TtaPolicy:
+    """What a competition allows: ``forbidden`` TTA names, and ``remap[name]``, the channel
+    order of the de-augmented output (``out[:, c] = y[:, remap[c]]``, e.g. (1, 0) swaps a
+    left and a right channel after an hflip)."""
+
+    forbidden: frozenset[str] = frozenset()
+    remap: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    reason: str = ""
+
+    def check(self, names, channels: int | None = None) -> tuple[str, ...]:
+        """The TTA names, validated: known, not forbidden, and each remap a permutation of
+        ``channels``; ``ValueError`` otherwise."""
+        names = tuple(names)
+        for name in names:
+            if name not in TTA_NAMES:
+                raise ValueError(f"unknown TTA {name!r}; valid: {', '.join(TTA_NAMES)}")
+            if name in self.forbidden:
+                why = f": {self.reason}" if self.reason else ""
+                raise ValueError(f"TTA {name!r} is not allowed here{why}")
+        for name, order in self.remap.items():
+            if channels is not None and sorted(order) != list(range(channels)):
+                raise ValueError(
+                    f"TTA {name!r}: channel remap {order} is not a permutation of {channels} channels"
+                )
+        return names
+
+
+def side_swap(channels, pairs=(("left", "right"),)) -> tuple[int, ...]:
+    """The channel order that swaps each ``left_*`` channel with its ``right_*`` twin (the
+    remap after a horizontal flip); other channels stay."""
+    channels = list(channels)
+    order = []
+    for name in channels:
+        twin = name
+        for a, b in pairs:
+            if name.startswith(a):
+                twin = b + name[len(a) :]
+            elif name.startswith(b):
+                twin = a + name[len(b) :]
+        if twin not in channels:
+            raise ValueError(f"channel {name!r} has no mirrored twin {twin!r} in {channels}")
+        order.append(channels.index(twin))
+    return tuple(order)
 
 
 def autocast(device: torch.device, amp: str):
@@ -67,12 +121,16 @@ def predict_tensor(
     scales: tuple[int, ...] = (),
     amp: str = "none",
     channels_last: bool = False,
+    policy: TtaPolicy | None = None,
 ) -> dict[str, np.ndarray]:
-    """Probabilities for a batch of images (N, C, H, W): ``mask`` (N, H, W) float32 and/or
-    ``label`` (N,) float32, each the mean over the TTA flips (de-augmented) and the input sizes:
-    the batch's own and each of ``scales`` (multi-scale TTA: the images are resized bilinearly to
-    side ``s`` and the maps resized back)."""
+    """Probabilities for a batch of images (N, C, H, W): ``mask`` (N, K, H, W) float32 (K mask
+    channels) and/or ``label`` (N,) float32, each the mean over the TTA flips (de-augmented,
+    remapped by ``policy``) and the input sizes: the batch's own and each of ``scales``
+    (multi-scale TTA: the images are resized bilinearly to side ``s`` and the maps resized
+    back)."""
     model.eval()
+    if policy is not None:
+        policy.check(tta)
     size = image.shape[-2:]
     sums: dict[str, torch.Tensor] = {}
     views = 0
@@ -85,12 +143,15 @@ def predict_tensor(
             for key, logits in out.items():
                 prob = torch.sigmoid(logits.float())
                 if key == "mask":
-                    prob = tta_deaugment(prob, name)
+                    prob = tta_deaugment(prob, name, policy)
                     if scale is not None:
                         prob = F.interpolate(prob, size, mode="bilinear")
                 sums[key] = sums[key] + prob if key in sums else prob
             views += 1
-    return {k: (v / views).cpu().numpy()[:, 0] for k, v in sums.items()}
+    out = {k: (v / views).cpu().numpy() for k, v in sums.items()}
+    if "label" in out:
+        out["label"] = out["label"][:, 0]
+    return out
 
 
 def predict_batches(model: nn.Module, loader, **options) -> Iterator[tuple[dict, dict]]:
@@ -108,16 +169,25 @@ def evaluate(
     device: torch.device,
     amp: str = "none",
     channels_last: bool = False,
+    channel_names: Sequence[str] | None = None,
 ) -> dict[str, float]:
     """Validation metrics in one streamed pass (no TTA).
 
-    Segmentation: ``dice_05`` (Kaggle mean Dice at 0.5), ``dice_triplet`` (at the best point of
-    the default triplet grid, from the same per-image histograms), ``empty_dice`` (every image
-    predicted empty). With labels: ``auc`` and ``accuracy`` of the classification output.
+    Segmentation: ``dice_05`` (Kaggle mean Dice at 0.5), ``jaccard_05`` (the same with
+    Jaccard), ``dice_triplet`` (at the best point of the default triplet grid, from the same
+    per-image histograms), ``empty_dice`` (every image predicted empty). With several mask
+    channels each of these is also given per channel (``dice_05_<name>``) and the plain name is
+    the mean over channels. With labels: ``auc`` and ``accuracy`` of the classification output.
     Always ``val_loss``.
     """
     part = collect_validation(
-        model, loader, loss, device=device, amp=amp, channels_last=channels_last
+        model,
+        loader,
+        loss,
+        device=device,
+        amp=amp,
+        channels_last=channels_last,
+        channel_names=channel_names,
     )
     return validation_metrics([part])
 
@@ -131,12 +201,15 @@ def collect_validation(
     device: torch.device,
     amp: str = "none",
     channels_last: bool = False,
+    channel_names: Sequence[str] | None = None,
 ) -> dict:
-    """What ``validation_metrics`` needs from one shard of the validation set: per-image
-    histogram rows, per-batch losses and sizes, classification scores and labels. Small (a few
-    KB per image), so DDP ranks can gather them."""
+    """What ``validation_metrics`` needs from one shard of the validation set: per-image (and
+    per-channel) histogram rows, per-batch losses and sizes, classification scores and labels.
+    Small (a few KB per image), so DDP ranks can gather them."""
     model.eval()
     part: dict = {"loss_sums": [], "sizes": [], "scores": [], "labels": []}
+    if channel_names is not None:
+        part["channel_names"] = list(channel_names)
 
     def mask_pairs():
         for batch in loader:
@@ -151,9 +224,11 @@ def collect_validation(
                 part["scores"].extend(torch.sigmoid(out["label"].float())[:, 0].tolist())
                 part["labels"].extend(batch["label"][:, 0].tolist())
             if "mask" in out:
-                probs = torch.sigmoid(out["mask"].float())[:, 0].cpu().numpy()
-                truths = batch["mask"][:, 0].numpy().astype(np.uint8)
-                yield from zip(map(quantise, probs), truths, strict=True)
+                probs = torch.sigmoid(out["mask"].float()).cpu().numpy()
+                truths = batch["mask"].numpy().astype(np.uint8)
+                part["channels"] = probs.shape[1]
+                for prob, truth in zip(probs, truths, strict=True):  # image-major, channel-minor
+                    yield from zip(map(quantise, prob), truth, strict=True)
 
     pairs = mask_pairs()
     first = next(pairs, None)  # runs the loader until the first mask (or to the end)
@@ -168,13 +243,22 @@ def validation_metrics(parts: list[dict]) -> dict[str, float]:
     metrics: dict[str, float] = {}
     with_maps = [p for p in parts if "above" in p]
     if with_maps:
+        channels = with_maps[0]["channels"]
+        names = with_maps[0].get("channel_names") or [f"c{c}" for c in range(channels)]
+        if len(names) != channels:
+            raise ValueError(f"{len(names)} channel names {names} for {channels} mask channels")
         above = np.concatenate([p["above"] for p in with_maps])
         above_true = np.concatenate([p["above_true"] for p in with_maps])
-        stats = ImageStats(above=above, above_true=above_true, n_true=above_true[:, 0])
-        at_half = search_triplets_from_stats(stats, [0.5], [0], [0.5]).best["dice"]
-        grid = search_triplets_from_stats(stats)
-        metrics |= {"dice_05": float(at_half), "dice_triplet": float(grid.best["dice"])}
-        metrics["empty_dice"] = float(grid.empty_dice)
+        per_channel = [
+            _map_metrics(above[c::channels], above_true[c::channels]) for c in range(channels)
+        ]
+        if channels == 1:
+            metrics |= per_channel[0]
+        else:
+            for name, values in zip(names, per_channel, strict=True):
+                metrics |= {f"{key}_{name}": value for key, value in values.items()}
+            for key in per_channel[0]:
+                metrics[key] = float(np.mean([values[key] for values in per_channel]))
     scores = [s for p in parts for s in p["scores"]]
     labels = [label for p in parts for label in p["labels"]]
     if scores:
@@ -183,6 +267,20 @@ def validation_metrics(parts: list[dict]) -> dict[str, float]:
     loss_sum = sum(sum(p["loss_sums"]) for p in parts)
     metrics["val_loss"] = loss_sum / total if total else float("nan")
     return metrics
+
+
+def _map_metrics(above: np.ndarray, above_true: np.ndarray) -> dict[str, float]:
+    stats = ImageStats(above=above, above_true=above_true, n_true=above_true[:, 0])
+    at_half = search_triplets_from_stats(stats, [0.5], [0], [0.5]).best["dice"]
+    n_pred, n_inter = stats.areas(0.5)
+    jaccard = jaccard_from_counts(n_inter, n_pred, stats.n_true).mean()
+    grid = search_triplets_from_stats(stats)
+    return {
+        "dice_05": float(at_half),
+        "jaccard_05": float(jaccard),
+        "dice_triplet": float(grid.best["dice"]),
+        "empty_dice": float(grid.empty_dice),
+    }
 
 
 def roc_auc(labels, scores) -> float:

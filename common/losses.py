@@ -1,5 +1,6 @@
-"""Loss registry: segmentation losses on logits (N, 1, H, W) against targets in {0, 1} of the same
-shape, classification losses on logits (N, 1) against (N, 1), and their weighted sum.
+"""Loss registry: segmentation losses on logits (N, C, H, W) against targets in {0, 1} of the same
+shape (C = 1, or one channel per class of a multi-label task; ``dice`` is the mean of the
+per-channel soft Dice), classification losses on logits (N, 1) against (N, 1), and their weighted sum.
 
 A config names the terms (``loss.terms``), each ``{name, weight, **params}``; ``cls_weight`` adds
 an empty/non-empty classification term on the model's classification head, e.g. the 4th place
@@ -59,7 +60,7 @@ SEGMENTATION_LOSSES: dict[str, Callable[..., nn.Module]] = {
     "bce": BCE,
     "weighted_bce": WeightedBCE,
     "focal": lambda **kw: FocalLoss(mode="binary", **kw),
-    "dice": lambda **kw: DiceLoss(mode="binary", from_logits=True, **kw),
+    "dice": lambda **kw: DiceLoss(mode="multilabel", from_logits=True, **kw),
     "lovasz": lambda per_image=True: LovaszLoss(mode="binary", per_image=per_image),
     "symmetric_lovasz": SymmetricLovasz,
 }
@@ -86,10 +87,25 @@ class CombinedLoss(nn.Module):
     """``sum(weight * term(mask_logits, mask)) + cls_weight * cls(label_logits, label)``.
 
     ``forward`` takes the model's output dict (``mask`` and/or ``label`` logits) and the batch
-    dict, and returns (total, {term name: value}) so each term can be logged."""
+    dict, and returns (total, {term name: value}) so each term can be logged.
 
-    def __init__(self, terms: list, *, cls_weight: float = 0.0, cls_loss: dict | None = None):
+    ``channel_weights`` (multi-label tasks) computes every term on each mask channel alone and
+    takes the weighted mean over channels, so a thin structure can weigh more than a large one.
+    """
+
+    def __init__(
+        self,
+        terms: list,
+        *,
+        cls_weight: float = 0.0,
+        cls_loss: dict | None = None,
+        channel_weights: list[float] | None = None,
+    ):
         super().__init__()
+        weights = [float(w) for w in channel_weights or []]
+        if any(w < 0 for w in weights) or (weights and sum(weights) <= 0):
+            raise ValueError(f"loss.channel_weights {weights}: need non-negative, not all zero")
+        self.channel_weights = [w / sum(weights) for w in weights] if weights else None
         built = [_build(SEGMENTATION_LOSSES, t, f"loss.terms[{i}]") for i, t in enumerate(terms)]
         self.names = [name for name, _, _ in built]
         self.weights = [weight for _, weight, _ in built]
@@ -106,8 +122,13 @@ class CombinedLoss(nn.Module):
         total = None
         if self.terms and "mask" in outputs:
             logits, target = outputs["mask"].float(), batch["mask"]
+            if self.channel_weights and len(self.channel_weights) != logits.shape[1]:
+                raise ValueError(
+                    f"loss.channel_weights has {len(self.channel_weights)} values for "
+                    f"{logits.shape[1]} mask channels"
+                )
             for name, weight, term in zip(self.names, self.weights, self.terms, strict=True):
-                parts[name] = term(logits, target)
+                parts[name] = self._term(term, logits, target)
                 total = weight * parts[name] if total is None else total + weight * parts[name]
         if self.cls is not None:
             parts["cls"] = self.cls(outputs["label"].float(), batch["label"])
@@ -116,3 +137,12 @@ class CombinedLoss(nn.Module):
         if total is None:
             raise ValueError(f"loss: the model gave {sorted(outputs)}, which no loss term uses")
         return total, {name: float(value.detach()) for name, value in parts.items()}
+
+    def _term(self, term: nn.Module, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if not self.channel_weights:
+            return term(logits, target)
+        values = [
+            w * term(logits[:, c : c + 1], target[:, c : c + 1])
+            for c, w in enumerate(self.channel_weights)
+        ]
+        return torch.stack(values).sum()

@@ -1,7 +1,8 @@
 """Model registry: segmentation models from segmentation_models_pytorch by architecture and
 encoder name, and classifiers (an smp encoder with a pooling head).
 
-Every model returns a dict: ``mask`` logits (N, 1, H, W) for segmentation, ``label`` logits (N, 1)
+Every model returns a dict: ``mask`` logits (N, classes, H, W) for segmentation (one sigmoid
+channel per class: multi-label, classes may overlap), ``label`` logits (N, 1)
 for classification or the segmentation model's optional empty/non-empty head. Weights are never
 downloaded: the default is random init, and ``weights`` names a local file (a state dict of the
 whole model or of its encoder, e.g. torchvision/timm ImageNet weights saved beforehand).
@@ -37,14 +38,23 @@ ARCHITECTURES = {
 class SegmentationNet(nn.Module):
     """An smp model; with ``cls_head`` it also predicts whether the mask is empty."""
 
-    def __init__(self, arch: str, encoder: str, *, in_channels: int, cls_head: bool, **params):
+    def __init__(
+        self,
+        arch: str,
+        encoder: str,
+        *,
+        in_channels: int,
+        cls_head: bool,
+        classes: int = 1,
+        **params,
+    ):
         super().__init__()
         aux = {"classes": 1, "pooling": "avg", "dropout": 0.2} if cls_head else None
         self.net = ARCHITECTURES[arch](
             encoder_name=encoder,
             encoder_weights=None,
             in_channels=in_channels,
-            classes=1,
+            classes=classes,
             aux_params=aux,
             **params,
         )
@@ -86,10 +96,12 @@ def build_model(
     encoder: str,
     in_channels: int = 3,
     cls_head: bool = False,
+    classes: int = 1,
     weights: str | os.PathLike | None = None,
     params: dict | None = None,
 ) -> nn.Module:
-    """A model by name; unknown names raise ``ValueError`` listing the valid ones."""
+    """A model by name; unknown names raise ``ValueError`` listing the valid ones. ``classes``
+    is the number of mask channels of a segmentation model."""
     if task not in TASKS:
         raise ValueError(f"model.task {task!r} is unknown; valid: {', '.join(TASKS)}")
     encoders = sorted(get_encoder_names())
@@ -102,7 +114,12 @@ def build_model(
         _check_params(arch, params or {})
         try:
             model = SegmentationNet(
-                arch, encoder, in_channels=in_channels, cls_head=cls_head, **(params or {})
+                arch,
+                encoder,
+                in_channels=in_channels,
+                cls_head=cls_head,
+                classes=classes,
+                **(params or {}),
             )
         except (TypeError, ValueError, KeyError) as error:
             raise ValueError(f"model {arch}/{encoder}: {error}") from None

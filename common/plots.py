@@ -54,14 +54,21 @@ def search_heatmap(result, path: str | os.PathLike) -> None:
 
 
 def training_curves(log, path: str | os.PathLike) -> None:
-    """Losses (left) and validation metrics (right) per epoch, from the trainer's log frame."""
+    """Losses (left) and validation metrics (right) per epoch, from the trainer's log frame.
+    With several mask channels the right panel shows each channel's Dice at 0.5 and their
+    mean."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.2))
     for column in [c for c in log.columns if c.endswith("loss")]:
         left.plot(log["epoch"], log[column], marker="o", label=column)
     left.set_xlabel("epoch")
     left.set_title("loss")
     left.legend(fontsize=8)
-    metrics = [c for c in ("dice_05", "dice_triplet", "empty_dice", "auc", "accuracy") if c in log]
+    per_channel = [c for c in log.columns if c.startswith("dice_05_")]
+    if per_channel:
+        metrics = ["dice_05", *per_channel]
+    else:
+        metrics = ("dice_05", "dice_triplet", "empty_dice", "auc", "accuracy")
+    metrics = [c for c in metrics if c in log]
     for column in metrics:
         style = "--" if column == "empty_dice" else "-"
         right.plot(log["epoch"], log[column], style, marker="o", label=column)
@@ -75,7 +82,9 @@ def training_curves(log, path: str | os.PathLike) -> None:
 def mask_overlays(panels, path: str | os.PathLike, columns: int = 4) -> None:
     """A grid of images with their truth (green) and prediction (red) outlines.
 
-    ``panels``: (title, image uint8 (H, W), truth {0,1} or None, prediction {0,1}) tuples."""
+    ``panels``: (title, image uint8 (H, W), truth {0,1} or None, prediction {0,1}) tuples;
+    a mask may be (C, H, W) (one channel per structure), each channel outlined on its own.
+    Masks of another size than the image are drawn on the image resized to theirs."""
     import cv2
 
     panels = list(panels)
@@ -86,13 +95,21 @@ def mask_overlays(panels, path: str | os.PathLike, columns: int = 4) -> None:
     for ax in axes.ravel():
         ax.axis("off")
     for ax, (title, image, truth, pred) in zip(axes.ravel(), panels, strict=False):
+        height, width = np.shape(pred)[-2:]
+        if image.shape != (height, width):
+            image = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
         rgb = cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
         for mask, colour in ((truth, (0, 255, 0)), (pred, (255, 40, 40))):
-            if mask is not None and mask.any():
-                contours, _ = cv2.findContours(
-                    mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE
-                )
-                cv2.drawContours(rgb, contours, -1, colour, max(1, image.shape[0] // 256))
+            if mask is None:
+                continue
+            for channel in np.reshape(mask, (-1, height, width)):
+                if channel.any():
+                    contours, _ = cv2.findContours(
+                        np.ascontiguousarray(channel, dtype=np.uint8),
+                        cv2.RETR_EXTERNAL,
+                        cv2.CHAIN_APPROX_NONE,
+                    )
+                    cv2.drawContours(rgb, contours, -1, colour, max(1, height // 256))
         ax.imshow(rgb)
         ax.set_title(title, fontsize=8)
     with_truth = any(truth is not None for _, _, truth, _ in panels)

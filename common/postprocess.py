@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
+from scipy import ndimage
 
 PROB_SCALE = 255  # uint8 quantisation: probability = q / PROB_SCALE
 _LEVELS = np.arange(PROB_SCALE + 1, dtype=np.float64) / PROB_SCALE
@@ -96,3 +97,56 @@ def two_stage(
     if not cls_score > cls_threshold or int(mask.sum()) < min_area:
         return np.zeros(prob.shape, dtype=np.uint8)
     return mask
+
+
+def _components(mask, connectivity: int):
+    mask = np.ascontiguousarray(np.asarray(mask) != 0, dtype=np.uint8)
+    if mask.ndim != 2:
+        raise ValueError(f"expected a 2-D mask, got shape {mask.shape}")
+    count, labels, stats, centroids = cv2.connectedComponentsWithStats(
+        mask, connectivity=connectivity
+    )
+    return mask, count, labels, stats[:, cv2.CC_STAT_AREA], centroids
+
+
+def largest_component(mask, connectivity: int = 8) -> np.ndarray:
+    """The largest connected component of a 2-D mask (an empty mask stays empty)."""
+    mask, count, labels, areas, _ = _components(mask, connectivity)
+    if count <= 2:
+        return mask
+    return (labels == 1 + int(np.argmax(areas[1:]))).view(np.uint8)
+
+
+def largest_per_side(mask, connectivity: int = 8) -> np.ndarray:
+    """The largest connected component on each side of the image's vertical midline (by the
+    component's centroid): one left and one right structure, e.g. a pair of clavicles."""
+    mask, count, labels, areas, centroids = _components(mask, connectivity)
+    if count <= 2:
+        return mask
+    middle = (mask.shape[1] - 1) / 2
+    keep = np.zeros(count, dtype=bool)
+    for side in (centroids[1:, 0] <= middle, centroids[1:, 0] > middle):
+        if side.any():
+            keep[1 + np.flatnonzero(side)[np.argmax(np.where(side, areas[1:], -1)[side])]] = True
+    return keep[labels].view(np.uint8)
+
+
+def fill_holes(mask) -> np.ndarray:
+    """A 2-D mask with every region enclosed by it filled."""
+    return ndimage.binary_fill_holes(np.asarray(mask) != 0).view(np.uint8)
+
+
+KEEP_RULES = {
+    "all": lambda mask: np.ascontiguousarray(np.asarray(mask) != 0, dtype=np.uint8),
+    "largest": largest_component,
+    "largest_per_side": largest_per_side,
+}
+
+
+def clean_mask(mask, keep: str = "all", fill: bool = False) -> np.ndarray:
+    """Shape priors for an anatomical structure: keep ``all`` components, the ``largest`` or
+    the ``largest_per_side``, then optionally fill the holes."""
+    if keep not in KEEP_RULES:
+        raise ValueError(f"unknown component rule {keep!r}; valid: {', '.join(KEEP_RULES)}")
+    mask = KEEP_RULES[keep](mask)
+    return fill_holes(mask) if fill else mask

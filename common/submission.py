@@ -10,7 +10,7 @@ value where the marker is expected, a string that does not decode or runs out of
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,13 +45,21 @@ def write_submission(
     rows: Iterable[tuple[str, str]], path: str | os.PathLike, fmt: SubmissionFormat
 ) -> int:
     """Write (id, value) rows under the format's header, atomically; returns the row count."""
+    return write_rows(rows, path, (fmt.id_column, fmt.value_column))
+
+
+def write_rows(
+    rows: Iterable[Sequence[str]], path: str | os.PathLike, header: Sequence[str]
+) -> int:
+    """Write plain CSV rows (no field may hold a comma or a newline; the last may be empty)
+    under ``header``, atomically; returns the row count."""
     count = 0
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="\n") as f:
-        f.write(fmt.header + "\n")
-        for image_id, value in rows:
-            if "," in image_id or "\n" in value:
-                raise ValueError(f"row {count + 1}: id {image_id!r} or its value breaks the CSV")
-            f.write(f"{image_id},{value}\n")
+        f.write(",".join(header) + "\n")
+        for row in rows:
+            if len(row) != len(header) or any("," in v or "\n" in v for v in row):
+                raise ValueError(f"row {count + 1}: {tuple(row)!r} does not fit the CSV {header}")
+            f.write(",".join(row) + "\n")
             count += 1
     return count
 

@@ -59,7 +59,9 @@ class Settings:
     channels_last: bool = False
     top_k: int = 3
     early_stop: int = 0  # epochs without improvement before stopping; 0 = off
-    monitor: str = "dice_triplet"  # validation metric to maximise (val_loss is minimised)
+    # validation metric to maximise (val_loss is minimised); "epoch" keeps the last top_k epochs,
+    # so that the validation set (a benchmark's test fold) chooses nothing
+    monitor: str = "dice_triplet"
     max_steps: int = 0  # cap on batches per epoch (smoke tests); 0 = all
     sync_bn: bool = False  # SyncBatchNorm under DDP with NCCL
 
@@ -105,8 +107,10 @@ class Trainer:
         config: dict,
         device: torch.device,
         log: Callable[[str], None] = print,
+        channel_names: list[str] | None = None,
     ):
         self.loss, self.optimiser, self.stepper = loss, optimiser, stepper
+        self.channel_names = channel_names
         self.train_loader, self.val_loader = train_loader, val_loader
         self.settings, self.out, self.config, self.device = settings, Path(out), config, device
         self.log = log if distributed.is_main() else (lambda _: None)
@@ -199,6 +203,7 @@ class Trainer:
             device=self.device,
             amp=self.amp,
             channels_last=self.settings.channels_last,
+            channel_names=self.channel_names,
         )
         return validation_metrics(distributed.gather(part))
 
@@ -227,12 +232,13 @@ class Trainer:
         row = {"epoch": epoch, **self.train_epoch(epoch), **lrs}
         train_time = time.perf_counter() - began
         metrics = self.validate()
-        if self.settings.monitor not in metrics:
+        scores = metrics | {"epoch": float(epoch)}
+        if self.settings.monitor not in scores:
             raise ValueError(
                 f"train.monitor {self.settings.monitor!r} is not a validation metric; "
-                f"valid: {', '.join(sorted(metrics))}"
+                f"valid: {', '.join(sorted(scores))}"
             )
-        score = metrics[self.settings.monitor]
+        score = scores[self.settings.monitor]
         self.stepper.after_epoch(score * self._sign())
         row |= metrics | {"seconds": time.perf_counter() - began}
         row["images_per_s"] = row["images"] / train_time
@@ -341,7 +347,7 @@ class Trainer:
 
 def _summary(row: dict, monitor: str) -> str:
     shown = [f"epoch {row['epoch']}", f"train_loss {row['train_loss']:.4f}"]
-    for key in ("val_loss", "dice_05", "dice_triplet", "empty_dice", "auc"):
+    for key in ("val_loss", "dice_05", "jaccard_05", "dice_triplet", "empty_dice", "auc"):
         if key in row:
             shown.append(f"{key} {row[key]:.4f}")
     shown.append(f"{row['images_per_s']:.1f} img/s, {row['seconds']:.0f}s")

@@ -149,3 +149,35 @@ def test_in_process_loading_is_reproducible(prepared):
 
     first, second = epoch_images(), epoch_images()
     assert _same(first, second) == 4 and _same(first[:2], first[2:]) < 2
+
+
+def test_multi_channel_masks_share_the_augmentation(tmp_path):
+    image = np.zeros((64, 64), np.uint8)
+    write_png(tmp_path / "images" / "x.png", image)
+    left, right = np.zeros((64, 64), np.uint8), np.zeros((64, 64), np.uint8)
+    left[10:30, 5:20], right[40:50, 30:60] = 255, 255
+    write_png(tmp_path / "masks" / "left" / "x.png", left)
+    write_png(tmp_path / "masks" / "right" / "x.png", right)
+    plain = SegmentationDataset(
+        ["x"], tmp_path / "images", tmp_path / "masks", size=64, mask_channels=["left", "right"]
+    )[0]
+    assert plain["mask"].shape == (2, 64, 64)
+    assert float(plain["mask"][0].sum()) == 20 * 15 and float(plain["mask"][1].sum()) == 10 * 30
+    spec = {
+        "__version__": "2.0.8",
+        "transform": {"__class_fullname__": "Compose", "p": 1.0, "transforms": []},
+    }
+    (tmp_path / "t.json").write_text(json.dumps(spec))
+    crop = load_transforms(tmp_path / "t.json", 64, crop=48)
+    crop.set_random_seed(3)
+    item = SegmentationDataset(
+        ["x"],
+        tmp_path / "images",
+        tmp_path / "masks",
+        size=64,
+        transform=crop,
+        mask_channels=["left", "right"],
+    )[0]
+    assert item["image"].shape == (3, 48, 48) and item["mask"].shape == (2, 48, 48)
+    with pytest.raises(ValueError, match="crop 80"):
+        load_transforms(tmp_path / "t.json", 64, crop=80)

@@ -66,3 +66,30 @@ def test_combination_with_classification_term():
 def test_bad_loss_specs(terms, message):
     with pytest.raises(ValueError, match=message):
         CombinedLoss(terms)
+
+
+def test_channel_weights_weigh_each_channel_alone():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 3, 8, 8, generator=g)
+    mask = (torch.rand(2, 3, 8, 8, generator=g) > 0.5).float()
+    batch = {"mask": mask}
+    per_channel = [
+        float(
+            CombinedLoss([{"name": "dice"}])(
+                {"mask": logits[:, c : c + 1]}, {"mask": mask[:, c : c + 1]}
+            )[0]
+        )
+        for c in range(3)
+    ]
+    weighted = CombinedLoss([{"name": "dice"}], channel_weights=[1, 1, 2])({"mask": logits}, batch)[
+        0
+    ]
+    assert float(weighted) == pytest.approx(
+        (per_channel[0] + per_channel[1] + 2 * per_channel[2]) / 4
+    )
+    plain = CombinedLoss([{"name": "dice"}])({"mask": logits}, batch)[0]
+    assert float(plain) == pytest.approx(sum(per_channel) / 3, rel=1e-5)  # dice: mean over channels
+    with pytest.raises(ValueError, match="2 values for 3 mask channels"):
+        CombinedLoss([{"name": "bce"}], channel_weights=[1, 1])({"mask": logits}, batch)
+    with pytest.raises(ValueError, match="channel_weights"):
+        CombinedLoss([{"name": "bce"}], channel_weights=[0, 0])

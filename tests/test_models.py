@@ -69,3 +69,10 @@ def test_weights_from_a_local_file(tmp_path):
     torch.save({"unrelated.weight": torch.zeros(3)}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="matches neither"):
         load_weights(target, tmp_path / "other.pt")
+
+
+def test_multi_label_model_has_one_channel_per_class():
+    model = build_model(
+        task="segmentation", arch="Unet", encoder="resnet18", in_channels=1, classes=5
+    )
+    assert model(torch.randn(2, 1, 64, 64))["mask"].shape == (2, 5, 64, 64)

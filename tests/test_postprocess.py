@@ -76,3 +76,23 @@ def test_triplet_shape_errors():
         triplet(np.zeros((2, 3, 3)), 0.5, 0, 0.5)
     with pytest.raises(ValueError, match=r"\(N, H, W\)"):
         triplet_batch(np.zeros((3, 3)), 0.5, 0, 0.5)
+
+
+def test_structure_rules():
+    from common.postprocess import clean_mask, fill_holes, largest_component, largest_per_side
+
+    mask = np.zeros((20, 20), np.uint8)
+    mask[2:5, 2:5] = 1  # left, small
+    mask[10:18, 1:6] = 1  # left, large
+    mask[3:6, 14:16] = 1  # right, small
+    mask[10:12, 12:19] = 1  # right, large
+    assert largest_component(mask).sum() == 40 and largest_component(mask)[12, 3] == 1
+    per_side = largest_per_side(mask)
+    assert per_side.sum() == 40 + 14 and per_side[11, 15] == 1 and per_side[3, 3] == 0
+    ring = np.zeros((10, 10), np.uint8)
+    ring[2:8, 2:8], ring[4:6, 4:6] = 1, 0
+    assert fill_holes(ring).sum() == 36
+    assert clean_mask(ring, "all", fill=False).sum() == 32
+    assert np.array_equal(clean_mask(np.zeros((4, 4)), "largest", True), np.zeros((4, 4)))
+    with pytest.raises(ValueError, match="unknown component rule 'biggest'"):
+        clean_mask(ring, "biggest")

@@ -63,3 +63,17 @@ def test_all_problems_listed_at_once(tmp_path):
     assert len(caught.value.problems) == 3  # repeat, extra, missing (b and c)
     with pytest.raises(SubmissionError, match="file not found"):
         _check(tmp_path / "absent.csv")
+
+
+def test_write_rows_refuses_a_row_that_breaks_the_csv(tmp_path):
+    from common.submission import write_rows
+
+    assert (
+        write_rows([("a", "x", "1 2"), ("b", "y", "")], tmp_path / "r.csv", ("id", "s", "rle")) == 2
+    )
+    assert (tmp_path / "r.csv").read_text() == "id,s,rle\na,x,1 2\nb,y,\n"
+    with pytest.raises(ValueError, match="row 2"):
+        write_rows([("a", "x", "1"), ("b,c", "y", "")], tmp_path / "bad.csv", ("id", "s", "rle"))
+    assert not (tmp_path / "bad.csv").exists()
+    with pytest.raises(ValueError, match="row 1"):
+        write_rows([("a", "x")], tmp_path / "bad.csv", ("id", "s", "rle"))

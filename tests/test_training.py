@@ -180,3 +180,11 @@ def test_encoder_and_decoder_learning_rates_and_schedulers():
         ValueError, match=r"optim\.name 'adamm' is unknown; valid: adam, adamw, sgd"
     ):
         build_optimiser(model, name="adamm", lr=0.1)
+
+
+def test_monitor_epoch_keeps_the_last_epochs(tmp_path):
+    trainer = _trainer(tmp_path, top_k=2, monitor="epoch", epochs=4)
+    summary = trainer.fit()
+    assert sorted(epoch for epoch, _ in summary["top_k"]) == [2, 3]
+    assert load_checkpoint(tmp_path / "final.pt")["averaged_epochs"] == [3, 2]
+    assert pd.read_csv(tmp_path / "log.csv")["epoch"].tolist() == [0, 1, 2, 3]

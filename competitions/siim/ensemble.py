@@ -40,6 +40,7 @@ from common.images import read_mask, read_png, write_png
 from common.plots import mask_overlays
 from common.postprocess import quantise, triplet, two_stage
 from common.rle import siim_rle_encode
+from common.runner import resolve_device
 from common.submission import write_submission
 from common.threshold_search import (
     reduce_pairs,
@@ -58,7 +59,7 @@ from competitions.siim.predict import (
 from competitions.siim.prepare import main as prepare_main
 from competitions.siim.raw import read_rle_csv
 from competitions.siim.submission import native_shapes
-from competitions.siim.train import resolve_device, run_fold
+from competitions.siim.train import run_fold
 
 COMBINES = ("triplet", "classifier", "head", "max_pixel", "product")
 TWO_STAGE = ("classifier", "head", "max_pixel")

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from common.report import banner
 from competitions.siim.raw import find_dicoms, read_rle_csv
 from competitions.siim.synthetic import SyntheticSpec, generate
 
@@ -45,12 +46,6 @@ class Inputs:
         """DICOMs that are neither in the training CSV nor test images."""
         known = set(self.annotations["ImageId"]) | set(self.test_ids)
         return sorted(set(self.dicoms) - known)
-
-
-def banner(lines: list[str]) -> str:
-    width = max(len(line) for line in lines)
-    rule = "=" * (width + 4)
-    return "\n".join([rule, *(f"= {line:<{width}} =" for line in lines), rule])
 
 
 def has_competition_data(raw: str | os.PathLike) -> bool:

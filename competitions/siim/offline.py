@@ -19,6 +19,7 @@ import yaml
 
 from common.checkpoints import load_checkpoint
 from common.config import to_config
+from common.runner import resolve_device
 from common.submission import write_submission
 from competitions.siim.ensemble import parse_members, predict_test
 from competitions.siim.layout import STAGE1_TEST_FOLDER, Inputs, find_sample, find_test_ids
@@ -26,7 +27,6 @@ from competitions.siim.predict import final_path
 from competitions.siim.prepare import prepare
 from competitions.siim.raw import RLE_COLUMNS, find_dicoms
 from competitions.siim.submission import FORMAT
-from competitions.siim.train import resolve_device
 
 COMPETITION = "siim-acr-pneumothorax-segmentation"
 

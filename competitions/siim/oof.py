@@ -51,7 +51,7 @@ def predict_oof(trainer: Trainer, config: Config, fold: int, fold_dir: Path) -> 
     def maps():
         index = 0
         for _, probs in batches:
-            for prob in probs["mask"]:
+            for prob in probs["mask"][:, 0]:
                 q = quantise(prob)
                 write_png(oof / f"{ids[index]}.png", q)
                 index += 1

@@ -138,7 +138,7 @@ def predict_ids(
                 if m.config.model.task == "classification":
                     cls += m.weight * probs["label"]
                     continue
-                for k, prob in enumerate(probs["mask"]):
+                for k, prob in enumerate(probs["mask"][:, 0]):
                     height, width = shapes[batch_ids[k]]
                     native = cv2.resize(prob, (width, height), interpolation=cv2.INTER_LINEAR)
                     maps[k] += m.weight * native

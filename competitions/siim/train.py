@@ -17,176 +17,37 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
-
 from common import distributed
-from common.atomic import atomic_path, write_text_atomic
-from common.checkpoints import load_checkpoint
-from common.config import (
-    Config,
-    ConfigError,
-    load_run_config,
-    merge,
-    save_config,
-    to_config,
-)
-from common.losses import CombinedLoss
-from common.models import build_model
-from common.optim import Stepper, build_optimiser
-from common.training import Settings, Trainer
+from common.atomic import write_text_atomic
+from common.config import Config, load_run_config
+from common.runner import parse_folds, train_fold
 from competitions.siim.loaders import eval_loader, fold_frames, train_loader
 from competitions.siim.oof import predict_oof
 
-DONE = "done.json"  # written once a part has its final.pt: a resumed run skips the part
 
-
-def resolve_device(name: str) -> torch.device:
-    ddp_device = distributed.start()
-    if ddp_device is not None:
-        return ddp_device
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"train.device {name!r}: CUDA is not available on this machine")
-    return device
-
-
-def seed_everything(seed: int, deterministic: bool) -> None:
-    random.seed(seed)
-    np.random.seed(seed)  # noqa: NPY002 (libraries may draw from the legacy global RNG)
-    torch.manual_seed(seed)
-    torch.backends.cudnn.benchmark = not deterministic
-    torch.use_deterministic_algorithms(deterministic, warn_only=True)
-
-
-def train_part(config: Config, fold: int, out: Path, *, resume: bool = False, log=print) -> Trainer:
-    """One training run (one part) of one fold into ``out``; with ``resume`` a finished part is
-    only loaded, an unfinished one continues from its ``last.pt``."""
-    device = resolve_device(config.train.device)
-    seed = config.seed + fold
-    seed_everything(seed, config.train.deterministic)
+def make_loaders(config: Config, fold: int, seed: int):
+    """The fold's training loader and this rank's share of its validation images."""
     root, train, val = fold_frames(config, fold)
-    loader = train_loader(config, root, train, seed)
-    val_loader = eval_loader(config, root, val, shard=True)
-    model = build_model(
-        task=config.model.task,
-        arch=config.model.arch,
-        encoder=config.model.encoder,
-        in_channels=config.data.in_channels,
-        cls_head=config.model.cls_head,
-        weights=config.model.weights,
-        params=config.model.params,
-    )
-    loss = CombinedLoss(
-        list(config.loss.terms) if config.model.task == "segmentation" else [],
-        cls_weight=config.loss.cls_weight,
-        cls_loss=dict(config.loss.cls_loss) or None,
-    )
-    optimiser = build_optimiser(model, **config.optim)
-    steps = len(loader) if not config.train.max_steps else config.train.max_steps
-    steps = -(-min(steps, len(loader)) // config.train.accumulate)
-    stepper = Stepper(optimiser, epochs=config.train.epochs, steps_per_epoch=steps, **config.sched)
-    train_settings = {k: v for k, v in config.train.items() if k in Settings.__dataclass_fields__}
-    if distributed.is_main():
-        out.mkdir(parents=True, exist_ok=True)
-        save_config(config, out / "config.yaml")
-    processes = f" x {distributed.world_size()} processes" if distributed.active() else ""
-    log = log if distributed.is_main() else (lambda _: None)
-    log(
-        f"fold {fold}: {len(train)} train / {len(val)} validation images at {config.data.size}px, "
-        f"{config.model.arch if config.model.task == 'segmentation' else 'classifier'}/"
-        f"{config.model.encoder}, device {device}{processes}"
-    )
-    trainer = Trainer(
-        model,
-        loss,
-        optimiser,
-        stepper,
-        loader,
-        val_loader,
-        Settings(**train_settings),
-        out,
-        config=config.to_dict(),
-        device=device,
-        log=log,
-    )
-    if resume and (out / DONE).is_file():
-        trainer.model.load_state_dict(load_checkpoint(out / "final.pt")["model"])
-        trainer.history = json.loads((out / DONE).read_text())["history"]
-        log(f"resume: {out} is finished, loaded its final.pt")
-        return trainer
-    if distributed.is_main():
-        (out / DONE).unlink(missing_ok=True)
-    trainer.summary = trainer.fit(resume=resume)
-    if distributed.is_main():
-        write_text_atomic(out / DONE, json.dumps({"history": trainer.history}) + "\n")
-    return trainer
-
-
-def part_configs(config: Config) -> list[Config]:
-    """One config per part: the experiment itself, or it with each part's overrides applied;
-    part N > 0 starts from part N-1's final weights (set in ``run_fold``)."""
-    parts = list(config.train.parts)
-    if not parts:
-        return [config]
-    schema = config.to_dict()
-    configs = []
-    for index, part in enumerate(parts):
-        resolved = config.to_dict()
-        resolved["train"]["parts"] = []
-        if not isinstance(part, dict):
-            raise ConfigError(f"train.parts[{index}] must be a mapping of overrides, got {part!r}")
-        merge(resolved, part, schema, f"train.parts[{index}]")
-        configs.append(to_config(resolved))
-    return configs
+    return train_loader(config, root, train, seed), eval_loader(config, root, val, shard=True)
 
 
 def run_fold(config: Config, fold: int, *, resume: bool = False, log=print) -> dict | None:
     """Train (all parts), predict the fold's validation images, search, write metrics.json.
     Under DDP the ranks other than 0 return None after training."""
     start = time.perf_counter()
-    name = config.name
-    fold_dir = Path(config.output) / name / f"fold{fold}"
-    configs = part_configs(config)
-    trainer = None
-    for index, part in enumerate(configs):
-        out = fold_dir if len(configs) == 1 else fold_dir / f"part{index}"
-        if index > 0:
-            previous = fold_dir / f"part{index - 1}" / "final.pt"
-            part = to_config(
-                part.to_dict() | {"model": part.model.to_dict() | {"weights": str(previous)}}
-            )
-        if len(configs) > 1:
-            log(f"part {index + 1}/{len(configs)}")
-        trainer = train_part(part, fold, out, resume=resume, log=log)
+    fold_dir = Path(config.output) / config.name / f"fold{fold}"
+    trainer, last = train_fold(config, fold, fold_dir, make_loaders, resume=resume, log=log)
     if not distributed.is_main():
         return None
-    if len(configs) > 1:
-        final = fold_dir / "final.pt"
-        with atomic_path(final) as tmp:
-            tmp.write_bytes((out / "final.pt").read_bytes())
-        save_config(config, fold_dir / "config.yaml")
-    metrics = predict_oof(trainer, configs[-1], fold, fold_dir)
+    metrics = predict_oof(trainer, last, fold, fold_dir)
     metrics["wall_seconds"] = round(time.perf_counter() - start, 1)
     metrics["epochs_run"] = len(trainer.history)
     write_text_atomic(fold_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     return metrics
-
-
-def parse_folds(text: str) -> list[int]:
-    try:
-        return [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise ValueError(
-            f"--folds {text!r}: expected comma-separated fold numbers, e.g. 0,1,2"
-        ) from None
 
 
 def main(argv=None) -> None:
