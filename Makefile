@@ -18,9 +18,11 @@ ENSEMBLE ?= competitions/siim/configs/ensembles/default.yaml
 # killed run from its last finished epoch.
 LAUNCH := $(if $(GPUS),$(PY) -m torch.distributed.run --standalone --nproc_per_node=$(GPUS),$(PY))
 SIIM_TRAIN = $(LAUNCH) -m competitions.siim.train --config $(CONFIG) $(if $(RESUME),--resume)
+LUNG_CONFIG ?= competitions/lung/configs/unet_resnet18_cpu.yaml
+LUNG_TRAIN = $(LAUNCH) -m competitions.lung.train --config $(LUNG_CONFIG) $(if $(RESUME),--resume)
 
 .DEFAULT_GOAL := help
-.PHONY: help venv test test-all fixup lint bench clean siim-synthetic siim-prepare siim-fold0 siim-folds ensemble submit kaggle-bundle kaggle-push
+.PHONY: help venv test test-all fixup lint bench clean siim-synthetic siim-prepare siim-fold0 siim-folds ensemble submit kaggle-bundle kaggle-push lung-prepare lung-fold0 lung-folds
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -61,6 +63,15 @@ siim-fold0: siim-prepare  ## prepare, train fold 0 of CONFIG, OOF maps, threshol
 
 siim-folds: siim-prepare  ## the same for every fold in FOLDS (default 0,1,2,3,4)
 	$(SIIM_TRAIN) --folds $(FOLDS) $(ARGS)
+
+lung-prepare: $(STAMP)  ## read data/lung/raw (or the synthetic lung set) at LUNG_CONFIG's size
+	$(PY) -m competitions.lung.prepare --config $(LUNG_CONFIG)
+
+lung-fold0: $(STAMP)  ## train on the odd SCR cases, predict the even ones, print Dice/Jaccard; LUNG_CONFIG=
+	$(LUNG_TRAIN) --folds 0 $(ARGS)
+
+lung-folds: $(STAMP)  ## both SCR folds: every case predicted once -> submissions/lung/<name>.csv
+	$(LUNG_TRAIN) --folds 0,1 $(ARGS)
 
 ensemble: siim-prepare  ## OOF search and test submission for ENSEMBLE (trains missing members first)
 	$(PY) -m competitions.siim.ensemble --config $(ENSEMBLE) $(ARGS)

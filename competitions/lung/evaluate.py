@@ -1,0 +1,294 @@
+"""Held-out predictions of the lung folds: probability maps, thresholds per structure,
+post-processing, per-structure Dice and Jaccard, and the submission.
+
+    python -m competitions.lung.evaluate --config competitions/lung/configs/unet_resnet18_cpu.yaml \
+        --folds 0,1 [key.sub=value ...]
+
+Reads each trained fold's ``oof/<structure>/<case>.png`` (uint8 probabilities at the scoring
+size, written by ``competitions.lung.train``) and the prepared reference masks. Thresholds: with
+``predict.search: cross`` each fold's are searched on the other folds' maps (so no case's score
+comes from a threshold chosen on it); with a single fold, or ``search: fixed``, they are
+``predict.threshold``. Writes:
+
+    submissions/lung/<name>.csv   id,structure,rle: one row per (case, structure), the mask at the
+                                  scoring size in the absolute RLE (column-major, 1-indexed)
+    submissions/lung/<name>.json  per-structure Dice and Jaccard (mean, and the paired figures
+                                  of the literature: lungs, heart, clavicles), thresholds, folds
+    submissions/lung/<name>.png   predicted (red) and true (green) contours over a few cases
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from common.atomic import write_text_atomic
+from common.config import Config, load_run_config
+from common.images import read_mask, read_png, write_png
+from common.inference import predict_batches
+from common.metrics import dice_from_counts, jaccard_from_counts
+from common.plots import mask_overlays
+from common.postprocess import binarize, clean_mask, quantise
+from common.rle import rle_decode, rle_encode
+from common.runner import parse_folds
+from common.submission import write_rows
+from common.threshold_search import reduce_pairs, search_triplets_from_stats
+from competitions.lung.loaders import eval_loader, read_cases, tta_policy
+
+HEADER = ("id", "structure", "rle")
+GROUPS = {  # the literature reports these three figures
+    "lungs": ("left_lung", "right_lung"),
+    "heart": ("heart",),
+    "clavicles": ("left_clavicle", "right_clavicle"),
+}
+PUBLISHED = {  # Jaccard on the SCR odd/even benchmark
+    "human observer (van Ginneken et al. 2006)": {
+        "lungs": 0.946,
+        "heart": 0.878,
+        "clavicles": 0.896,
+    },
+    "FCN (Novikov et al. 2018)": {"lungs": 0.941, "heart": 0.866, "clavicles": 0.887},
+}
+_GRID = np.round(np.arange(0.05, 0.951, 0.05), 2)
+
+
+def fold_dir(config: Config, fold: int) -> Path:
+    return Path(config.output) / config.name / f"fold{fold}"
+
+
+def predict_held_out(model, config: Config, fold: int, *, device, amp="none", channels_last=False):
+    """Predict fold ``fold``'s held-out cases with the config's TTA; writes each structure's
+    uint8 map at the scoring size to ``oof/<structure>/<case>.png``. Returns the case ids."""
+    root, cases = read_cases(config)
+    held_out = cases[cases["fold"] == fold].reset_index(drop=True)
+    structures = list(config.data.structures)
+    out = fold_dir(config, fold) / "oof"
+    size = config.data.score_size
+    batches = predict_batches(
+        model,
+        eval_loader(config, root, held_out),
+        device=device,
+        tta=tuple(config.predict.tta),
+        amp=amp,
+        channels_last=channels_last,
+        policy=tta_policy(structures),
+    )
+    ids = held_out["case"].tolist()
+    index = 0
+    for _, probs in batches:
+        maps = torch.from_numpy(probs["mask"])
+        if maps.shape[-1] != size:
+            maps = F.interpolate(maps, (size, size), mode="bilinear", align_corners=False)
+        for case_maps in maps.numpy():
+            for structure, prob in zip(structures, case_maps, strict=True):
+                write_png(out / structure / f"{ids[index]}.png", quantise(prob))
+            index += 1
+    return ids
+
+
+def _references(root: Path, structure: str, ids, size: int):
+    return (read_mask(root / "reference" / structure / f"{i}.png", (size, size)) for i in ids)
+
+
+def _held_out_maps(config: Config, folds: list[int]) -> tuple[Path, pd.DataFrame]:
+    """The prepared folder and the held-out cases of ``folds`` whose maps exist (fold column)."""
+    root, cases = read_cases(config)
+    cases = cases[cases["fold"].isin(folds)].reset_index(drop=True)
+    first = config.data.structures[0]
+    for fold in folds:
+        ids = cases.loc[cases["fold"] == fold, "case"]
+        missing = [
+            i for i in ids if not (fold_dir(config, fold) / "oof" / first / f"{i}.png").is_file()
+        ]
+        if missing:
+            raise ValueError(
+                f"fold {fold}: no held-out map for {len(missing)} case(s), e.g. {missing[0]} "
+                f"(expected {fold_dir(config, fold)}/oof/{first}/{missing[0]}.png): train the fold first"
+            )
+    return root, cases
+
+
+def _map(config: Config, fold: int, structure: str, case: str) -> np.ndarray:
+    size = config.data.score_size
+    return read_png(fold_dir(config, fold) / "oof" / structure / f"{case}.png", (size, size))
+
+
+def search_thresholds(config: Config, root: Path, cases: pd.DataFrame) -> dict[str, float]:
+    """Per structure, the threshold of the best mean Dice over ``cases``' maps."""
+    best = {}
+    for structure in config.data.structures:
+        pairs = zip(
+            (
+                _map(config, f, structure, c)
+                for c, f in zip(cases["case"], cases["fold"], strict=True)
+            ),
+            _references(root, structure, cases["case"], config.data.score_size),
+            strict=True,
+        )
+        stats = reduce_pairs(pairs)
+        result = search_triplets_from_stats(stats, [0.0], [0], _GRID)
+        best[structure] = float(result.best["bottom"])
+    return best
+
+
+def fold_thresholds(config: Config, root: Path, cases: pd.DataFrame, folds: list[int]) -> dict:
+    """{fold: {structure: threshold}}: cross-fitted on the other folds, or the fixed default."""
+    fixed = {s: float(config.predict.threshold) for s in config.data.structures}
+    if config.predict.search not in ("cross", "fixed"):
+        raise ValueError(f"predict.search {config.predict.search!r}: valid: cross, fixed")
+    if config.predict.search == "fixed" or len(folds) < 2:
+        return {fold: fixed for fold in folds}
+    return {fold: search_thresholds(config, root, cases[cases["fold"] != fold]) for fold in folds}
+
+
+def final_mask(config: Config, prob: np.ndarray, structure: str, threshold: float) -> np.ndarray:
+    rule = config.predict.postprocess.get(structure)
+    mask = binarize(prob, threshold)
+    if rule is None:
+        return mask
+    return clean_mask(mask, rule.keep, rule.fill)
+
+
+def evaluate(config: Config, folds: list[int], *, name: str | None = None, log=print) -> dict:
+    """Score the held-out cases of ``folds`` and write the submission files; returns the report."""
+    root, cases = _held_out_maps(config, folds)
+    structures = list(config.data.structures)
+    size = config.data.score_size
+    thresholds = fold_thresholds(config, root, cases, folds)
+    rows, scores, panels = [], [], []
+    picked = set(
+        cases["case"].iloc[:: max(1, len(cases) // max(1, config.predict.overlays))][
+            : config.predict.overlays
+        ]
+    )
+    for case, fold in zip(cases["case"], cases["fold"], strict=True):
+        preds, truths = [], []
+        for structure in structures:
+            pred = final_mask(
+                config, _map(config, fold, structure, case), structure, thresholds[fold][structure]
+            )
+            truth = read_mask(root / "reference" / structure / f"{case}.png", (size, size))
+            counts = (int(np.count_nonzero(pred & truth)), int(pred.sum()), int(truth.sum()))
+            scores.append(
+                {
+                    "case": case,
+                    "fold": int(fold),
+                    "structure": structure,
+                    "dice": float(dice_from_counts(*counts)),
+                    "jaccard": float(jaccard_from_counts(*counts)),
+                }
+            )
+            rows.append((case, structure, rle_encode(pred, order="F")))
+            preds.append(pred)
+            truths.append(truth)
+        if case in picked:
+            image = read_png(root / "images" / f"{case}.png")
+            panels.append((case, image, np.stack(truths), np.stack(preds)))
+    table = pd.DataFrame(scores)
+    report = _report(config, table, thresholds, folds)
+    name = name or _default_name(config, folds)
+    out = Path("submissions/lung")
+    write_rows(rows, out / f"{name}.csv", HEADER)
+    write_text_atomic(out / f"{name}.json", json.dumps(report, indent=2) + "\n")
+    mask_overlays(panels, out / f"{name}.png")
+    log(format_report(report))
+    log(f"-> {out / name}.csv / .json / .png")
+    return report
+
+
+def _default_name(config: Config, folds: list[int]) -> str:
+    _, cases = read_cases(config)
+    if sorted(folds) == sorted(set(cases["fold"])):
+        return config.name
+    return f"{config.name}_fold{'_'.join(map(str, folds))}"
+
+
+def _report(config: Config, table: pd.DataFrame, thresholds: dict, folds: list[int]) -> dict:
+    per_structure = table.groupby("structure", sort=False)[["dice", "jaccard"]].mean()
+    groups = {}
+    for group, members in GROUPS.items():
+        rows = table[table["structure"].isin(members)]
+        if len(rows):
+            groups[group] = {
+                "dice": float(rows["dice"].mean()),
+                "jaccard": float(rows["jaccard"].mean()),
+            }
+    return {
+        "name": config.name,
+        "folds": folds,
+        "n_cases": int(table["case"].nunique()),
+        "score_size": config.data.score_size,
+        "train_size": config.data.size,
+        "model": f"{config.model.arch}/{config.model.encoder}",
+        "tta": list(config.predict.tta),
+        "structures": {
+            s: {k: float(v) for k, v in row.items()} for s, row in per_structure.iterrows()
+        },
+        "groups": groups,
+        "published_jaccard": PUBLISHED,
+        "thresholds": {str(f): t for f, t in thresholds.items()},
+        "threshold_search": config.predict.search if len(folds) > 1 else "fixed",
+    }
+
+
+def format_report(report: dict) -> str:
+    lines = [
+        f"lung {report['name']}: {report['n_cases']} held-out cases (folds {report['folds']}), "
+        f"scored at {report['score_size']}px",
+        f"{'structure':<16}{'Dice':>8}{'Jaccard':>9}",
+    ]
+    for structure, values in report["structures"].items():
+        lines.append(f"{structure:<16}{values['dice']:>8.4f}{values['jaccard']:>9.4f}")
+    for group, values in report["groups"].items():
+        published = "  ".join(
+            f"{who.split(' (')[0]} {figures[group]:.3f}" for who, figures in PUBLISHED.items()
+        )
+        lines.append(f"{group:<16}{values['dice']:>8.4f}{values['jaccard']:>9.4f}   ({published})")
+    return "\n".join(lines)
+
+
+def read_submission(path: str | Path, size: int = 512) -> dict[tuple[str, str], np.ndarray]:
+    """The masks of a lung submission CSV by (case, structure); ``ValueError`` naming the line
+    on a wrong header, a malformed row, a repeated pair or an RLE that does not decode."""
+    path = Path(path)
+    lines = path.read_text(encoding="utf-8").splitlines()
+    if not lines or lines[0] != ",".join(HEADER):
+        raise ValueError(f"{path}: line 1 must be {','.join(HEADER)!r}")
+    masks = {}
+    for number, line in enumerate(lines[1:], start=2):
+        fields = line.split(",")
+        if len(fields) != 3:
+            raise ValueError(f"{path}, line {number}: {len(fields)} fields, expected 3")
+        case, structure, rle = fields
+        if (case, structure) in masks:
+            raise ValueError(f"{path}, line {number}: ({case}, {structure}) repeats")
+        try:
+            masks[(case, structure)] = rle_decode(rle, (size, size), order="F")
+        except ValueError as error:
+            raise ValueError(f"{path}, line {number}: {error}") from None
+    return masks
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--folds", default="0,1")
+    parser.add_argument("--name", default=None, help="submission name (default: from the config)")
+    parser.add_argument("overrides", nargs="*", help="key.sub=value overrides")
+    args = parser.parse_args(argv)
+    try:
+        config = load_run_config(args.config, args.overrides)
+        evaluate(config, parse_folds(args.folds), name=args.name)
+    except ValueError as error:
+        sys.exit(f"lung evaluate: {error}")
+
+
+if __name__ == "__main__":
+    main()

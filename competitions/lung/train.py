@@ -1,0 +1,101 @@
+"""Train lung folds, predict each fold's held-out cases, then score them and write the submission.
+
+    python -m competitions.lung.train --config competitions/lung/configs/unet_resnet18_cpu.yaml \
+        --folds 0 [--resume] [key.sub=value ...]
+
+``--folds 0`` (``make lung-fold0``) trains on the odd-numbered cases and predicts the even ones;
+``--folds 0,1`` (``make lung-folds``) predicts every case once, by the model that did not see it
+(the SCR benchmark). Prepares ``data/lung/prepared/<size>/`` first when needed (from
+``data/lung/raw/``, or the synthetic set), and writes ``models/lung/<name>/fold<k>/``:
+``config.yaml``, ``checkpoints/``, ``final.pt``, ``log.csv``, ``curves.png`` (losses and
+per-structure Dice), ``oof/<structure>/<case>.png`` and ``metrics.json``; then
+``competitions.lung.evaluate`` over the folds trained.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from common import distributed
+from common.atomic import write_text_atomic
+from common.config import Config, load_run_config
+from common.runner import parse_folds, train_fold
+from competitions.lung.evaluate import evaluate, fold_dir, predict_held_out
+from competitions.lung.loaders import make_loaders, tta_policy
+from competitions.lung.prepare import prepare
+
+
+def run_fold(config: Config, fold: int, *, resume: bool = False, log=print) -> dict | None:
+    """Train one fold and predict its held-out cases; returns the fold's metrics (None on DDP
+    ranks other than 0)."""
+    start = time.perf_counter()
+    structures = list(config.data.structures)
+    tta_policy(structures).check(config.predict.tta, len(structures))  # fail before training
+    out = fold_dir(config, fold)
+    trainer, _ = train_fold(
+        config, fold, out, make_loaders, channel_names=structures, resume=resume, log=log
+    )
+    if not distributed.is_main():
+        return None
+    ids = predict_held_out(
+        trainer.model,
+        config,
+        fold,
+        device=trainer.device,
+        amp=trainer.amp,
+        channels_last=trainer.settings.channels_last,
+    )
+    last = trainer.history[-1] if trainer.history else {}
+    metrics = {
+        "fold": fold,
+        "n_held_out": len(ids),
+        "last_epoch_validation": {
+            k: v for k, v in last.items() if k.startswith(("dice_05", "jaccard_05"))
+        },
+        "wall_seconds": round(time.perf_counter() - start, 1),
+        "epochs_run": len(trainer.history),
+    }
+    write_text_atomic(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    return metrics
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", required=True, help="experiment YAML")
+    parser.add_argument("--folds", default="0", help="comma-separated folds, e.g. 0,1")
+    parser.add_argument("--resume", action="store_true", help="continue from last.pt after a kill")
+    parser.add_argument("--no-evaluate", action="store_true", help="train and predict only")
+    parser.add_argument("overrides", nargs="*", help="key.sub=value overrides")
+    args = parser.parse_args(argv)
+    try:
+        config = load_run_config(args.config, args.overrides)
+        folds = parse_folds(args.folds)
+        start = time.perf_counter()
+        if distributed.is_main():
+            prepare(
+                config.data.size,
+                config.data.score_size,
+                raw=config.data.raw,
+                prepared=config.data.prepared,
+            )
+        for fold in folds:
+            metrics = run_fold(config, fold, resume=args.resume)
+            if metrics is not None:
+                print(
+                    f"fold {fold}: {metrics['n_held_out']} held-out cases predicted in "
+                    f"{metrics['wall_seconds']:.0f}s -> {fold_dir(config, fold)}"
+                )
+        if distributed.is_main() and not args.no_evaluate:
+            evaluate(config, folds)
+            print(f"lung: {len(folds)} fold(s) in {time.perf_counter() - start:.0f}s wall time")
+    except (ValueError, FloatingPointError) as error:
+        sys.exit(f"lung train: {error}")
+    finally:
+        distributed.stop()
+
+
+if __name__ == "__main__":
+    main()

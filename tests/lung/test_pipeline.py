@@ -1,0 +1,136 @@
+"""The lung pipeline on the synthetic set: every config trains, predicts and scores; the
+submission CSV reads back to the same masks; folds and the no-flip rule."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from common.config import load_run_config
+from common.images import read_png
+from competitions.lung import evaluate as lung_evaluate
+from competitions.lung.loaders import _transforms, assign_folds, tta_policy
+from competitions.lung.train import main
+from tests.reference import ref_rle_decode
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIGS = REPO / "competitions" / "lung" / "configs"
+FAST = [
+    "train.epochs=1",
+    "train.max_steps=2",
+    "data.num_workers=0",
+    "data.size=128",
+    "data.crop=96",
+    "data.score_size=256",
+    "data.batch_size=4",
+    "predict.overlays=2",
+]
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    return tmp_path_factory.mktemp("lung")
+
+
+def _config(name, *overrides):
+    return load_run_config(CONFIGS / name, [*FAST, *overrides])
+
+
+@pytest.mark.parametrize(
+    "name", ["unet_resnet18_cpu.yaml", "pspnet_resnet18.yaml", "unet_dice.yaml", "lungs_only.yaml"]
+)
+def test_every_config_runs_on_the_synthetic_set(name, workspace, monkeypatch, capsys):
+    monkeypatch.chdir(workspace)
+    main(["--config", str(CONFIGS / name), "--folds", "0", *FAST])
+    out = capsys.readouterr().out
+    config = _config(name)
+    report = json.loads(Path(f"submissions/lung/{config.name}_fold0.json").read_text())
+    assert report["n_cases"] == 20 and report["folds"] == [0]
+    assert list(report["structures"]) == list(config.data.structures)
+    assert "lungs" in report["groups"] and "Jaccard" in out
+    log = pd.read_csv(Path(config.output) / config.name / "fold0" / "log.csv")
+    assert {f"dice_05_{s}" for s in config.data.structures} <= set(log.columns)
+    assert (Path(config.output) / config.name / "fold0" / "curves.png").is_file()
+
+
+def test_both_folds_and_the_csv_round_trip(workspace, monkeypatch):
+    monkeypatch.chdir(workspace)
+    main(["--config", str(CONFIGS / "unet_resnet18_cpu.yaml"), "--folds", "0,1", *FAST])
+    config = _config("unet_resnet18_cpu.yaml")
+    csv = Path("submissions/lung/unet_resnet18_cpu.csv")
+    report = json.loads(csv.with_suffix(".json").read_text())
+    assert report["n_cases"] == 40 and report["threshold_search"] == "cross"
+    assert csv.with_suffix(".png").is_file()
+    lines = csv.read_text().splitlines()
+    assert lines[0] == "id,structure,rle" and len(lines) == 1 + 40 * 5
+    masks = lung_evaluate.read_submission(csv, 256)
+    _, cases = lung_evaluate.read_cases(config)
+    for case, fold in zip(cases["case"], cases["fold"], strict=True):
+        for structure in config.data.structures:
+            prob = read_png(
+                lung_evaluate.fold_dir(config, fold) / "oof" / structure / f"{case}.png"
+            )
+            threshold = report["thresholds"][str(fold)][structure]
+            expected = lung_evaluate.final_mask(config, prob, structure, threshold)
+            assert np.array_equal(masks[(case, structure)], expected)
+    # an independent decoder (1-indexed starts, column-major) reads the same masks
+    for line in lines[1:6]:
+        case, structure, rle = line.split(",")
+        assert np.array_equal(ref_rle_decode(rle, (256, 256), "F"), masks[(case, structure)])
+
+
+def test_read_submission_names_the_bad_line(tmp_path):
+    path = tmp_path / "bad.csv"
+    path.write_text("id,structure,rle\nJPCLN001,heart,1 3\nJPCLN001,heart,5 2 9\n")
+    with pytest.raises(ValueError, match="line 3"):
+        lung_evaluate.read_submission(path, 8)
+    path.write_text("id,rle\n")
+    with pytest.raises(ValueError, match="line 1"):
+        lung_evaluate.read_submission(path, 8)
+
+
+def test_scr_and_kfold_splits():
+    cases = pd.DataFrame(
+        {
+            "case": [f"JPC{'LN' if i % 3 else 'NN'}{i:03d}" for i in range(1, 31)],
+            "scr_fold": [0 if i % 2 else 1 for i in range(1, 31)],
+            "nodule": [1 if i % 3 else 0 for i in range(1, 31)],
+        }
+    )
+    scr = assign_folds(cases, "scr")
+    numbers = cases["case"].str[-3:].astype(int)
+    assert (scr[numbers % 2 == 0] == 0).all() and (scr[numbers % 2 == 1] == 1).all()
+    kfold = assign_folds(cases, "kfold", 5, seed=1)
+    assert sorted(set(kfold)) == [0, 1, 2, 3, 4]
+    per_fold = cases.assign(fold=kfold).groupby("fold")["nodule"].agg(["sum", "count"])
+    assert (
+        per_fold["count"].tolist() == [6] * 5 and per_fold["sum"].max() - per_fold["sum"].min() <= 1
+    )
+    with pytest.raises(ValueError, match=r"data\.split 'random'"):
+        assign_folds(cases, "random")
+
+
+def test_mirroring_augmentations_and_vflip_are_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr("competitions.lung.loaders.TRANSFORMS", tmp_path)
+    (tmp_path / "flips.json").write_text(
+        json.dumps(
+            {
+                "__version__": "2.0.8",
+                "transform": {
+                    "__class_fullname__": "Compose",
+                    "p": 1.0,
+                    "transforms": [{"__class_fullname__": "HorizontalFlip", "p": 0.5}],
+                },
+            }
+        )
+    )
+    with pytest.raises(ValueError, match="HorizontalFlip: a mirrored chest X-ray"):
+        _transforms(_config("unet_resnet18_cpu.yaml", "data.transforms=flips"))
+    structures = ["left_lung", "right_lung", "heart"]
+    assert tta_policy(structures).remap["hflip"] == (1, 0, 2)
+    with pytest.raises(ValueError, match="vflip"):
+        tta_policy(structures).check(["none", "vflip"])
