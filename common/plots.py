@@ -59,7 +59,8 @@ def training_curves(log, path: str | os.PathLike) -> None:
     mean."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.2))
     for column in [c for c in log.columns if c.endswith("loss")]:
-        left.plot(log["epoch"], log[column], marker="o", label=column)
+        rows = log[["epoch", column]].dropna()  # epochs without validation have no val_loss
+        left.plot(rows["epoch"], rows[column], marker="o", label=column)
     left.set_xlabel("epoch")
     left.set_title("loss")
     left.legend(fontsize=8)
@@ -71,7 +72,8 @@ def training_curves(log, path: str | os.PathLike) -> None:
     metrics = [c for c in metrics if c in log]
     for column in metrics:
         style = "--" if column == "empty_dice" else "-"
-        right.plot(log["epoch"], log[column], style, marker="o", label=column)
+        rows = log[["epoch", column]].dropna()
+        right.plot(rows["epoch"], rows[column], style, marker="o", label=column)
     right.set_xlabel("epoch")
     right.set_title("validation")
     if metrics:

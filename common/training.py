@@ -63,13 +63,21 @@ class Settings:
     # so that the validation set (a benchmark's test fold) chooses nothing
     monitor: str = "dice_triplet"
     max_steps: int = 0  # cap on batches per epoch (smoke tests); 0 = all
+    validate_every: int = 1  # epochs between validations (and the last); > 1 needs monitor "epoch"
     sync_bn: bool = False  # SyncBatchNorm under DDP with NCCL
 
     def __post_init__(self):
         if self.amp not in AMP_MODES:
             raise ValueError(f"train.amp {self.amp!r} is unknown; valid: {', '.join(AMP_MODES)}")
-        if self.epochs < 1 or self.accumulate < 1 or self.top_k < 1:
-            raise ValueError("train.epochs, train.accumulate and train.top_k must be >= 1")
+        if self.epochs < 1 or self.accumulate < 1 or self.top_k < 1 or self.validate_every < 1:
+            raise ValueError(
+                "train.epochs, train.accumulate, train.top_k and train.validate_every must be >= 1"
+            )
+        if self.validate_every > 1 and self.monitor != "epoch":
+            raise ValueError(
+                f"train.validate_every={self.validate_every} needs train.monitor=epoch: "
+                f"{self.monitor} can only choose among validated epochs"
+            )
 
 
 class EMA:
@@ -231,7 +239,9 @@ class Trainer:
         lrs = {f"lr_{g.get('name', i)}": g["lr"] for i, g in enumerate(self.optimiser.param_groups)}
         row = {"epoch": epoch, **self.train_epoch(epoch), **lrs}
         train_time = time.perf_counter() - began
-        metrics = self.validate()
+        every = self.settings.validate_every
+        validated = (epoch + 1) % every == 0 or epoch + 1 == self.settings.epochs
+        metrics = self.validate() if validated else {}
         scores = metrics | {"epoch": float(epoch)}
         if self.settings.monitor not in scores:
             raise ValueError(

@@ -188,3 +188,12 @@ def test_monitor_epoch_keeps_the_last_epochs(tmp_path):
     assert sorted(epoch for epoch, _ in summary["top_k"]) == [2, 3]
     assert load_checkpoint(tmp_path / "final.pt")["averaged_epochs"] == [3, 2]
     assert pd.read_csv(tmp_path / "log.csv")["epoch"].tolist() == [0, 1, 2, 3]
+
+
+def test_validate_every_skips_validation_but_not_the_last_epoch(tmp_path):
+    trainer = _trainer(tmp_path, top_k=1, monitor="epoch", epochs=3, validate_every=2)
+    trainer.fit()
+    log = pd.read_csv(tmp_path / "log.csv")
+    assert log["val_loss"].isna().tolist() == [True, False, False]  # epochs 1 and 2 (the last)
+    with pytest.raises(ValueError, match="validate_every=2 needs train.monitor=epoch"):
+        Settings(epochs=3, validate_every=2, monitor="dice_05")

@@ -22,7 +22,7 @@ import time
 from common import distributed
 from common.atomic import write_text_atomic
 from common.config import Config, load_run_config
-from common.runner import parse_folds, train_fold
+from common.runner import parse_folds, part_configs, train_fold
 from competitions.lung.evaluate import evaluate, fold_dir, predict_held_out
 from competitions.lung.loaders import make_loaders, tta_policy
 from competitions.lung.prepare import prepare
@@ -35,25 +35,25 @@ def run_fold(config: Config, fold: int, *, resume: bool = False, log=print) -> d
     structures = list(config.data.structures)
     tta_policy(structures).check(config.predict.tta, len(structures))  # fail before training
     out = fold_dir(config, fold)
-    trainer, _ = train_fold(
+    trainer, last = train_fold(
         config, fold, out, make_loaders, channel_names=structures, resume=resume, log=log
     )
     if not distributed.is_main():
         return None
-    ids = predict_held_out(
+    ids = predict_held_out(  # at the last part's size
         trainer.model,
-        config,
+        last,
         fold,
         device=trainer.device,
         amp=trainer.amp,
         channels_last=trainer.settings.channels_last,
     )
-    last = trainer.history[-1] if trainer.history else {}
+    final_row = trainer.history[-1] if trainer.history else {}
     metrics = {
         "fold": fold,
         "n_held_out": len(ids),
         "last_epoch_validation": {
-            k: v for k, v in last.items() if k.startswith(("dice_05", "jaccard_05"))
+            k: v for k, v in final_row.items() if k.startswith(("dice_05", "jaccard_05"))
         },
         "wall_seconds": round(time.perf_counter() - start, 1),
         "epochs_run": len(trainer.history),
@@ -75,12 +75,10 @@ def main(argv=None) -> None:
         folds = parse_folds(args.folds)
         start = time.perf_counter()
         if distributed.is_main():
-            prepare(
-                config.data.size,
-                config.data.score_size,
-                raw=config.data.raw,
-                prepared=config.data.prepared,
-            )
+            for size in sorted({part.data.size for part in part_configs(config)}):
+                prepare(
+                    size, config.data.score_size, raw=config.data.raw, prepared=config.data.prepared
+                )
         for fold in folds:
             metrics = run_fold(config, fold, resume=args.resume)
             if metrics is not None:
