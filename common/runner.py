@@ -13,6 +13,7 @@ training and validation loaders) and, for a multi-label task, its mask channel n
 
 from __future__ import annotations
 
+import argparse
 import json
 import random
 from collections.abc import Callable, Sequence
@@ -197,3 +198,16 @@ def parse_folds(text: str) -> list[int]:
         raise ValueError(
             f"--folds {text!r}: expected comma-separated fold numbers, e.g. 0,1,2"
         ) from None
+
+
+def train_parser(doc: str, folds_example: str = "0,1,2,3,4") -> argparse.ArgumentParser:
+    """The command line every competition's train entry point shares: ``--config``,
+    ``--folds``, ``--resume`` and ``key.sub=value`` overrides."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--config", required=True, help="experiment YAML")
+    parser.add_argument("--folds", default="0", help=f"comma-separated folds, e.g. {folds_example}")
+    parser.add_argument(
+        "--resume", action="store_true", help="continue from each part's last.pt after a kill"
+    )
+    parser.add_argument("overrides", nargs="*", help="key.sub=value overrides")
+    return parser

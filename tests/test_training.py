@@ -195,5 +195,5 @@ def test_validate_every_skips_validation_but_not_the_last_epoch(tmp_path):
     trainer.fit()
     log = pd.read_csv(tmp_path / "log.csv")
     assert log["val_loss"].isna().tolist() == [True, False, False]  # epochs 1 and 2 (the last)
-    with pytest.raises(ValueError, match="validate_every=2 needs train.monitor=epoch"):
+    with pytest.raises(ValueError, match=r"validate_every=2 needs train\.monitor=epoch"):
         Settings(epochs=3, validate_every=2, monitor="dice_05")

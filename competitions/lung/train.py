@@ -14,7 +14,6 @@ per-structure Dice), ``oof/<structure>/<case>.png`` and ``metrics.json``; then
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -22,7 +21,7 @@ import time
 from common import distributed
 from common.atomic import write_text_atomic
 from common.config import Config, load_run_config
-from common.runner import parse_folds, part_configs, train_fold
+from common.runner import parse_folds, part_configs, train_fold, train_parser
 from competitions.lung.evaluate import evaluate, fold_dir, predict_held_out
 from competitions.lung.loaders import make_loaders, tta_policy
 from competitions.lung.prepare import prepare
@@ -63,12 +62,8 @@ def run_fold(config: Config, fold: int, *, resume: bool = False, log=print) -> d
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", required=True, help="experiment YAML")
-    parser.add_argument("--folds", default="0", help="comma-separated folds, e.g. 0,1")
-    parser.add_argument("--resume", action="store_true", help="continue from last.pt after a kill")
+    parser = train_parser(__doc__, "0,1")
     parser.add_argument("--no-evaluate", action="store_true", help="train and predict only")
-    parser.add_argument("overrides", nargs="*", help="key.sub=value overrides")
     args = parser.parse_args(argv)
     try:
         config = load_run_config(args.config, args.overrides)

@@ -15,7 +15,6 @@ training size, hflip TTA), ``search.csv`` and ``search.png`` (the triplet grid),
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -24,7 +23,7 @@ from pathlib import Path
 from common import distributed
 from common.atomic import write_text_atomic
 from common.config import Config, load_run_config
-from common.runner import parse_folds, train_fold
+from common.runner import parse_folds, train_fold, train_parser
 from competitions.siim.loaders import eval_loader, fold_frames, train_loader
 from competitions.siim.oof import predict_oof
 
@@ -51,13 +50,7 @@ def run_fold(config: Config, fold: int, *, resume: bool = False, log=print) -> d
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", required=True, help="experiment YAML")
-    parser.add_argument("--folds", default="0", help="comma-separated folds, e.g. 0,1,2,3,4")
-    parser.add_argument(
-        "--resume", action="store_true", help="continue from each part's last.pt after a kill"
-    )
-    parser.add_argument("overrides", nargs="*", help="key.sub=value overrides")
+    parser = train_parser(__doc__)
     args = parser.parse_args(argv)
     try:
         config = load_run_config(args.config, args.overrides)
