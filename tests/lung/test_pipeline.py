@@ -13,6 +13,7 @@ import pytest
 from common.config import load_run_config
 from common.images import read_png
 from competitions.lung import evaluate as lung_evaluate
+from competitions.lung.ablation import ablate
 from competitions.lung.loaders import _transforms, assign_folds, tta_policy
 from competitions.lung.train import main
 from tests.reference import ref_rle_decode
@@ -77,6 +78,9 @@ def test_both_folds_and_the_csv_round_trip(workspace, monkeypatch):
             threshold = report["thresholds"][str(fold)][structure]
             expected = lung_evaluate.final_mask(config, prob, structure, threshold)
             assert np.array_equal(masks[(case, structure)], expected)
+    ablation = ablate(config, [0, 1])
+    assert ablation["n_cases"] == 40 and len(ablation["jaccard"]) == 6
+    assert all(0 <= v <= 1 for row in ablation["jaccard"].values() for v in row.values())
     # an independent decoder (1-indexed starts, column-major) reads the same masks
     for line in lines[1:6]:
         case, structure, rle = line.split(",")
@@ -134,3 +138,16 @@ def test_mirroring_augmentations_and_vflip_are_refused(tmp_path, monkeypatch):
     assert tta_policy(structures).remap["hflip"] == (1, 0, 2)
     with pytest.raises(ValueError, match="vflip"):
         tta_policy(structures).check(["none", "vflip"])
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_config_loads_and_builds_its_model(path):
+    from common.runner import build_model_from
+
+    config = load_run_config(path, [])
+    tta_policy(config.data.structures).check(config.predict.tta, len(config.data.structures))
+    assert set(config.predict.postprocess) >= set(config.data.structures)
+    if config.loss.channel_weights:
+        assert len(config.loss.channel_weights) == len(config.data.structures)
+    model = build_model_from(config, len(config.data.structures))
+    assert model.net.segmentation_head[0].out_channels == len(config.data.structures)
