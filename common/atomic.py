@@ -21,6 +21,7 @@ def _umask() -> int:
 
 
 _FILE_MODE = 0o666 & ~_umask()  # what open() would give; mkstemp alone gives 0o600
+_DIR_MODE = 0o777 & ~_umask()  # what mkdir() would give; mkdtemp alone gives 0o700
 
 
 @contextmanager
@@ -54,6 +55,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     build = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    os.chmod(build, _DIR_MODE)
     try:
         yield build
         if path.exists():

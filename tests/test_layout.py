@@ -36,12 +36,15 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
 def test_atomic_files_get_the_usual_permissions(tmp_path):
     import os
 
-    from common.atomic import write_text_atomic
+    from common.atomic import atomic_dir, write_text_atomic
 
     write_text_atomic(tmp_path / "x.txt", "hi")
+    with atomic_dir(tmp_path / "folder") as build:
+        (build / "y.txt").write_text("hi")
     mask = os.umask(0)
     os.umask(mask)
     assert (tmp_path / "x.txt").stat().st_mode & 0o777 == 0o666 & ~mask
+    assert (tmp_path / "folder").stat().st_mode & 0o777 == 0o777 & ~mask
 
 
 def test_atomic_dir_replaces_whole_or_not_at_all(tmp_path):

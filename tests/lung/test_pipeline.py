@@ -60,11 +60,13 @@ def test_every_config_runs_on_the_synthetic_set(name, workspace, monkeypatch, ca
 
 def test_both_folds_and_the_csv_round_trip(workspace, monkeypatch):
     monkeypatch.chdir(workspace)
-    main(["--config", str(CONFIGS / "unet_resnet18_cpu.yaml"), "--folds", "0,1", *FAST])
-    config = _config("unet_resnet18_cpu.yaml")
+    flip = "predict.tta=[none, hflip]"  # the side-swapping flip, end to end
+    main(["--config", str(CONFIGS / "unet_resnet18_cpu.yaml"), "--folds", "0,1", *FAST, flip])
+    config = _config("unet_resnet18_cpu.yaml", flip)
     csv = Path("submissions/lung/unet_resnet18_cpu.csv")
     report = json.loads(csv.with_suffix(".json").read_text())
     assert report["n_cases"] == 40 and report["threshold_search"] == "cross"
+    assert report["tta"] == ["none", "hflip"]
     assert csv.with_suffix(".png").is_file()
     lines = csv.read_text().splitlines()
     assert lines[0] == "id,structure,rle" and len(lines) == 1 + 40 * 5
