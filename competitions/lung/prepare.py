@@ -11,7 +11,8 @@ and writes ``data/lung/prepared/<size>/``:
     reference/<structure>/<case>.png  each structure at the scoring size, the ground truth
     cases.csv                         case, number, nodule, scr_fold, native height/width,
                                       area_<structure> at the scoring size
-    source.json                       what was read: a re-run with the same input is a no-op
+    source.json                       what was read (and whether it is the synthetic set): a
+                                      re-run with the same input is a no-op
 
 Reference masks are sampled from the image-grid mask at the centre of each block (the native
 1024 masks on the 2048 grid, sampled at ``[2::4, 2::4]``, are exactly the published 512 masks).
@@ -127,7 +128,7 @@ def prepare(
     source = resolve_raw(raw, synthetic, log)
     cases = find_cases(source)
     out = Path(prepared) / str(size)
-    key = _source_key(cases, size, score_size)
+    key = _source_key(cases, size, score_size) | {"synthetic": source == Path(synthetic)}
     stamp = out / "source.json"
     if stamp.is_file() and json.loads(stamp.read_text()) == key:
         return out

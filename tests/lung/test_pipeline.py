@@ -53,6 +53,7 @@ def test_every_config_runs_on_the_synthetic_set(name, workspace, monkeypatch, ca
     assert report["n_cases"] == 20 and report["folds"] == [0]
     assert list(report["structures"]) == list(config.data.structures)
     assert "lungs" in report["groups"] and "Jaccard" in out
+    assert report["synthetic"] and "SYNTHETIC data" in out and "human observer" not in out
     log = pd.read_csv(Path(config.output) / config.name / "fold0" / "log.csv")
     assert {f"dice_05_{s}" for s in config.data.structures} <= set(log.columns)
     assert (Path(config.output) / config.name / "fold0" / "curves.png").is_file()
@@ -153,3 +154,19 @@ def test_every_config_loads_and_builds_its_model(path):
         assert len(config.loss.channel_weights) == len(config.data.structures)
     model = build_model_from(config, len(config.data.structures))
     assert model.net.segmentation_head[0].out_channels == len(config.data.structures)
+
+
+def test_report_shows_the_published_figures_only_for_real_data():
+    report = {
+        "name": "x",
+        "n_cases": 2,
+        "folds": [0, 1],
+        "score_size": 512,
+        "structures": {"heart": {"dice": 0.9, "jaccard": 0.8}},
+        "groups": {"heart": {"dice": 0.9, "jaccard": 0.8}},
+        "synthetic": False,
+    }
+    assert "human observer 0.878" in lung_evaluate.format_report(report)
+    report["synthetic"] = True
+    text = lung_evaluate.format_report(report)
+    assert "human observer" not in text and "SYNTHETIC" in text
