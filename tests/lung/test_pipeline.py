@@ -29,6 +29,7 @@ FAST = [
     "data.score_size=256",
     "data.batch_size=4",
     "predict.overlays=2",
+    "train.top_k=1",
 ]
 
 
