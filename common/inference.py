@@ -161,38 +161,6 @@ def predict_batches(model: nn.Module, loader, **options) -> Iterator[tuple[dict,
 
 
 @torch.no_grad()
-def evaluate(
-    model: nn.Module,
-    loader,
-    loss: nn.Module,
-    *,
-    device: torch.device,
-    amp: str = "none",
-    channels_last: bool = False,
-    channel_names: Sequence[str] | None = None,
-) -> dict[str, float]:
-    """Validation metrics in one streamed pass (no TTA).
-
-    Segmentation: ``dice_05`` (Kaggle mean Dice at 0.5), ``jaccard_05`` (the same with
-    Jaccard), ``dice_triplet`` (at the best point of the default triplet grid, from the same
-    per-image histograms), ``empty_dice`` (every image predicted empty). With several mask
-    channels each of these is also given per channel (``dice_05_<name>``) and the plain name is
-    the mean over channels. With labels: ``auc`` and ``accuracy`` of the classification output.
-    Always ``val_loss``.
-    """
-    part = collect_validation(
-        model,
-        loader,
-        loss,
-        device=device,
-        amp=amp,
-        channels_last=channels_last,
-        channel_names=channel_names,
-    )
-    return validation_metrics([part])
-
-
-@torch.no_grad()
 def collect_validation(
     model: nn.Module,
     loader,
@@ -239,7 +207,15 @@ def collect_validation(
 
 
 def validation_metrics(parts: list[dict]) -> dict[str, float]:
-    """Metrics over the union of ``collect_validation`` shards (one per DDP rank)."""
+    """Metrics over the union of ``collect_validation`` shards (one per DDP rank), no TTA.
+
+    Segmentation: ``dice_05`` (Kaggle mean Dice at 0.5), ``jaccard_05`` (the same with
+    Jaccard), ``dice_triplet`` (at the best point of the default triplet grid, from the same
+    per-image histograms), ``empty_dice`` (every image predicted empty). With several mask
+    channels each of these is also given per channel (``dice_05_<name>``) and the plain name is
+    the mean over channels. With labels: ``auc`` and ``accuracy`` of the classification output.
+    Always ``val_loss``.
+    """
     metrics: dict[str, float] = {}
     with_maps = [p for p in parts if "above" in p]
     if with_maps:

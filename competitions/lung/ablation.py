@@ -25,37 +25,34 @@ from tqdm.auto import tqdm
 from common.atomic import write_text_atomic
 from common.checkpoints import load_checkpoint
 from common.config import load_run_config
-from common.images import read_mask
-from common.inference import forward, side_swap
+from common.inference import TtaPolicy, forward, tta_augment, tta_deaugment
 from common.metrics import jaccard_from_counts
 from common.postprocess import binarize
 from common.runner import build_model_from, parse_folds, resolve_device
-from competitions.lung.evaluate import GROUPS, final_mask, fold_dir
-from competitions.lung.loaders import eval_loader, read_cases
+from competitions.lung.evaluate import GROUPS, final_mask, fold_dir, reference_mask
+from competitions.lung.loaders import eval_loader, read_cases, tta_policy
 
 VARIANTS = ("none", "hflip_swapped", "hflip_not_swapped")
 
 
-def _variants(model, x, swap, device, channels_last):
+def _variants(model, x, policy: TtaPolicy, device, channels_last):
+    """The three combinations, from one plain and one mirrored forward pass, through the same
+    ``tta_augment`` / ``tta_deaugment`` that prediction uses."""
     with torch.no_grad():
-        plain = torch.sigmoid(
-            forward(model, x, device=device, amp="none", channels_last=channels_last)["mask"]
-        )
-        mirrored = forward(
-            model, x.flip(-1), device=device, amp="none", channels_last=channels_last
-        )
-        back = torch.sigmoid(mirrored["mask"]).flip(-1)
+        options = {"device": device, "amp": "none", "channels_last": channels_last}
+        plain = torch.sigmoid(forward(model, x, **options)["mask"])
+        mirrored = torch.sigmoid(forward(model, tta_augment(x, "hflip"), **options)["mask"])
     return {
         "none": plain,
-        "hflip_swapped": (plain + back[:, list(swap)]) / 2,
-        "hflip_not_swapped": (plain + back) / 2,
+        "hflip_swapped": (plain + tta_deaugment(mirrored, "hflip", policy)) / 2,
+        "hflip_not_swapped": (plain + tta_deaugment(mirrored, "hflip")) / 2,
     }
 
 
 def ablate(config, folds: list[int]) -> dict:
     device = resolve_device(config.train.device)
     structures = list(config.data.structures)
-    swap = side_swap(structures)
+    policy = tta_policy(structures)
     size = config.data.score_size
     root, cases = read_cases(config)
     sums = {(v, post): np.zeros(len(structures)) for v in VARIANTS for post in (False, True)}
@@ -68,17 +65,14 @@ def ablate(config, folds: list[int]) -> dict:
         ids = iter(held_out["case"].tolist())
         loader = eval_loader(config, root, held_out)
         for batch in tqdm(loader, desc=f"fold {fold}", disable=not sys.stderr.isatty()):
-            maps = _variants(model, batch["image"], swap, device, config.train.channels_last)
+            maps = _variants(model, batch["image"], policy, device, config.train.channels_last)
             maps = {
                 k: F.interpolate(v.float().cpu(), (size, size), mode="bilinear").numpy()
                 for k, v in maps.items()
             }
             for row in range(len(batch["image"])):
                 case = next(ids)
-                truths = [
-                    read_mask(root / "reference" / s / f"{case}.png", (size, size))
-                    for s in structures
-                ]
+                truths = [reference_mask(root, s, case, size) for s in structures]
                 for (variant, post), total in sums.items():
                     for c, structure in enumerate(structures):
                         prob = maps[variant][row, c]

@@ -63,13 +63,22 @@ def fold_dir(config: Config, fold: int) -> Path:
     return Path(config.output) / config.name / f"fold{fold}"
 
 
+def map_path(config: Config, fold: int, structure: str, case: str) -> Path:
+    """Where fold ``fold`` keeps its held-out probability map of ``structure`` for ``case``."""
+    return fold_dir(config, fold) / "oof" / structure / f"{case}.png"
+
+
+def reference_mask(root: Path, structure: str, case: str, size: int) -> np.ndarray:
+    """The prepared ground truth of ``structure`` for ``case`` at the scoring size."""
+    return read_mask(root / "reference" / structure / f"{case}.png", (size, size))
+
+
 def predict_held_out(model, config: Config, fold: int, *, device, amp="none", channels_last=False):
     """Predict fold ``fold``'s held-out cases with the config's TTA; writes each structure's
     uint8 map at the scoring size to ``oof/<structure>/<case>.png``. Returns the case ids."""
     root, cases = read_cases(config)
     held_out = cases[cases["fold"] == fold].reset_index(drop=True)
     structures = list(config.data.structures)
-    out = fold_dir(config, fold) / "oof"
     size = config.data.score_size
     batches = predict_batches(
         model,
@@ -88,13 +97,9 @@ def predict_held_out(model, config: Config, fold: int, *, device, amp="none", ch
             maps = F.interpolate(maps, (size, size), mode="bilinear", align_corners=False)
         for case_maps in maps.numpy():
             for structure, prob in zip(structures, case_maps, strict=True):
-                write_png(out / structure / f"{ids[index]}.png", quantise(prob))
+                write_png(map_path(config, fold, structure, ids[index]), quantise(prob))
             index += 1
     return ids
-
-
-def _references(root: Path, structure: str, ids, size: int):
-    return (read_mask(root / "reference" / structure / f"{i}.png", (size, size)) for i in ids)
 
 
 def _held_out_maps(config: Config, folds: list[int]) -> tuple[Path, pd.DataFrame]:
@@ -104,33 +109,28 @@ def _held_out_maps(config: Config, folds: list[int]) -> tuple[Path, pd.DataFrame
     first = config.data.structures[0]
     for fold in folds:
         ids = cases.loc[cases["fold"] == fold, "case"]
-        missing = [
-            i for i in ids if not (fold_dir(config, fold) / "oof" / first / f"{i}.png").is_file()
-        ]
+        missing = [i for i in ids if not map_path(config, fold, first, i).is_file()]
         if missing:
             raise ValueError(
                 f"fold {fold}: no held-out map for {len(missing)} case(s), e.g. {missing[0]} "
-                f"(expected {fold_dir(config, fold)}/oof/{first}/{missing[0]}.png): train the fold first"
+                f"(expected {map_path(config, fold, first, missing[0])}): train the fold first"
             )
     return root, cases
 
 
 def _map(config: Config, fold: int, structure: str, case: str) -> np.ndarray:
     size = config.data.score_size
-    return read_png(fold_dir(config, fold) / "oof" / structure / f"{case}.png", (size, size))
+    return read_png(map_path(config, fold, structure, case), (size, size))
 
 
 def search_thresholds(config: Config, root: Path, cases: pd.DataFrame) -> dict[str, float]:
     """Per structure, the threshold of the best mean Dice over ``cases``' maps."""
     best = {}
     for structure in config.data.structures:
-        pairs = zip(
-            (
-                _map(config, f, structure, c)
-                for c, f in zip(cases["case"], cases["fold"], strict=True)
-            ),
-            _references(root, structure, cases["case"], config.data.score_size),
-            strict=True,
+        size = config.data.score_size
+        pairs = (
+            (_map(config, f, structure, c), reference_mask(root, structure, c, size))
+            for c, f in zip(cases["case"], cases["fold"], strict=True)
         )
         stats = reduce_pairs(pairs)
         result = search_triplets_from_stats(stats, [0.0], [0], _GRID)
@@ -174,7 +174,7 @@ def evaluate(config: Config, folds: list[int], *, name: str | None = None, log=p
             pred = final_mask(
                 config, _map(config, fold, structure, case), structure, thresholds[fold][structure]
             )
-            truth = read_mask(root / "reference" / structure / f"{case}.png", (size, size))
+            truth = reference_mask(root, structure, case, size)
             counts = (int(np.count_nonzero(pred & truth)), int(pred.sum()), int(truth.sum()))
             scores.append(
                 {

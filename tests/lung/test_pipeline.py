@@ -82,6 +82,12 @@ def test_both_folds_and_the_csv_round_trip(workspace, monkeypatch):
             threshold = report["thresholds"][str(fold)][structure]
             expected = lung_evaluate.final_mask(config, prob, structure, threshold)
             assert np.array_equal(masks[(case, structure)], expected)
+    untrained = _config("unet_resnet18_cpu.yaml", "name=never_trained")
+    with pytest.raises(
+        ValueError, match=r"fold 0: no held-out map for 20 case\(s\).*train the fold first"
+    ):
+        lung_evaluate.evaluate(untrained, [0])
+    assert not list(Path("submissions/lung").glob("never_trained*"))  # nothing half-written
     ablation = ablate(config, [0, 1])
     assert ablation["n_cases"] == 40 and len(ablation["jaccard"]) == 6
     assert all(0 <= v <= 1 for row in ablation["jaccard"].values() for v in row.values())
