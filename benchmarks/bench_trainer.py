@@ -23,12 +23,13 @@ from torch.utils.data import DataLoader, Dataset
 
 from benchmarks._util import record
 from common.config import load_config
+from common.loaders import train_loader
 from common.losses import CombinedLoss
 from common.models import build_model
 from common.optim import Stepper, build_optimiser
 from common.training import Settings, Trainer
 from competitions.siim.layout import read_inputs
-from competitions.siim.loaders import train_loader
+from competitions.siim.loaders import items
 from competitions.siim.prepare import prepare
 from competitions.siim.synthetic import SyntheticSpec, generate
 
@@ -99,8 +100,9 @@ def loader_rate(work: Path) -> float:
     synthetic = generate(work / "synthetic", SyntheticSpec(n_train=200, n_test=1))
     prepare(read_inputs(synthetic, synthetic=True), work / "prepared" / str(SIZE), SIZE)
     config = load_config(CONFIG, [f"data.prepared={work / 'prepared'}"])
-    table = pd.read_csv(work / "prepared" / str(SIZE) / "train.csv", dtype={"ImageId": str})
-    loader = train_loader(config, work / "prepared" / str(SIZE), table, seed=0)
+    root = work / "prepared" / str(SIZE)
+    table = pd.read_csv(root / "train.csv", dtype={"ImageId": str})
+    loader = train_loader(config, items(root, table.assign(id=table["ImageId"])), seed=0)
     best = 0.0
     for _ in range(2):
         start = time.perf_counter()

@@ -9,8 +9,11 @@ experiment, then command-line overrides. An experiment file holds only what it c
     train:
       epochs: 20
 
-The schema is a nested dict of defaults (usually the root ``base.yaml``): every key an experiment
-may set, with a default whose type is the key's type. Rules: a key absent from the schema is an
+The schema is a nested dict of defaults: every key an experiment may set, with a default whose
+type is the key's type. It is the root file of the chain, or, when the chain starts from a file of
+``common/configs/`` (``base: "@common/experiment.yaml"``), that generic schema extended by the first
+file below it (a competition's ``base.yaml``), which may add keys to the sections named in
+``EXTENSIBLE`` and new top-level sections, but no key to a generic section. Rules: a key absent from the schema is an
 error that lists the valid keys at that level; a value of another type is an error naming the key
 (an int is accepted for a float, and a default of ``null`` accepts anything); a default of ``{}``
 is a free-form mapping whose contents are not checked (e.g. a model's extra arguments).
@@ -26,8 +29,18 @@ from typing import Any
 import yaml
 
 from common.atomic import write_text_atomic
+from common.paths import resolve
 
 BASE_KEY = "base"
+COMMON_PREFIX = "@common/"  # a base naming a file of common/configs/
+COMMON_CONFIGS = Path(__file__).resolve().parent / "configs"
+EXTENSIBLE = ("data", "predict")  # generic sections a competition's base may add keys to
+# keys holding a file or folder: a relative value is made absolute under the workspace
+# (common.paths), so a run finds the same files from any current folder
+PATH_KEYS = (
+    "output", "submissions", "configs", "test_truth", "prepared",
+    "data.raw", "data.synthetic", "data.prepared", "data.folds", "model.weights",
+)  # fmt: skip
 _MAX_DEPTH = 16  # base chains deeper than this are a cycle or a mistake
 
 
@@ -70,6 +83,11 @@ def read_yaml(path: str | os.PathLike) -> dict:
     return data
 
 
+def common_schema(name: str = "experiment.yaml") -> dict:
+    """A generic schema of ``common/configs/`` (e.g. the experiment's) as a plain dict."""
+    return read_yaml(COMMON_CONFIGS / name)
+
+
 def _chain(path: Path) -> list[tuple[Path, dict]]:
     """The files from the root base down to ``path``, each with its own keys (base removed)."""
     chain: list[tuple[Path, dict]] = []
@@ -81,8 +99,42 @@ def _chain(path: Path) -> list[tuple[Path, dict]]:
         chain.append((path, data))
         if base is not None and not isinstance(base, str):
             raise ConfigError(f"{path}: 'base' must be a file path, got {base!r}")
-        path = (path.parent / base) if base else None
+        path = _base_path(path, base) if base else None
     return chain[::-1]
+
+
+def _base_path(path: Path, base: str) -> Path:
+    if base.startswith(COMMON_PREFIX):
+        return COMMON_CONFIGS / base[len(COMMON_PREFIX) :]
+    return path.parent / base
+
+
+def _is_common(path: Path) -> bool:
+    return path.resolve().is_relative_to(COMMON_CONFIGS)
+
+
+def extend_schema(schema: dict, update: dict, where: str, prefix: str = "") -> dict:
+    """``schema`` with ``update``'s values as the new defaults, checked like ``merge``; keys new
+    to ``schema`` are added only at the top level or directly in an ``EXTENSIBLE`` section."""
+    out = copy.deepcopy(schema)
+    for key, value in update.items():
+        dotted = f"{prefix}{key}"
+        default = out.get(key)
+        if key not in out:
+            if prefix and prefix.rstrip(".") not in EXTENSIBLE:
+                valid = ", ".join(sorted(map(str, out)))
+                raise ConfigError(
+                    f"{where}: unknown key {dotted!r}; a competition adds keys to "
+                    f"{', '.join(EXTENSIBLE)} or new sections only; valid keys here: {valid}"
+                )
+            out[key] = copy.deepcopy(value)
+        elif isinstance(default, dict) and default:
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}: {dotted!r} must be a mapping, got {value!r}")
+            out[key] = extend_schema(default, value, where, f"{dotted}.")
+        else:
+            out[key] = copy.deepcopy(_check_type(value, default, dotted, where))
+    return out
 
 
 def merge(into: dict, update: dict, schema: dict, where: str, prefix: str = "") -> None:
@@ -149,10 +201,17 @@ def load_config(
     path: str | os.PathLike, overrides: list[str] = (), *, schema: dict | None = None
 ) -> Config:
     """Resolve ``path`` (with its bases) and ``overrides`` against ``schema`` (default: the root
-    base file of the chain, so every key of an experiment must exist in its root base)."""
+    base file of the chain, or the generic schema of ``common/configs/`` as extended by the
+    competition's base: see the module docs)."""
     chain = _chain(Path(path))
     if schema is None:
         schema = chain[0][1]
+        if _is_common(chain[0][0]):
+            for file, data in chain[1:]:
+                if not _is_common(file):
+                    schema = extend_schema(schema, data, str(file))
+                    break
+                merge(schema, data, schema, str(file))
     resolved: dict = {}
     merge(resolved, copy.deepcopy(schema), schema, "defaults")
     for file, data in chain:
@@ -160,7 +219,18 @@ def load_config(
     for text in overrides:
         keys, value = parse_override(text)
         merge(resolved, _nested(keys, value), schema, f"override {text!r}")
+    _resolve_paths(resolved)
     return to_config(resolved)
+
+
+def _resolve_paths(config: dict) -> None:
+    for dotted in PATH_KEYS:
+        *parents, key = dotted.split(".")
+        node = config
+        for parent in parents:
+            node = node.get(parent) if isinstance(node, dict) else None
+        if isinstance(node, dict) and isinstance(node.get(key), str) and node[key]:
+            node[key] = str(resolve(node[key]))
 
 
 def load_run_config(path: str | os.PathLike, overrides: list[str] = ()) -> Config:

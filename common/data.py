@@ -2,7 +2,8 @@
 whose share of non-empty images follows a schedule.
 
 Tensor conventions: ``image`` is float32 (C, H, W), normalised per channel with ``mean``/``std``
-on the 0..1 scale (the grey image is repeated over ``in_channels``); ``mask`` is float32
+on the 0..1 scale (a grey image is repeated over ``in_channels``; an RGB image needs
+``in_channels`` 3); ``mask`` is float32
 (C, H, W) in {0, 1}, C = 1 for one mask per image or one channel per class of a multi-label
 task; ``label`` is float32 (1,), 1 when the (augmented) mask is non-empty in any channel.
 """
@@ -134,7 +135,7 @@ class SegmentationDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         image_id = self.ids[index]
         shape = (self.size, self.size)
-        image = read_png(self.image_dir / f"{image_id}.png", shape)
+        image = read_png(self.image_dir / f"{image_id}.png", shape, channels=0)
         mask = None
         if self.mask_dir is not None:
             mask = self._read_mask(image_id, shape)
@@ -159,10 +160,18 @@ class SegmentationDataset(Dataset):
         return np.stack(channels, axis=-1)
 
     def _normalise(self, image: np.ndarray) -> np.ndarray:
-        if image.ndim == 3:  # a transform may hand back (H, W, 1)
+        if image.ndim == 3 and image.shape[2] == 1:  # a transform may hand back (H, W, 1)
             image = image[..., 0]
         scaled = image.astype(np.float32) / 255.0
-        stacked = np.broadcast_to(scaled, (self.in_channels, *scaled.shape))
+        if scaled.ndim == 3:
+            if scaled.shape[2] != self.in_channels:
+                raise ValueError(
+                    f"{self.image_dir}: images have {scaled.shape[2]} channels, "
+                    f"data.in_channels is {self.in_channels}"
+                )
+            stacked = scaled.transpose(2, 0, 1)
+        else:
+            stacked = np.broadcast_to(scaled, (self.in_channels, *scaled.shape))
         return np.ascontiguousarray((stacked - self.mean) / self.std, dtype=np.float32)
 
 
@@ -174,7 +183,8 @@ def linear_rate(start: float, end: float, epochs: int) -> Callable[[int], float]
 class NonEmptyRateSampler(Sampler[int]):
     """Each epoch draws ``epoch_size`` indices of which a share ``rate(epoch)`` are non-empty
     images (drawn without replacement while they last), shuffled; ``rate=None`` is a plain
-    shuffle of every index. Deterministic from ``seed`` and the epoch (call ``set_epoch``).
+    shuffle of every index; ``weights`` (one per item, not all zero) draws with replacement in
+    proportion to them. Deterministic from ``seed`` and the epoch (call ``set_epoch``).
 
     With ``num_replicas`` > 1 (DDP) each rank takes an interleaved, disjoint share of the same
     epoch order, padded to equal length, so the global rate follows the schedule.
@@ -185,6 +195,7 @@ class NonEmptyRateSampler(Sampler[int]):
         has_mask: Sequence[bool],
         rate: Callable[[int], float] | None = None,
         *,
+        weights: Sequence[float] | None = None,
         epoch_size: int = 0,
         seed: int = 0,
         num_replicas: int = 1,
@@ -199,8 +210,18 @@ class NonEmptyRateSampler(Sampler[int]):
         self.num_replicas = num_replicas
         self.rank = rank
         self.epoch = 0
+        self.weights = None
         if rate is not None and (len(self.positives) == 0 or len(self.negatives) == 0):
             raise ValueError("a non-empty sample rate needs both empty and non-empty images")
+        if weights is not None:
+            if rate is not None:
+                raise ValueError("give a non-empty rate or sampling weights, not both")
+            w = np.asarray(weights, dtype=np.float64)
+            if w.shape != self.has_mask.shape or (w < 0).any() or not np.isfinite(w).all():
+                raise ValueError("sampling weights must be one finite value >= 0 per item")
+            if w.sum() <= 0:
+                raise ValueError("sampling weights are all zero")
+            self.weights = w / w.sum()
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -208,6 +229,8 @@ class NonEmptyRateSampler(Sampler[int]):
     def epoch_indices(self) -> np.ndarray:
         """The whole epoch's order (every rank), before the split across replicas."""
         rng = np.random.default_rng([self.seed, self.epoch])
+        if self.weights is not None:
+            return rng.choice(len(self.weights), size=self.epoch_size, p=self.weights)
         if self.rate is None:
             return _draw(rng, np.arange(len(self.has_mask)), self.epoch_size)
         rate = float(np.clip(self.rate(self.epoch), 0.0, 1.0))

@@ -1,6 +1,7 @@
-"""Greyscale images and binary masks on disk and at the training size.
+"""Images of any channel count and binary masks on disk, and at the training size.
 
-Images are (height, width) uint8. Masks are stored as PNG with values {0, 255} and read back as
+Images are (height, width) uint8 greyscale or (height, width, 3) uint8 RGB (in that channel
+order: OpenCV's BGR stays inside this module). Masks are stored as PNG with values {0, 255} and read back as
 uint8 {0, 1}. PNG files are written atomically, so a killed stage never leaves a truncated one.
 """
 
@@ -23,31 +24,47 @@ _PNG_PARAMS = [
 ]  # fmt: skip
 
 
+_READ_FLAGS = {0: cv2.IMREAD_UNCHANGED, 1: cv2.IMREAD_GRAYSCALE, 3: cv2.IMREAD_COLOR}
+
+
 def write_png(path: str | os.PathLike, array: np.ndarray) -> None:
-    """Write a 2-D uint8 array as a PNG file, atomically."""
+    """Write a (H, W) greyscale or (H, W, 3) RGB uint8 array as a PNG file, atomically."""
     array = np.asarray(array)
-    if array.ndim != 2 or array.dtype != np.uint8:
-        raise ValueError(f"{path}: expected a 2-D uint8 array, got {array.dtype} {array.shape}")
-    ok, encoded = cv2.imencode(".png", array, _PNG_PARAMS)
+    rgb = array.ndim == 3 and array.shape[2] == 3
+    if not (array.ndim == 2 or rgb) or array.dtype != np.uint8:
+        raise ValueError(
+            f"{path}: expected a (H, W) or (H, W, 3) uint8 array, got {array.dtype} {array.shape}"
+        )
+    ok, encoded = cv2.imencode(".png", array[..., ::-1] if rgb else array, _PNG_PARAMS)
     if not ok:
         raise ValueError(f"{path}: OpenCV could not encode the image")
     with atomic_path(path) as tmp:
         tmp.write_bytes(encoded.tobytes())
 
 
-def read_png(path: str | os.PathLike, shape: tuple[int, int] | None = None) -> np.ndarray:
-    """A greyscale PNG as a 2-D uint8 array; ``ValueError`` naming the file if it is missing,
-    corrupt or (when ``shape`` is given) of another size."""
+def read_png(
+    path: str | os.PathLike, shape: tuple[int, int] | None = None, *, channels: int = 1
+) -> np.ndarray:
+    """A PNG as uint8: ``channels`` 1 gives (H, W) greyscale, 3 gives (H, W, 3) RGB, 0 what the
+    file holds (greyscale or RGB; an alpha channel is dropped). ``ValueError`` naming the file
+    if it is missing, corrupt or (when ``shape`` (H, W) is given) of another size."""
     path = Path(path)
+    if channels not in _READ_FLAGS:
+        raise ValueError(f"{path}: channels must be 0 (as stored), 1 or 3, got {channels}")
     try:
         data = np.fromfile(path, dtype=np.uint8)
     except FileNotFoundError:
         raise ValueError(f"{path}: image file not found") from None
-    image = cv2.imdecode(data, cv2.IMREAD_GRAYSCALE) if data.size else None
+    image = cv2.imdecode(data, _READ_FLAGS[channels]) if data.size else None
     if image is None:
         raise ValueError(f"{path}: not a readable PNG (corrupt or truncated)")
-    if shape is not None and image.shape != tuple(shape):
-        raise ValueError(f"{path}: image is {image.shape}, expected {tuple(shape)}")
+    if image.ndim == 3:
+        if image.shape[2] == 1:
+            image = image[..., 0]
+        else:
+            image = np.ascontiguousarray(image[..., 2::-1])  # BGR(A) -> RGB
+    if shape is not None and image.shape[:2] != tuple(shape):
+        raise ValueError(f"{path}: image is {image.shape[:2]}, expected {tuple(shape)}")
     return image
 
 
@@ -57,10 +74,11 @@ def read_mask(path: str | os.PathLike, shape: tuple[int, int] | None = None) -> 
 
 
 def resize_image(image: np.ndarray, size: int) -> np.ndarray:
-    """Resize to ``size`` x ``size``: area averaging when shrinking, bilinear when enlarging."""
-    if image.shape == (size, size):
+    """Resize a (H, W) or (H, W, 3) image to ``size`` x ``size``: area averaging when shrinking,
+    bilinear when enlarging."""
+    if image.shape[:2] == (size, size):
         return image
-    shrinking = size < max(image.shape)
+    shrinking = size < max(image.shape[:2])
     interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
     return cv2.resize(image, (size, size), interpolation=interpolation)
 

@@ -101,7 +101,6 @@ def train_part(
     steps = len(loader) if not config.train.max_steps else config.train.max_steps
     steps = -(-min(steps, len(loader)) // config.train.accumulate)
     stepper = Stepper(optimiser, epochs=config.train.epochs, steps_per_epoch=steps, **config.sched)
-    train_settings = {k: v for k, v in config.train.items() if k in Settings.__dataclass_fields__}
     if distributed.is_main():
         out.mkdir(parents=True, exist_ok=True)
         save_config(config, out / "config.yaml")
@@ -119,7 +118,7 @@ def train_part(
         stepper,
         loader,
         val_loader,
-        Settings(**train_settings),
+        Settings(**config.train),
         out,
         config=config.to_dict(),
         device=device,

@@ -23,7 +23,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import field, make_dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -41,6 +41,7 @@ from common.checkpoints import (
     restore_random_states,
     save_checkpoint,
 )
+from common.config import common_schema
 from common.data import reseed_main_process
 from common.inference import autocast, collect_validation, validation_metrics
 from common.optim import Stepper
@@ -49,35 +50,36 @@ AMP_MODES = ("none", "fp16", "bf16")
 LAST = "last.pt"
 
 
-@dataclass
-class Settings:
-    epochs: int
-    accumulate: int = 1
-    clip_grad: float = 0.0  # max gradient norm; 0 = off
-    amp: str = "none"  # none | fp16 | bf16 (CUDA only)
-    ema: float = 0.0  # EMA decay per optimiser step; 0 = off
-    channels_last: bool = False
-    top_k: int = 3
-    early_stop: int = 0  # epochs without improvement before stopping; 0 = off
-    # validation metric to maximise (val_loss is minimised); "epoch" keeps the last top_k epochs,
-    # so that the validation set (a benchmark's test fold) chooses nothing
-    monitor: str = "dice_triplet"
-    max_steps: int = 0  # cap on batches per epoch (smoke tests); 0 = all
-    validate_every: int = 1  # epochs between validations (and the last); > 1 needs monitor "epoch"
-    sync_bn: bool = False  # SyncBatchNorm under DDP with NCCL
+def _check_settings(self) -> None:
+    if self.amp not in AMP_MODES:
+        raise ValueError(f"train.amp {self.amp!r} is unknown; valid: {', '.join(AMP_MODES)}")
+    if self.epochs < 1 or self.accumulate < 1 or self.top_k < 1 or self.validate_every < 1:
+        raise ValueError(
+            "train.epochs, train.accumulate, train.top_k and train.validate_every must be >= 1"
+        )
+    if self.validate_every > 1 and self.monitor != "epoch":
+        raise ValueError(
+            f"train.validate_every={self.validate_every} needs train.monitor=epoch: "
+            f"{self.monitor} can only choose among validated epochs"
+        )
 
-    def __post_init__(self):
-        if self.amp not in AMP_MODES:
-            raise ValueError(f"train.amp {self.amp!r} is unknown; valid: {', '.join(AMP_MODES)}")
-        if self.epochs < 1 or self.accumulate < 1 or self.top_k < 1 or self.validate_every < 1:
-            raise ValueError(
-                "train.epochs, train.accumulate, train.top_k and train.validate_every must be >= 1"
-            )
-        if self.validate_every > 1 and self.monitor != "epoch":
-            raise ValueError(
-                f"train.validate_every={self.validate_every} needs train.monitor=epoch: "
-                f"{self.monitor} can only choose among validated epochs"
-            )
+
+def _settings_class():
+    """``Settings``: one field per key of the generic schema's ``train`` section, with its default
+    (``common/configs/experiment.yaml`` is the one source: a key added there is a field here, so
+    ``Settings(**config.train)`` never drops one). ``monitor`` is the validation metric to
+    maximise (``val_loss`` is minimised); ``epoch`` keeps the last ``top_k`` epochs, so that the
+    validation set (a benchmark's test fold) chooses nothing."""
+    fields = []
+    for key, default in common_schema()["train"].items():
+        kind = type(default) if default is not None else object
+        value = field(default_factory=lambda d=default: copy.deepcopy(d))
+        fields.append((key, kind, value))
+    namespace = {"__post_init__": _check_settings, "__doc__": _settings_class.__doc__}
+    return make_dataclass("Settings", fields, namespace=namespace, frozen=True)
+
+
+Settings = _settings_class()
 
 
 class EMA:

@@ -82,3 +82,50 @@ def test_every_siim_config_resolves():
     for path in sorted(SIIM_CONFIGS.glob("*.yaml")):
         config = load_config(path)
         assert config.data.size >= 64 and config.optim.lr > 0, path.name
+
+
+LUNG_CONFIGS = REPO / "competitions" / "lung" / "configs"
+
+
+def test_competitions_extend_the_one_generic_schema(tmp_path):
+    from common.config import common_schema
+    from common.training import Settings
+
+    generic = common_schema()
+    for base in (SIIM_CONFIGS / "base.yaml", LUNG_CONFIGS / "base.yaml"):
+        config = load_config(base).to_dict()
+        for section in ("model", "loss", "optim", "sched", "train"):
+            assert set(config[section]) == set(generic[section]), (base, section)
+    assert load_config(LUNG_CONFIGS / "base.yaml").data.structures[0] == "left_lung"
+    # Settings is built from the schema's train section: no key of a config is left out
+    assert set(Settings.__dataclass_fields__) == set(generic["train"])
+    settings = Settings(**load_config(SIIM_CONFIGS / "base.yaml").train)
+    assert settings.monitor == "dice_triplet" and settings.parts == []
+
+
+def test_a_competition_base_adds_keys_only_where_allowed(tmp_path):
+    base = _write(
+        tmp_path / "base.yaml",
+        'base: "@common/experiment.yaml"\ndata: {stain: pas}\nextra: {k: 1}\n',
+    )
+    config = load_config(base, ["data.stain=he", "extra.k=2"])
+    assert config.data.stain == "he" and config.extra.k == 2 and config.train.epochs == 10
+    with pytest.raises(ConfigError, match=r"unknown key 'data\.stian'"):
+        load_config(base, ["data.stian=x"])
+    typo = _write(tmp_path / "typo.yaml", 'base: "@common/experiment.yaml"\ntrain: {epohcs: 2}\n')
+    with pytest.raises(
+        ConfigError, match=r"unknown key 'train\.epohcs'.*valid keys here: .*epochs"
+    ):
+        load_config(typo)
+    wrong = _write(tmp_path / "wrong.yaml", 'base: "@common/experiment.yaml"\noptim: {lr: fast}\n')
+    with pytest.raises(ConfigError, match=r"'optim\.lr' must be float"):
+        load_config(wrong)
+    exp = _write(tmp_path / "exp.yaml", "base: base.yaml\ndata: {newkey: 1}\n")
+    with pytest.raises(ConfigError, match=r"exp\.yaml: unknown key 'data\.newkey'"):
+        load_config(exp)
+
+
+def test_every_lung_config_resolves():
+    for path in sorted(LUNG_CONFIGS.glob("*.yaml")):
+        config = load_config(path)
+        assert config.data.in_channels == 1 and config.data.score_size == 512, path.name

@@ -181,3 +181,75 @@ def test_multi_channel_masks_share_the_augmentation(tmp_path):
     assert item["image"].shape == (3, 48, 48) and item["mask"].shape == (2, 48, 48)
     with pytest.raises(ValueError, match="crop 80"):
         load_transforms(tmp_path / "t.json", 64, crop=80)
+
+
+def test_weighted_sampling_follows_the_weights():
+    weights = np.array([0.0, 1.0, 3.0, 0.0])
+    sampler = NonEmptyRateSampler(np.zeros(4, bool), weights=weights, epoch_size=4000, seed=3)
+    counts = np.bincount(sampler.epoch_indices(), minlength=4)
+    assert counts[0] == counts[3] == 0
+    assert counts[2] / counts[1] == pytest.approx(3.0, rel=0.1)
+    sampler.set_epoch(1)
+    assert not np.array_equal(
+        sampler.epoch_indices(),
+        NonEmptyRateSampler(
+            np.zeros(4, bool), weights=weights, epoch_size=4000, seed=3
+        ).epoch_indices(),
+    )
+    with pytest.raises(ValueError, match="all zero"):
+        NonEmptyRateSampler(np.zeros(2, bool), weights=[0, 0])
+    with pytest.raises(ValueError, match="one finite value"):
+        NonEmptyRateSampler(np.zeros(2, bool), weights=[1.0])
+
+
+def test_common_loaders_from_an_item_table(tmp_path):
+    import pandas as pd
+
+    from common.config import load_config
+    from common.images import write_png
+    from common.loaders import Items, eval_loader, train_loader
+
+    for i in range(6):
+        write_png(tmp_path / "images" / f"i{i}.png", np.full((32, 32), i * 40, np.uint8))
+        write_png(tmp_path / "masks" / f"i{i}.png", np.full((32, 32), 255 * (i % 2), np.uint8))
+    frame = pd.DataFrame(
+        {
+            "id": [f"i{i}" for i in range(6)],
+            "has_mask": [i % 2 for i in range(6)],
+            "weight": [0, 0, 0, 0, 1, 1],
+        }
+    )
+    items = Items(frame, tmp_path / "images", tmp_path / "masks")
+    config = load_config(
+        REPO / "competitions" / "siim" / "configs" / "base.yaml",
+        [
+            "data.size=32",
+            "data.num_workers=0",
+            "data.batch_size=2",
+            "data.sample_rate.kind=weighted",
+        ],
+    )
+    ids = [items.ids[int(i)] for b in train_loader(config, items, seed=0) for i in b["index"]]
+    assert len(ids) == 6 and set(ids) <= {"i4", "i5"}
+    batch = next(iter(eval_loader(config, items)))
+    assert (
+        batch["image"].shape == (6, 3, 32, 32) and batch["mask"][:, 0, 0, 0].tolist() == [0, 1] * 3
+    )
+    with pytest.raises(ValueError, match="'id' column"):
+        Items(frame.drop(columns="id"), tmp_path)
+
+
+@pytest.mark.parametrize("colour", [False, True])
+def test_dataset_feeds_grey_and_rgb_images(tmp_path, colour):
+    from common.data import IMAGENET_MEAN, IMAGENET_STD
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (16, 16, 3) if colour else (16, 16), dtype=np.uint8)
+    write_png(tmp_path / "a.png", image)
+    item = SegmentationDataset(["a"], tmp_path, size=16, in_channels=3)[0]["image"].numpy()
+    rgb = image if colour else np.repeat(image[..., None], 3, axis=2)
+    expected = (rgb / 255.0 - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)
+    np.testing.assert_allclose(item, expected.transpose(2, 0, 1), atol=1e-5)
+    if colour:
+        with pytest.raises(ValueError, match="3 channels, data.in_channels is 1"):
+            SegmentationDataset(["a"], tmp_path, size=16, in_channels=1)[0]

@@ -36,7 +36,7 @@ def test_wrong_size_and_wrong_dtype_are_refused(tmp_path):
     write_png(tmp_path / "x.png", np.zeros((8, 8), np.uint8))
     with pytest.raises(ValueError, match=r"expected \(16, 16\)"):
         read_png(tmp_path / "x.png", (16, 16))
-    with pytest.raises(ValueError, match="2-D uint8"):
+    with pytest.raises(ValueError, match=r"\(H, W\) or \(H, W, 3\) uint8"):
         write_png(tmp_path / "y.png", np.zeros((8, 8), np.float32))
 
 
@@ -62,3 +62,22 @@ def test_dicom_tags_come_with_the_same_image():
     image, tags = read_dicom_with_tags(path, ("PatientSex", "ViewPosition", "NoSuchTag"))
     np.testing.assert_array_equal(image, read_dicom(path))
     assert tags == {"PatientSex": "M", "ViewPosition": "PA", "NoSuchTag": ""}
+
+
+def test_rgb_round_trip_channels_and_resize(tmp_path):
+    rgb = np.random.default_rng(1).integers(0, 256, (21, 34, 3), dtype=np.uint8)
+    rgb[0, 0] = (255, 0, 0)  # pure red stays red: the channel order is RGB on both sides
+    write_png(tmp_path / "c.png", rgb)
+    back = read_png(tmp_path / "c.png", (21, 34), channels=0)
+    np.testing.assert_array_equal(back, rgb)
+    assert tuple(back[0, 0]) == (255, 0, 0)
+    grey = read_png(tmp_path / "c.png", channels=1)
+    assert grey.shape == (21, 34) and abs(int(grey[0, 0]) - 76) <= 1  # 0.299 * 255
+    write_png(tmp_path / "g.png", grey)
+    assert read_png(tmp_path / "g.png", channels=3).shape == (21, 34, 3)
+    assert read_png(tmp_path / "g.png", channels=0).shape == (21, 34)
+    assert resize_image(rgb, 8).shape == (8, 8, 3)
+    with pytest.raises(ValueError, match=r"c\.png: image is \(21, 34\), expected \(34, 21\)"):
+        read_png(tmp_path / "c.png", (34, 21), channels=0)
+    with pytest.raises(ValueError, match="uint8 array"):
+        write_png(tmp_path / "x.png", np.zeros((4, 4, 2), np.uint8))

@@ -26,11 +26,12 @@ from common.atomic import write_text_atomic
 from common.checkpoints import load_checkpoint
 from common.config import load_run_config
 from common.inference import TtaPolicy, forward, tta_augment, tta_deaugment
+from common.loaders import eval_loader
 from common.metrics import jaccard_from_counts
 from common.postprocess import binarize
 from common.runner import build_model_from, parse_folds, resolve_device
 from competitions.lung.evaluate import GROUPS, final_mask, fold_dir, reference_mask
-from competitions.lung.loaders import eval_loader, read_cases, tta_policy
+from competitions.lung.loaders import items, read_cases, tta_policy
 
 VARIANTS = ("none", "hflip_swapped", "hflip_not_swapped")
 
@@ -63,7 +64,7 @@ def ablate(config, folds: list[int]) -> dict:
         model.to(device).eval()
         held_out = cases[cases["fold"] == fold].reset_index(drop=True)
         ids = iter(held_out["case"].tolist())
-        loader = eval_loader(config, root, held_out)
+        loader = eval_loader(config, items(config, root, held_out))
         for batch in tqdm(loader, desc=f"fold {fold}", disable=not sys.stderr.isatty()):
             maps = _variants(model, batch["image"], policy, device, config.train.channels_last)
             maps = {

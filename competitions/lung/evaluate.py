@@ -33,6 +33,7 @@ from common.atomic import write_text_atomic
 from common.config import Config, load_run_config
 from common.images import read_mask, read_png, write_png
 from common.inference import predict_batches
+from common.loaders import eval_loader
 from common.metrics import dice_from_counts, jaccard_from_counts
 from common.plots import mask_overlays
 from common.postprocess import binarize, clean_mask, quantise
@@ -40,7 +41,7 @@ from common.rle import rle_decode, rle_encode
 from common.runner import parse_folds
 from common.submission import write_rows
 from common.threshold_search import reduce_pairs, search_triplets_from_stats
-from competitions.lung.loaders import eval_loader, read_cases, tta_policy
+from competitions.lung.loaders import items, read_cases, tta_policy
 
 HEADER = ("id", "structure", "rle")
 GROUPS = {  # the literature reports these three figures
@@ -82,7 +83,7 @@ def predict_held_out(model, config: Config, fold: int, *, device, amp="none", ch
     size = config.data.score_size
     batches = predict_batches(
         model,
-        eval_loader(config, root, held_out),
+        eval_loader(config, items(config, root, held_out)),
         device=device,
         tta=tuple(config.predict.tta),
         amp=amp,
@@ -195,7 +196,7 @@ def evaluate(config: Config, folds: list[int], *, name: str | None = None, log=p
     report = _report(config, table, thresholds, folds)
     report["synthetic"] = bool(json.loads((root / "source.json").read_text()).get("synthetic"))
     name = name or _default_name(config, folds)
-    out = Path("submissions/lung")
+    out = Path(config.submissions)
     write_rows(rows, out / f"{name}.csv", HEADER)
     write_text_atomic(out / f"{name}.json", json.dumps(report, indent=2) + "\n")
     mask_overlays(panels, out / f"{name}.png")

@@ -1,5 +1,6 @@
-"""Lung data for training: the prepared cases with their folds, the data loaders, and the TTA
-policy (a mirrored chest X-ray swaps the patient's left and right).
+"""Lung data for training: the prepared cases with their folds as ``common.loaders.Items``, the
+loaders (built by ``common.loaders``, sharded under DDP), and the TTA policy (a mirrored chest
+X-ray swaps the patient's left and right).
 
 Folds (``data.split``): ``scr``, the SCR benchmark's two halves: fold 0 trains on the
 odd-numbered cases and holds out (validates on, predicts) the even-numbered ones, fold 1 the
@@ -13,23 +14,19 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
-import torch
-from torch.utils.data import DataLoader, RandomSampler
 
 from common.config import Config
-from common.data import SegmentationDataset, load_transforms, seed_worker, transform_names
 from common.folds import make_folds
 from common.inference import TtaPolicy, side_swap
+from common.loaders import Items, load_pipeline
+from common.loaders import make_loaders as common_loaders
 
 TRANSFORMS = Path(__file__).resolve().parent / "transforms"
 SPLITS = ("scr", "kfold")
-MIRRORING = (
-    "HorizontalFlip",
-    "VerticalFlip",
-    "Transpose",
-    "D4",
-    "RandomRotate90",
-    "SquareSymmetry",
+_SIDES = "a mirrored chest X-ray swaps the patient's left and right, so the left/right masks would be wrong"
+MIRRORING = dict.fromkeys(
+    ("HorizontalFlip", "VerticalFlip", "Transpose", "D4", "RandomRotate90", "SquareSymmetry"),
+    _SIDES,
 )
 
 
@@ -57,8 +54,8 @@ def assign_folds(cases: pd.DataFrame, split: str, n_folds: int = 5, seed: int = 
 
 
 def read_cases(config: Config) -> tuple[Path, pd.DataFrame]:
-    """The prepared folder and its cases.csv with a ``fold`` column (the fold that holds each
-    case out)."""
+    """The prepared folder and its cases.csv with ``fold`` (the fold that holds each case out),
+    ``id`` (the case) and ``has_mask`` (every case has lungs)."""
     root = Path(config.data.prepared) / str(config.data.size)
     if not (root / "cases.csv").is_file():
         raise ValueError(
@@ -66,6 +63,9 @@ def read_cases(config: Config) -> tuple[Path, pd.DataFrame]:
         )
     cases = pd.read_csv(root / "cases.csv", dtype={"case": str})
     cases["fold"] = assign_folds(cases, config.data.split, config.data.n_folds, config.seed)
+    cases["id"] = cases["case"]
+    areas = [c for c in cases.columns if c.startswith("area_")]
+    cases["has_mask"] = (cases[areas].sum(axis=1) > 0).astype(int) if areas else 1
     return root, cases
 
 
@@ -78,53 +78,19 @@ def fold_cases(config: Config, fold: int) -> tuple[Path, pd.DataFrame, pd.DataFr
     return root, train.reset_index(drop=True), held_out.reset_index(drop=True)
 
 
-def _dataset(config: Config, root: Path, frame: pd.DataFrame, transform=None):
-    return SegmentationDataset(
-        frame["case"],
-        root / "images",
-        root / "masks",
-        size=config.data.size,
-        transform=transform,
-        in_channels=config.data.in_channels,
-        mask_channels=list(config.data.structures),
-    )
+def items(config: Config, root: Path, frame: pd.DataFrame) -> Items:
+    return Items(frame, root / "images", root / "masks", tuple(config.data.structures))
 
 
-def _transforms(config: Config):
-    name = config.data.transforms
-    if name == "none":
-        return None
-    pipeline = load_transforms(TRANSFORMS / f"{name}.json", config.data.size, config.data.crop)
-    mirrors = sorted(set(transform_names(pipeline)) & set(MIRRORING))
-    if mirrors:
-        raise ValueError(
-            f"data.transforms {name!r} has {', '.join(mirrors)}: a mirrored chest X-ray swaps "
-            "the patient's left and right, so the left/right masks would be wrong"
-        )
-    return pipeline
+def transforms(config: Config):
+    """The training pipeline; any mirroring transform is refused."""
+    return load_pipeline(config, TRANSFORMS, forbidden=MIRRORING)
 
 
-def make_loaders(config: Config, fold: int, seed: int) -> tuple[DataLoader, DataLoader]:
-    """The training loader (augmented, shuffled) and the held-out cases' loader."""
+def make_loaders(config: Config, fold: int, seed: int):
+    """The training loader (augmented, drawn by ``data.sample_rate``) and this rank's share of
+    the held-out cases."""
     root, train, held_out = fold_cases(config, fold)
-    generator = torch.Generator().manual_seed(seed)
-    args = {"num_workers": config.data.num_workers, "worker_init_fn": seed_worker}
-    dataset = _dataset(config, root, train, _transforms(config))
-    loader = DataLoader(
-        dataset,
-        batch_size=config.data.batch_size,
-        sampler=RandomSampler(dataset, generator=generator),
-        drop_last=len(dataset) > config.data.batch_size,
-        generator=generator,
-        **args,
-    )
-    return loader, eval_loader(config, root, held_out)
-
-
-def eval_loader(config: Config, root: Path, frame: pd.DataFrame) -> DataLoader:
-    return DataLoader(
-        _dataset(config, root, frame),
-        batch_size=config.data.val_batch_size,
-        shuffle=False,
-        num_workers=config.data.num_workers,
+    return common_loaders(
+        config, items(config, root, train), items(config, root, held_out), seed, transforms(config)
     )

@@ -35,14 +35,15 @@ from tqdm.auto import tqdm
 from common.atomic import atomic_dir, atomic_path
 from common.config import load_run_config
 from common.images import resize_image, resize_mask, write_png
+from common.paths import data_dir
 from common.report import banner
 from competitions.lung.raw import STRUCTURES, Case, find_cases, load_case, scr_fold
 from competitions.lung.synthetic import SyntheticSpec, generate
 
 VERSION = 1  # bump when the prepared files change, to redo them
-RAW = Path("data/lung/raw")
-SYNTHETIC = Path("data/lung/synthetic")
-PREPARED = Path("data/lung/prepared")
+RAW = data_dir("lung", "raw")
+SYNTHETIC = data_dir("lung", "synthetic")
+PREPARED = data_dir("lung", "prepared")
 
 
 def resolve_raw(raw: str | Path = RAW, synthetic: str | Path = SYNTHETIC, log=print) -> Path:
@@ -155,14 +156,16 @@ def main(argv=None) -> None:
     parser.add_argument("--clean", action="store_true", help="remove prepared/<size>/ first")
     args = parser.parse_args(argv)
     try:
-        size, score_size, raw, prepared = args.size, args.score_size, RAW, PREPARED
+        size, score_size = args.size, args.score_size
+        raw, synthetic, prepared = RAW, SYNTHETIC, PREPARED
         if args.config:
             config = load_run_config(args.config, [])
             size, score_size = config.data.size, config.data.score_size
-            raw, prepared = Path(config.data.raw), Path(config.data.prepared)
+            raw, synthetic = Path(config.data.raw), Path(config.data.synthetic)
+            prepared = Path(config.data.prepared)
         if args.clean:
             shutil.rmtree(prepared / str(size), ignore_errors=True)
-        out = prepare(size, score_size, raw=raw, prepared=prepared)
+        out = prepare(size, score_size, raw=raw, synthetic=synthetic, prepared=prepared)
         print(f"lung prepare: {out} ready")
     except ValueError as error:
         sys.exit(f"lung prepare: {error}")

@@ -23,6 +23,7 @@ import numpy as np
 
 from common.atomic import atomic_dir
 from common.images import write_png
+from common.paths import data_dir
 from competitions.lung.raw import STRUCTURES
 
 
@@ -105,7 +106,7 @@ def generate(out: str | Path, spec: SyntheticSpec = SyntheticSpec()) -> Path:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     defaults = SyntheticSpec()
-    parser.add_argument("--out", default="data/lung/synthetic")
+    parser.add_argument("--out", default=str(data_dir("lung", "synthetic")))
     parser.add_argument("--size", type=int, default=defaults.size)
     parser.add_argument("--cases", type=int, default=defaults.n_cases)
     parser.add_argument("--seed", type=int, default=defaults.seed)

@@ -66,14 +66,20 @@ def main(argv=None) -> None:
     parser.add_argument("--no-evaluate", action="store_true", help="train and predict only")
     args = parser.parse_args(argv)
     try:
+        distributed.start()  # before anything asks which rank is the main one
         config = load_run_config(args.config, args.overrides)
         folds = parse_folds(args.folds)
         start = time.perf_counter()
-        if distributed.is_main():
+        if distributed.is_main():  # one process prepares; the others wait for its files
             for size in sorted({part.data.size for part in part_configs(config)}):
                 prepare(
-                    size, config.data.score_size, raw=config.data.raw, prepared=config.data.prepared
+                    size,
+                    config.data.score_size,
+                    raw=config.data.raw,
+                    synthetic=config.data.synthetic,
+                    prepared=config.data.prepared,
                 )
+        distributed.barrier()
         for fold in folds:
             metrics = run_fold(config, fold, resume=args.resume)
             if metrics is not None:

@@ -37,6 +37,7 @@ from common.checkpoints import load_checkpoint
 from common.config import Config, load_config, load_run_config, to_config
 from common.folds import read_folds
 from common.images import read_mask, read_png, write_png
+from common.paths import data_dir
 from common.plots import mask_overlays
 from common.postprocess import quantise, triplet, two_stage
 from common.rle import siim_rle_encode
@@ -314,7 +315,7 @@ def run_ensemble(config: Config, *, sample: Path | None, log=print) -> dict:
 
 def find_sample(config: Config) -> Path | None:
     """The sample submission of the data the members were trained on (raw, else synthetic)."""
-    roots = (Path("data/siim/raw"), Path(config.test_truth).parent)
+    roots = (data_dir("siim", "raw"), Path(config.test_truth).parent)
     return next((s for s in map(find_sample_in, roots) if s is not None), None)
 
 

@@ -32,6 +32,7 @@ import yaml
 
 from common.atomic import write_text_atomic
 from common.config import Config, load_run_config
+from common.paths import dist_dir
 from competitions.siim.ensemble import parse_members
 from competitions.siim.offline import COMPETITION
 from competitions.siim.predict import final_path
@@ -213,7 +214,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("action", choices=("build", "push"))
     parser.add_argument("--ensemble", required=True, help="ensemble YAML")
-    parser.add_argument("--out", default="dist/kaggle", type=Path)
+    parser.add_argument("--out", default=dist_dir() / "kaggle", type=Path)
     parser.add_argument("--owner", default="your-kaggle-username", help="Kaggle user or team")
     parser.add_argument("--no-wheels", action="store_true", help="do not ship dependency wheels")
     parser.add_argument("overrides", nargs="*", help="key.sub=value overrides of the ensemble")

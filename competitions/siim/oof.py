@@ -12,17 +12,18 @@ from common.atomic import atomic_path
 from common.config import Config
 from common.images import read_mask, read_png, write_png
 from common.inference import predict_batches, roc_auc
+from common.loaders import eval_loader
 from common.plots import mask_overlays
 from common.postprocess import quantise, triplet
 from common.threshold_search import search_triplets, search_triplets_from_stats
 from common.training import Trainer
-from competitions.siim.loaders import eval_loader, fold_frames
+from competitions.siim.loaders import fold_frames, items
 
 
 def predict_oof(trainer: Trainer, config: Config, fold: int, fold_dir: Path) -> dict:
     """Predict the validation images with TTA into oof/, then search thresholds on them."""
     root, _, val = fold_frames(config, fold)
-    val_loader = eval_loader(config, root, val)
+    val_loader = eval_loader(config, items(root, val))
     tta = tuple(config.predict.tta)
     ids = val["ImageId"].tolist()
     batches = predict_batches(

@@ -36,6 +36,7 @@ from common.config import load_config
 from common.dicom import read_dicom_with_tags
 from common.folds import make_folds, read_folds, write_folds
 from common.images import resize_image, resize_mask, write_png
+from common.paths import data_dir
 from competitions.siim.layout import Inputs, resolve_inputs
 from competitions.siim.raw import merged_mask_rows
 from competitions.siim.synthetic import SyntheticSpec
@@ -212,14 +213,16 @@ def main(argv=None) -> None:
     parser.add_argument(
         "--config", help="take the size and the output paths from an experiment's data section"
     )
-    parser.add_argument("--raw", default="data/siim/raw", help="the Kaggle download")
-    parser.add_argument("--synthetic", default="data/siim/synthetic", help="used without raw")
+    parser.add_argument("--raw", default=str(data_dir("siim", "raw")), help="the Kaggle download")
+    parser.add_argument(
+        "--synthetic", default=str(data_dir("siim", "synthetic")), help="used without raw"
+    )
     defaults = SyntheticSpec()
     parser.add_argument("--synthetic-size", type=int, default=defaults.size)
     parser.add_argument("--synthetic-train", type=int, default=defaults.n_train)
     parser.add_argument("--synthetic-test", type=int, default=defaults.n_test)
-    parser.add_argument("--out", default="data/siim/prepared")
-    parser.add_argument("--folds", default="data/siim/folds.csv")
+    parser.add_argument("--out", default=str(data_dir("siim", "prepared")))
+    parser.add_argument("--folds", default=str(data_dir("siim", "folds.csv")))
     parser.add_argument("--n-folds", type=int, default=5)
     parser.add_argument("--fold-seed", type=int, default=42)
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)

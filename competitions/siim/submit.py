@@ -20,12 +20,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from common.paths import data_dir
 from competitions.siim import layout, submission
 
 COMPETITION = "siim-acr-pneumothorax-segmentation"
-RAW = Path("data/siim/raw")
-SYNTHETIC = Path("data/siim/synthetic")
-PREPARED = Path("data/siim/prepared")
+RAW = data_dir("siim", "raw")
+SYNTHETIC = data_dir("siim", "synthetic")
+PREPARED = data_dir("siim", "prepared")
 T = TypeVar("T")  # any size's test.csv gives the native image sizes
 
 

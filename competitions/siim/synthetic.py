@@ -40,6 +40,7 @@ from pydicom.uid import (
 )
 
 from common.atomic import atomic_dir
+from common.paths import data_dir
 from common.rle import siim_rle_encode
 
 UID_PREFIX = "1.2.826.0.1.3680043.10.511."  # synthetic, never a real patient
@@ -245,7 +246,7 @@ def generate(out: str | Path, spec: SyntheticSpec = SyntheticSpec(), *, n_jobs: 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     defaults = SyntheticSpec()
-    parser.add_argument("--out", default="data/siim/synthetic")
+    parser.add_argument("--out", default=str(data_dir("siim", "synthetic")))
     parser.add_argument(
         "--size", type=int, default=defaults.size, help="image side (1024 for full size)"
     )

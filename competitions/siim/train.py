@@ -24,14 +24,8 @@ from common import distributed
 from common.atomic import write_text_atomic
 from common.config import Config, load_run_config
 from common.runner import parse_folds, train_fold, train_parser
-from competitions.siim.loaders import eval_loader, fold_frames, train_loader
+from competitions.siim.loaders import make_loaders
 from competitions.siim.oof import predict_oof
-
-
-def make_loaders(config: Config, fold: int, seed: int):
-    """The fold's training loader and this rank's share of its validation images."""
-    root, train, val = fold_frames(config, fold)
-    return train_loader(config, root, train, seed), eval_loader(config, root, val, shard=True)
 
 
 def run_fold(config: Config, fold: int, *, resume: bool = False, log=print) -> dict | None:
@@ -53,6 +47,7 @@ def main(argv=None) -> None:
     parser = train_parser(__doc__)
     args = parser.parse_args(argv)
     try:
+        distributed.start()  # before anything asks which rank is the main one
         config = load_run_config(args.config, args.overrides)
         for fold in parse_folds(args.folds):
             metrics = run_fold(config, fold, resume=args.resume)

@@ -14,7 +14,7 @@ from common.config import load_run_config
 from common.images import read_png
 from competitions.lung import evaluate as lung_evaluate
 from competitions.lung.ablation import ablate
-from competitions.lung.loaders import _transforms, assign_folds, tta_policy
+from competitions.lung.loaders import assign_folds, transforms, tta_policy
 from competitions.lung.train import main
 from tests.reference import ref_rle_decode
 
@@ -46,11 +46,11 @@ def _config(name, *overrides):
     "name", ["unet_resnet18_cpu.yaml", "pspnet_resnet18.yaml", "unet_dice.yaml", "lungs_only.yaml"]
 )
 def test_every_config_runs_on_the_synthetic_set(name, workspace, monkeypatch, capsys):
-    monkeypatch.chdir(workspace)
+    monkeypatch.setenv("KSEG_WORKSPACE", str(workspace))  # relative config paths land here
     main(["--config", str(CONFIGS / name), "--folds", "0", *FAST])
     out = capsys.readouterr().out
     config = _config(name)
-    report = json.loads(Path(f"submissions/lung/{config.name}_fold0.json").read_text())
+    report = json.loads((Path(config.submissions) / f"{config.name}_fold0.json").read_text())
     assert report["n_cases"] == 20 and report["folds"] == [0]
     assert list(report["structures"]) == list(config.data.structures)
     assert "lungs" in report["groups"] and "Jaccard" in out
@@ -61,11 +61,12 @@ def test_every_config_runs_on_the_synthetic_set(name, workspace, monkeypatch, ca
 
 
 def test_both_folds_and_the_csv_round_trip(workspace, monkeypatch):
-    monkeypatch.chdir(workspace)
+    monkeypatch.setenv("KSEG_WORKSPACE", str(workspace))  # relative config paths land here
     flip = "predict.tta=[none, hflip]"  # the side-swapping flip, end to end
     main(["--config", str(CONFIGS / "unet_resnet18_cpu.yaml"), "--folds", "0,1", *FAST, flip])
     config = _config("unet_resnet18_cpu.yaml", flip)
-    csv = Path("submissions/lung/unet_resnet18_cpu.csv")
+    csv = Path(config.submissions) / "unet_resnet18_cpu.csv"
+    assert csv.is_relative_to(workspace)
     report = json.loads(csv.with_suffix(".json").read_text())
     assert report["n_cases"] == 40 and report["threshold_search"] == "cross"
     assert report["tta"] == ["none", "hflip"]
@@ -87,7 +88,7 @@ def test_both_folds_and_the_csv_round_trip(workspace, monkeypatch):
         ValueError, match=r"fold 0: no held-out map for 20 case\(s\).*train the fold first"
     ):
         lung_evaluate.evaluate(untrained, [0])
-    assert not list(Path("submissions/lung").glob("never_trained*"))  # nothing half-written
+    assert not list(Path(config.submissions).glob("never_trained*"))  # nothing half-written
     ablation = ablate(config, [0, 1])
     assert ablation["n_cases"] == 40 and len(ablation["jaccard"]) == 6
     assert all(0 <= v <= 1 for row in ablation["jaccard"].values() for v in row.values())
@@ -143,7 +144,7 @@ def test_mirroring_augmentations_and_vflip_are_refused(tmp_path, monkeypatch):
         )
     )
     with pytest.raises(ValueError, match="HorizontalFlip: a mirrored chest X-ray"):
-        _transforms(_config("unet_resnet18_cpu.yaml", "data.transforms=flips"))
+        transforms(_config("unet_resnet18_cpu.yaml", "data.transforms=flips"))
     structures = ["left_lung", "right_lung", "heart"]
     assert tta_policy(structures).remap["hflip"] == (1, 0, 2)
     with pytest.raises(ValueError, match="vflip"):
