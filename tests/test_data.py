@@ -251,5 +251,5 @@ def test_dataset_feeds_grey_and_rgb_images(tmp_path, colour):
     expected = (rgb / 255.0 - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)
     np.testing.assert_allclose(item, expected.transpose(2, 0, 1), atol=1e-5)
     if colour:
-        with pytest.raises(ValueError, match="3 channels, data.in_channels is 1"):
+        with pytest.raises(ValueError, match=r"3 channels, data\.in_channels is 1"):
             SegmentationDataset(["a"], tmp_path, size=16, in_channels=1)[0]
