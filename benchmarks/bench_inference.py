@@ -24,8 +24,9 @@ from benchmarks._util import record
 from common.checkpoints import save_checkpoint
 from common.config import load_config
 from common.data import SegmentationDataset
+from common.ensemble import Member, predict_test
 from common.models import build_model
-from competitions.siim.ensemble import Member, _tables, predict_test
+from competitions.siim.ensemble import task
 from competitions.siim.layout import read_inputs
 from competitions.siim.prepare import ensure_folds, prepare
 from competitions.siim.synthetic import SyntheticSpec, generate
@@ -57,22 +58,23 @@ def build(work: Path) -> None:
 def run_stage(work: Path, n: int) -> float:
     """The test stage on the first ``n`` test images; returns seconds."""
     config = load_config(ENSEMBLE, [f"output={work / 'models'}", "tta=[none]", "num_workers=2"])
+    config["members"] = [{"experiment": "bench", "folds": [0], "weight": 1.0}]
     members = [Member("bench", (0,), 1.0)]
-    tables = _tables(config, members)
-    tables["test"] = tables["test"].head(n)
+    siim = task(config, None, with_train=False)
+    siim.test = siim.test.head(n)
     out = work / "models" / f"run{n}"
     start = time.perf_counter()
-    predict_test(config, members, [], tables, THRESHOLDS, torch.device("cpu"), out, lambda _: None)
+    predict_test(config, siim, members, [], THRESHOLDS, out, lambda _: None)
     return time.perf_counter() - start
 
 
 def bare_loop(work: Path, n: int) -> float:
     config = load_config(EXPERIMENT)
-    tables = _tables(
-        load_config(ENSEMBLE, [f"output={work / 'models'}"]), [Member("bench", (0,), 1)]
-    )
-    ids = tables["test"]["ImageId"].head(n).tolist()
-    dataset = SegmentationDataset(ids, tables["images"], size=SIZE)
+    ensemble = load_config(ENSEMBLE, [f"output={work / 'models'}"])
+    ensemble["members"] = [{"experiment": "bench", "folds": [0], "weight": 1.0}]
+    siim = task(ensemble, None, with_train=False)
+    ids = siim.test["id"].head(n).tolist()
+    dataset = SegmentationDataset(ids, siim.images, size=SIZE)
     loader = DataLoader(dataset, batch_size=config.data.val_batch_size, num_workers=2)
     torch.manual_seed(0)
     model = build_model(task="segmentation", arch="Unet", encoder="resnet18").eval()

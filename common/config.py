@@ -38,7 +38,7 @@ EXTENSIBLE = ("data", "predict")  # generic sections a competition's base may ad
 # keys holding a file or folder: a relative value is made absolute under the workspace
 # (common.paths), so a run finds the same files from any current folder
 PATH_KEYS = (
-    "output", "submissions", "configs", "test_truth", "prepared",
+    "output", "submissions", "test_truth", "prepared",
     "data.raw", "data.synthetic", "data.prepared", "data.folds", "model.weights",
 )  # fmt: skip
 _MAX_DEPTH = 16  # base chains deeper than this are a cycle or a mistake

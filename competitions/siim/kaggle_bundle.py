@@ -32,10 +32,10 @@ import yaml
 
 from common.atomic import write_text_atomic
 from common.config import Config, load_run_config
+from common.ensemble import parse_members
 from common.paths import dist_dir
-from competitions.siim.ensemble import parse_members
+from common.predict import final_path
 from competitions.siim.offline import COMPETITION
-from competitions.siim.predict import final_path
 from competitions.siim.submit import call_kaggle
 
 REPO = Path(__file__).resolve().parents[2]

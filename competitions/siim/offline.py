@@ -19,11 +19,11 @@ import yaml
 
 from common.checkpoints import load_checkpoint
 from common.config import to_config
-from common.runner import resolve_device
+from common.ensemble import ensemble_members, predict_test
+from common.predict import final_path
 from common.submission import write_submission
-from competitions.siim.ensemble import parse_members, predict_test
+from competitions.siim.ensemble import task
 from competitions.siim.layout import STAGE1_TEST_FOLDER, Inputs, find_sample, find_test_ids
-from competitions.siim.predict import final_path
 from competitions.siim.prepare import prepare
 from competitions.siim.raw import RLE_COLUMNS, find_dicoms
 from competitions.siim.submission import FORMAT
@@ -57,35 +57,21 @@ def predict_submission(
     config["prepared"] = str(working / "prepared")
     config["overlays"] = 0
     thresholds = yaml.safe_load((bundle / "thresholds.yaml").read_text())
-    members = parse_members(config.members, "members")
-    classifiers = parse_members(config.classifiers, "classifiers")
+    members, classifiers = ensemble_members(config)
     inputs = test_inputs(competition)
-    sizes = sorted(
-        {
-            int(
-                load_checkpoint(final_path(config.output, m.experiment, k))["config"]["data"][
-                    "size"
-                ]
-            )
-            for m in members + classifiers
-            for k in m.folds
-        }
-    )
-    for size in sizes:
+    sizes = {
+        int(load_checkpoint(final_path(config.output, m.experiment, k))["config"]["data"]["size"])
+        for m in members + classifiers
+        for k in m.folds
+    }
+    for size in sorted(sizes):
         counts = prepare(
             inputs, working / "prepared" / str(size), size, n_jobs=n_jobs, skip_bad=True
         )
         if counts["bad"]:
             log(f"{counts['bad']} test image(s) could not be read; they are submitted empty")
-    root = working / "prepared" / str(sizes[0])
-    tables = {
-        "test": pd.read_csv(root / "test.csv", dtype={"ImageId": str}),
-        "images": root / "images",
-    }
-    device = resolve_device("auto")
-    rows, _ = predict_test(
-        config, members, classifiers, tables, thresholds, device, working / "maps", log
-    )
+    siim = task(config, None, with_train=False)
+    rows, _ = predict_test(config, siim, members, classifiers, thresholds, working / "maps", log)
     predicted = dict(rows)
     path = working / "submission.csv"
     write_submission(((i, predicted.get(i, FORMAT.empty)) for i in inputs.test_ids), path, FORMAT)

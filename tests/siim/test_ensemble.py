@@ -14,7 +14,7 @@ from common.config import load_config
 from common.images import read_png
 from common.postprocess import triplet
 from common.rle import siim_rle_decode
-from competitions.siim.ensemble import run_ensemble
+from competitions.siim.ensemble import ensemble as run_ensemble
 from competitions.siim.raw import merged_masks, read_rle_csv
 from tests.conftest import REPO
 from tests.siim.tiny import tiny_siim

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from common.config import load_config
-from competitions.siim.ensemble import run_ensemble
+from competitions.siim.ensemble import ensemble as run_ensemble
 from competitions.siim.kaggle_bundle import build, main
 from tests.conftest import REPO
 from tests.siim.tiny import tiny_siim

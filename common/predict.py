@@ -1,5 +1,5 @@
-"""Ensemble prediction for SIIM: trained fold models averaged with weights, image by image, at
-each image's native size.
+"""Ensemble prediction for any competition: trained fold models averaged with weights, image by
+image, at each image's native (or scoring) size, over every mask channel.
 
 Each fold model reads the prepared images at its own training size; models that share a size
 share one loader, and the loaders run in lockstep over the same ids, so at any time only one
@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 from common.checkpoints import load_checkpoint
 from common.config import Config, to_config
 from common.data import SegmentationDataset
-from common.inference import predict_tensor
+from common.inference import TtaPolicy, predict_tensor
 from common.memory import trim_heap
 from common.models import build_model
 from common.postprocess import quantise
@@ -58,10 +58,12 @@ def load_fold_model(
     weight: float,
     device: torch.device,
     *,
+    classes: int = 1,
     prepared: str | Path | None = None,
 ) -> FoldModel:
-    """A fold's ``final.pt`` rebuilt from the config stored inside it (no weights downloaded).
-    ``prepared`` replaces the prepared-data folder of that config (e.g. in a Kaggle notebook)."""
+    """A fold's ``final.pt`` with ``classes`` mask channels, rebuilt from the config stored inside
+    it (no weights downloaded). ``prepared`` replaces the prepared-data folder of that config
+    (e.g. in a Kaggle notebook)."""
     path = final_path(output, experiment, fold)
     state = load_checkpoint(path)
     config = to_config(state["config"])
@@ -74,6 +76,7 @@ def load_fold_model(
         encoder=m.encoder,
         in_channels=config.data.in_channels,
         cls_head=m.cls_head,
+        classes=classes,
         params=m.params,
     )
     try:
@@ -86,9 +89,22 @@ def load_fold_model(
 @dataclass(frozen=True)
 class Prediction:
     image_id: str
-    mask: np.ndarray | None  # uint8 quantised map at native size, from the segmentation models
+    mask: np.ndarray | None  # (C, H, W) uint8 quantised maps at the image's size (segmenters)
     head: float | None  # weighted mean of the segmentation models' classification heads
     classifier: float | None  # weighted mean of the classifiers
+
+
+@dataclass(frozen=True)
+class PredictOptions:
+    """How every fold model predicts: TTA views (undone through ``policy``), extra input sides
+    for multi-scale TTA, and the loaders' batch size and workers."""
+
+    device: torch.device
+    tta: tuple[str, ...] = ("none",)
+    scales: tuple[int, ...] = ()
+    policy: TtaPolicy | None = None
+    batch_size: int = 8
+    num_workers: int = 0
 
 
 def predict_ids(
@@ -96,12 +112,7 @@ def predict_ids(
     shapes: dict[str, tuple[int, int]],
     segmenters: list[FoldModel],
     classifiers: list[FoldModel],
-    *,
-    device: torch.device,
-    tta: tuple[str, ...],
-    scales: tuple[int, ...] = (),
-    batch_size: int = 8,
-    num_workers: int = 0,
+    options: PredictOptions,
 ) -> Iterator[Prediction]:
     """One ``Prediction`` per id, in order, from the weighted mean of the models."""
     models = segmenters + classifiers
@@ -113,35 +124,35 @@ def predict_ids(
     loaders = [
         DataLoader(
             SegmentationDataset(ids, images, size=size, in_channels=channels),
-            batch_size=batch_size,
+            batch_size=options.batch_size,
             shuffle=False,
-            num_workers=num_workers,
+            num_workers=options.num_workers,
         )
         for images, size, channels in groups
     ]
-    options = {"device": device, "tta": tta, "scales": scales}
+    forward = {"device": options.device, "tta": options.tta, "scales": options.scales}
+    forward["policy"] = options.policy
     seg_weight = sum(m.weight for m in segmenters)
     cls_weight = sum(m.weight for m in classifiers)
     start = 0
     for batches in zip(*loaders, strict=True):
-        if start % TRIM_EVERY < batch_size:
+        if start % TRIM_EVERY < options.batch_size:
             trim_heap()  # flat memory whatever the number of images (see common.memory)
         n = len(batches[0]["image"])
         batch_ids = ids[start : start + n]
         start += n
-        maps = [np.zeros(shapes[i], np.float32) for i in batch_ids] if segmenters else None
+        maps: list | None = [None] * n if segmenters else None
         head = np.zeros(n) if segmenters else None
         cls = np.zeros(n) if classifiers else None
         for batch, group in zip(batches, groups.values(), strict=True):
             for m in group:
-                probs = predict_tensor(m.model, batch["image"], **options)
+                probs = predict_tensor(m.model, batch["image"], **forward)
                 if m.config.model.task == "classification":
                     cls += m.weight * probs["label"]
                     continue
-                for k, prob in enumerate(probs["mask"][:, 0]):
-                    height, width = shapes[batch_ids[k]]
-                    native = cv2.resize(prob, (width, height), interpolation=cv2.INTER_LINEAR)
-                    maps[k] += m.weight * native
+                for k, prob in enumerate(probs["mask"]):
+                    native = _resize_channels(prob, shapes[batch_ids[k]]) * m.weight
+                    maps[k] = native if maps[k] is None else maps[k] + native
                 head = head + m.weight * probs["label"] if "label" in probs else None
         for k, image_id in enumerate(batch_ids):
             yield Prediction(
@@ -150,3 +161,11 @@ def predict_ids(
                 float(head[k] / seg_weight) if head is not None else None,
                 float(cls[k] / cls_weight) if cls is not None else None,
             )
+
+
+def _resize_channels(prob: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """(C, h, w) float maps at (C, H, W), bilinearly."""
+    height, width = shape
+    if prob.shape[1:] == (height, width):
+        return prob.astype(np.float32, copy=True)
+    return np.stack([cv2.resize(p, (width, height), interpolation=cv2.INTER_LINEAR) for p in prob])
