@@ -14,6 +14,9 @@ export PYTHONDONTWRITEBYTECODE := 1
 CONFIG ?= competitions/siim/configs/unet_resnet18_cpu.yaml
 FOLDS  ?= 0,1,2,3,4
 ENSEMBLE ?= competitions/siim/configs/ensembles/default.yaml
+# the competition is the ensemble file's package: competitions/<name>/configs/ensembles/...
+ENSEMBLE_COMPETITION := $(word 2,$(subst /, ,$(ENSEMBLE)))
+ENSEMBLE_PREPARE := $(if $(filter siim,$(ENSEMBLE_COMPETITION)),siim-prepare)
 # GPUS=N trains with DistributedDataParallel on N processes (torchrun); RESUME=1 continues a
 # killed run from its last finished epoch.
 LAUNCH := $(if $(GPUS),$(PY) -m torch.distributed.run --standalone --nproc_per_node=$(GPUS),$(PY))
@@ -73,8 +76,8 @@ lung-fold0: $(STAMP)  ## train on the odd SCR cases, predict the even ones, prin
 lung-folds: $(STAMP)  ## both SCR folds: every case predicted once -> submissions/lung/<name>.csv
 	$(LUNG_TRAIN) --folds 0,1 $(ARGS)
 
-ensemble: siim-prepare  ## OOF search and test submission for ENSEMBLE (trains missing members first)
-	$(PY) -m competitions.siim.ensemble --config $(ENSEMBLE) $(ARGS)
+ensemble: $(STAMP) $(ENSEMBLE_PREPARE)  ## OOF search + test submission for ENSEMBLE (SIIM's default; a lung one: ENSEMBLE=competitions/lung/configs/ensembles/default.yaml)
+	$(PY) -m competitions.$(ENSEMBLE_COMPETITION).ensemble --config $(ENSEMBLE) $(ARGS)
 
 submit: $(STAMP)  ## validate the ensemble's CSV (or CSV=...), then kaggle competitions submit; MESSAGE=
 	$(PY) -m competitions.siim.submit --csv $(or $(CSV),submissions/siim/$(basename $(notdir $(ENSEMBLE))).csv) $(if $(MESSAGE),--message "$(MESSAGE)")

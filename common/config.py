@@ -204,16 +204,23 @@ def load_config(
     base file of the chain, or the generic schema of ``common/configs/`` as extended by the
     competition's base: see the module docs)."""
     chain = _chain(Path(path))
+    defaults = schema
     if schema is None:
-        schema = chain[0][1]
-        if _is_common(chain[0][0]):
-            for file, data in chain[1:]:
+        schema = defaults = chain[0][1]
+        if _is_common(chain[0][0]):  # the generic schema, extended by the competition's base
+            generic = chain[0][1]
+            for index, (file, data) in enumerate(chain):
                 if not _is_common(file):
-                    schema = extend_schema(schema, data, str(file))
+                    defaults = extend_schema(generic, data, str(file))
+                    schema = _nullable(generic, defaults)
+                    chain = chain[index + 1 :]
                     break
-                merge(schema, data, schema, str(file))
+                if index:
+                    merge(generic, data, generic, str(file))
+            else:
+                chain = []
     resolved: dict = {}
-    merge(resolved, copy.deepcopy(schema), schema, "defaults")
+    merge(resolved, copy.deepcopy(defaults), schema, "defaults")
     for file, data in chain:
         merge(resolved, data, schema, str(file))
     for text in overrides:
@@ -221,6 +228,20 @@ def load_config(
         merge(resolved, _nested(keys, value), schema, f"override {text!r}")
     _resolve_paths(resolved)
     return to_config(resolved)
+
+
+def _nullable(generic: dict, extended: dict) -> dict:
+    """``extended`` as a schema in which a key whose generic default is null still accepts any
+    value (a competition's default for it does not fix its type)."""
+    out = {}
+    for key, value in extended.items():
+        if key in generic and generic[key] is None:
+            out[key] = None
+        elif isinstance(value, dict) and isinstance(generic.get(key), dict) and generic[key]:
+            out[key] = _nullable(generic[key], value)
+        else:
+            out[key] = value
+    return out
 
 
 def _resolve_paths(config: dict) -> None:

@@ -37,10 +37,18 @@ from common.config import load_run_config
 from common.images import resize_image, resize_mask, write_png
 from common.paths import data_dir
 from common.report import banner
-from competitions.lung.raw import STRUCTURES, Case, find_cases, load_case, scr_fold
+from competitions.lung.raw import (
+    STRUCTURES,
+    Case,
+    find_cases,
+    find_test_images,
+    load_case,
+    read_image,
+    scr_fold,
+)
 from competitions.lung.synthetic import SyntheticSpec, generate
 
-VERSION = 1  # bump when the prepared files change, to redo them
+VERSION = 2  # bump when the prepared files change, to redo them
 RAW = data_dir("lung", "raw")
 SYNTHETIC = data_dir("lung", "synthetic")
 PREPARED = data_dir("lung", "prepared")
@@ -82,12 +90,12 @@ def sample_centres(mask: np.ndarray, size: int) -> np.ndarray:
     return cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST)
 
 
-def _source_key(cases: list[Case], size: int, score_size: int) -> dict:
+def _source_key(cases: list[Case], tests: dict, size: int, score_size: int) -> dict:
     files = []
-    for case in cases:
-        for path in (case.image, *case.masks.values()):
-            stat = path.stat()
-            files.append([str(path), stat.st_size, stat.st_mtime_ns])
+    paths = [p for case in cases for p in (case.image, *case.masks.values())]
+    for path in [*paths, *tests.values()]:
+        stat = path.stat()
+        files.append([str(path), stat.st_size, stat.st_mtime_ns])
     return {"version": VERSION, "size": size, "score_size": score_size, "files": files}
 
 
@@ -128,8 +136,11 @@ def prepare(
     """Write ``prepared/<size>/`` (see the module docs) unless it already holds this input."""
     source = resolve_raw(raw, synthetic, log)
     cases = find_cases(source)
+    tests = find_test_images(source)
+    if set(tests) & {case.case_id for case in cases}:
+        raise ValueError(f"{source}: a case is both a training and a test image")
     out = Path(prepared) / str(size)
-    key = _source_key(cases, size, score_size) | {"synthetic": source == Path(synthetic)}
+    key = _source_key(cases, tests, size, score_size) | {"synthetic": source == Path(synthetic)}
     stamp = out / "source.json"
     if stamp.is_file() and json.loads(stamp.read_text()) == key:
         return out
@@ -144,6 +155,13 @@ def prepare(
         frame = pd.DataFrame(rows)
         with atomic_path(build / "cases.csv") as tmp:
             frame.to_csv(tmp, index=False)
+        for case_id, path in tests.items():
+            write_png(
+                build / "images" / f"{case_id}.png", resize_image(read_image(path, case_id), size)
+            )
+        test = pd.DataFrame({"id": list(tests), "height": score_size, "width": score_size})
+        with atomic_path(build / "test.csv") as tmp:
+            test.to_csv(tmp, index=False)
         (build / "source.json").write_text(json.dumps(key) + "\n")
     return out
 

@@ -25,6 +25,7 @@ from PIL import Image, UnidentifiedImageError
 STRUCTURES = ("left_lung", "right_lung", "heart", "left_clavicle", "right_clavicle")
 _CASE = re.compile(r"(JPC[LN]N\d{3})(?:\.IMG)?\.png$", re.IGNORECASE)
 MASK_SUFFIXES = (".png", ".gif")
+TEST_FOLDER = "test"  # raw/test/images/: chest X-rays to predict (test/masks/: truth, if known)
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,19 @@ def find_cases(root: str | os.PathLike, structures=STRUCTURES) -> list[Case]:
     if not cases:
         raise ValueError(f"{images}: no JSRT images (JPCLNnnn.png, JPCNNnnn.png or .IMG.png)")
     return cases
+
+
+def find_test_images(root: str | os.PathLike) -> dict[str, Path]:
+    """Case id -> image of every chest X-ray under ``root/test/images`` (none: {})."""
+    folder = Path(root) / TEST_FOLDER / "images"
+    if not folder.is_dir():
+        return {}
+    found = {}
+    for path in sorted(folder.iterdir()):
+        match = _CASE.match(path.name)
+        if match:
+            found[match.group(1).upper()] = path
+    return found
 
 
 def _open(path: Path, case_id: str) -> Image.Image:

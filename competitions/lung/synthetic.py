@@ -7,7 +7,9 @@ that ``competitions.lung.raw`` reads it like the real data. Each image has the f
 with the real anatomy's geometry: two lung fields (``left_lung`` on the image's right: the
 patient's left), a heart overlapping both lungs low and towards the patient's left, and two thin
 clavicles crossing the lung tops; contrast, exposure, ribs and noise vary. Half the cases are
-``JPCLN`` and half ``JPCNN``, numbered so that the SCR odd/even folds are balanced.
+``JPCLN`` and half ``JPCNN``, numbered so that the SCR odd/even folds are balanced. A few more
+cases are held back as a test set in ``test/`` (``images/`` predicted by an ensemble,
+``masks/`` used only to score its submission).
 Deterministic from the seed; built beside the target and renamed.
 """
 
@@ -24,7 +26,7 @@ import numpy as np
 from common.atomic import atomic_dir
 from common.images import write_png
 from common.paths import data_dir
-from competitions.lung.raw import STRUCTURES
+from competitions.lung.raw import STRUCTURES, TEST_FOLDER
 
 
 @dataclass(frozen=True)
@@ -32,12 +34,15 @@ class SyntheticSpec:
     size: int = 256
     n_cases: int = 40
     seed: int = 0
+    n_test: int = 8  # held-back test cases: test/images/ for prediction, test/masks/ for scoring
 
     def __post_init__(self):
         if not 64 <= self.size <= 2048:
             raise ValueError(f"size {self.size}: use 64..2048 pixels")
         if self.n_cases < 4:
             raise ValueError(f"n_cases {self.n_cases}: at least 4 (two per SCR fold)")
+        if self.n_test < 0:
+            raise ValueError(f"n_test {self.n_test}: 0 or more")
 
 
 def _ellipse(size, centre, axes, angle, rng, wobble=0.06) -> np.ndarray:
@@ -93,12 +98,13 @@ def generate(out: str | Path, spec: SyntheticSpec = SyntheticSpec()) -> Path:
     if manifest.exists() and json.loads(manifest.read_text()) == asdict(spec):
         return out
     with atomic_dir(out) as build:
-        for index in range(spec.n_cases):
+        for index in range(spec.n_cases + spec.n_test):
             image, masks = make_case(spec, index)
             name = case_id(index)
-            write_png(build / "images" / f"{name}.png", image)
+            folder = build if index < spec.n_cases else build / TEST_FOLDER
+            write_png(folder / "images" / f"{name}.png", image)
             for structure in STRUCTURES:
-                write_png(build / "masks" / structure / f"{name}.png", masks[structure] * 255)
+                write_png(folder / "masks" / structure / f"{name}.png", masks[structure] * 255)
         (build / "manifest.json").write_text(json.dumps(asdict(spec), indent=2) + "\n")
     return out
 

@@ -27,6 +27,18 @@ from competitions.lung.loaders import make_loaders, tta_policy
 from competitions.lung.prepare import prepare
 
 
+def prepare_sizes(config: Config) -> None:
+    """Prepare the data at every size the experiment's parts train at."""
+    for size in sorted({part.data.size for part in part_configs(config)}):
+        prepare(
+            size,
+            config.data.score_size,
+            raw=config.data.raw,
+            synthetic=config.data.synthetic,
+            prepared=config.data.prepared,
+        )
+
+
 def run_fold(config: Config, fold: int, *, resume: bool = False, log=print) -> dict | None:
     """Train one fold and predict its held-out cases; returns the fold's metrics (None on DDP
     ranks other than 0)."""
@@ -71,14 +83,7 @@ def main(argv=None) -> None:
         folds = parse_folds(args.folds)
         start = time.perf_counter()
         if distributed.is_main():  # one process prepares; the others wait for its files
-            for size in sorted({part.data.size for part in part_configs(config)}):
-                prepare(
-                    size,
-                    config.data.score_size,
-                    raw=config.data.raw,
-                    synthetic=config.data.synthetic,
-                    prepared=config.data.prepared,
-                )
+            prepare_sizes(config)
         distributed.barrier()
         for fold in folds:
             metrics = run_fold(config, fold, resume=args.resume)

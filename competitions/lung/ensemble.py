@@ -1,0 +1,179 @@
+"""Ensemble lung models (``common.ensemble``): per-structure thresholds on the held-out maps,
+then the test submission.
+
+    python -m competitions.lung.ensemble --config competitions/lung/configs/ensembles/default.yaml
+
+The lung package wires its data into the generic ensemble: the prepared cases with their SCR (or
+k-fold) folds, the reference masks at the scoring size, the five structure channels with the
+side-swapping flip (``loaders.tta_policy``), the per-structure post-processing of the members'
+config, the ``id,structure,rle`` CSV, and, when ``raw/test/masks/`` holds the test truth (the
+synthetic set), Dice and Jaccard per structure on the test cases.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from common.checkpoints import load_checkpoint
+from common.config import Config, load_config, load_run_config, to_config
+from common.ensemble import EnsembleTask, check_trained, ensemble_members, missing_folds
+from common.ensemble import run_ensemble as run_common
+from common.metrics import dice_from_counts, jaccard_from_counts
+from common.paths import REPO
+from common.predict import final_path
+from common.rle import rle_encode
+from competitions.lung.evaluate import GROUPS, HEADER, read_submission, reference_mask
+from competitions.lung.loaders import read_cases, tta_policy
+from competitions.lung.prepare import sample_centres
+from competitions.lung.raw import (
+    MASK_SUFFIXES,
+    TEST_FOLDER,
+    find_test_images,
+    read_image,
+    read_structure,
+)
+from competitions.lung.train import prepare_sizes, run_fold
+
+
+def member_config(config: Config) -> Config:
+    """The resolved config of the first member's first fold (all members share the data)."""
+    members, _ = ensemble_members(config)
+    first = members[0]
+    member = to_config(
+        load_checkpoint(final_path(config.output, first.experiment, first.folds[0]))["config"]
+    )
+    if config.prepared:
+        member["data"]["prepared"] = config.prepared
+    return member
+
+
+def ensure_trained(config: Config, log=print) -> None:
+    """With ``train_missing``, train every member fold without a final.pt from
+    ``<configs>/<experiment>.yaml``."""
+    members, classifiers = ensemble_members(config)
+    missing = missing_folds(config.output, members + classifiers)
+    if not missing or not config.train_missing:
+        return
+    for experiment, fold in missing:
+        path = REPO / config.configs / f"{experiment}.yaml"
+        if not path.is_file():
+            raise ValueError(f"{experiment} fold {fold} is not trained and {path} does not exist")
+        log(f"ensemble: training {experiment} fold {fold} first")
+        experiment_config = load_config(path, [f"output={config.output}", f"name={experiment}"])
+        prepare_sizes(experiment_config)
+        run_fold(experiment_config, fold, log=log)
+
+
+def _source(member: Config) -> Path:
+    raw = Path(member.data.raw)
+    return raw if (raw / "images").is_dir() else Path(member.data.synthetic)
+
+
+def score_test(csv: Path, member: Config, ids: list[str]) -> dict:
+    """Dice and Jaccard per structure and group of a submission against ``raw/test/masks/``
+    (empty when the test truth is not known)."""
+    truth_root = _source(member) / TEST_FOLDER
+    structures, size = list(member.data.structures), member.data.score_size
+    if not ids or not (truth_root / "masks").is_dir():
+        return {}
+    masks = read_submission(csv, size)
+    images = find_test_images(_source(member))
+    rows = []
+    for case in ids:
+        shape = read_image(images[case], case).shape
+        for structure in structures:
+            found = [truth_root / "masks" / structure / f"{case}{s}" for s in MASK_SUFFIXES]
+            path = next((p for p in found if p.is_file()), found[0])
+            truth = sample_centres(read_structure(path, shape, case), size)
+            pred = masks[(case, structure)]
+            counts = (int(np.count_nonzero(pred & truth)), int(pred.sum()), int(truth.sum()))
+            rows.append((structure, dice_from_counts(*counts), jaccard_from_counts(*counts)))
+    table = pd.DataFrame(rows, columns=["structure", "dice", "jaccard"])
+    per = table.groupby("structure", sort=False)[["dice", "jaccard"]].mean()
+    groups = {
+        group: {
+            k: float(v)
+            for k, v in table[table.structure.isin(names)][["dice", "jaccard"]].mean().items()
+        }
+        for group, names in GROUPS.items()
+        if table.structure.isin(names).any()
+    }
+    return {
+        "test_dice": float(table["dice"].mean()),
+        "test_jaccard": float(table["jaccard"].mean()),
+        "test_structures": {s: {k: float(v) for k, v in row.items()} for s, row in per.iterrows()},
+        "test_groups": groups,
+    }
+
+
+def _validate(csv: Path, ids: list[str], structures: list[str], size: int) -> dict:
+    masks = read_submission(csv, size)
+    expected = {(case, s) for case in ids for s in structures}
+    if set(masks) != expected:
+        missing, extra = expected - set(masks), set(masks) - expected
+        raise ValueError(
+            f"{csv}: {len(missing)} (case, structure) pair(s) missing, {len(extra)} extra"
+        )
+    return {"rows": len(masks), "non_empty": sum(bool(m.any()) for m in masks.values())}
+
+
+def task(config: Config, *, with_train: bool = True) -> EnsembleTask:
+    """The lung data for ``common.ensemble``."""
+    member = member_config(config)
+    structures, size = tuple(member.data.structures), member.data.score_size
+    root, cases = read_cases(member)
+    test_csv = root / "test.csv"
+    test = (
+        pd.read_csv(test_csv, dtype={"id": str})
+        if test_csv.is_file()
+        else pd.DataFrame(columns=["id", "height", "width"])
+    )
+    ids = test["id"].tolist()
+    return EnsembleTask(
+        channels=structures,
+        test=test,
+        encode=lambda i, masks: [
+            (i, s, rle_encode(m, order="F")) for s, m in zip(structures, masks, strict=True)
+        ],
+        header=HEADER,
+        train=cases.assign(height=size, width=size) if with_train else None,
+        truth=lambda i, shape: np.stack([reference_mask(root, s, i, size) for s in structures]),
+        policy=tta_policy(structures),
+        postprocess=member.predict.postprocess,
+        validate=lambda csv: _validate(csv, ids, list(structures), size),
+        score=lambda csv: score_test(csv, member, ids),
+        images=root / "images",
+        prepared=config.prepared or None,
+    )
+
+
+def run_ensemble(config: Config, *, log=print) -> dict:
+    ensure_trained(config, log)
+    check_trained(config)
+    return run_common(config, task(config), log=log)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", required=True, help="ensemble YAML")
+    parser.add_argument("overrides", nargs="*", help="key.sub=value overrides")
+    args = parser.parse_args(argv)
+    try:
+        config = load_run_config(args.config, args.overrides)
+        report = run_ensemble(config)
+    except (ValueError, FloatingPointError) as error:
+        sys.exit(f"lung ensemble: {error}")
+    line = f"lung ensemble {config.name}: held-out Dice {report['oof_dice']:.4f} (per structure, thresholds searched on them)"
+    if "test_dice" in report:
+        groups = ", ".join(f"{g} {v['jaccard']:.4f}" for g, v in report["test_groups"].items())
+        line += f"; test Dice {report['test_dice']:.4f}, Jaccard {groups}"
+    print(f"{line} -> {report['csv']}")
+
+
+if __name__ == "__main__":
+    main()

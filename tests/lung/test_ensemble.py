@@ -1,0 +1,74 @@
+"""Lung ensemble through common.ensemble: two experiments x both SCR folds with the side-swapping
+flip, per-structure thresholds from the held-out maps, the test submission and its score."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import yaml
+
+from common.config import load_config
+from common.ensemble import apply_thresholds
+from common.images import read_png
+from common.predict import Prediction
+from competitions.lung.ensemble import run_ensemble
+from competitions.lung.evaluate import read_submission
+from tests.conftest import REPO
+
+CONFIGS = REPO / "competitions" / "lung" / "configs"
+STRUCTURES = ["left_lung", "right_lung", "heart", "left_clavicle", "right_clavicle"]
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lung_ensemble")
+    data = {"raw": str(root / "raw"), "synthetic": str(root / "synthetic")}
+    data |= {"prepared": str(root / "prepared"), "size": 64, "score_size": 64, "crop": 0}
+    data |= {"batch_size": 4, "val_batch_size": 4, "num_workers": 0}
+    tiny = {"base": str(CONFIGS / "base.yaml"), "data": data, "predict": {"overlays": 0}}
+    tiny["train"] = {"epochs": 1, "max_steps": 2, "top_k": 1}
+    (root / "configs").mkdir()
+    (root / "configs" / "tiny_unet.yaml").write_text(yaml.safe_dump(tiny))
+    fpn = tiny | {"model": {"arch": "FPN"}}
+    (root / "configs" / "tiny_fpn.yaml").write_text(yaml.safe_dump(fpn))
+    return root
+
+
+def _ensemble(root, *extra):
+    overrides = [
+        "name=tiny", f"output={root / 'models'}", f"submissions={root / 'submissions'}",
+        f"configs={root / 'configs'}", "train_missing=true", "num_workers=0", "overlays=2",
+        "members=[{experiment: tiny_unet, folds: [0, 1], weight: 1.0},"
+        " {experiment: tiny_fpn, folds: [0, 1], weight: 0.5}]",
+        "tta=[none, hflip]", *extra,
+    ]  # fmt: skip
+    return load_config(CONFIGS / "ensembles" / "base.yaml", overrides)
+
+
+def test_lung_ensemble_end_to_end(workspace):
+    config = _ensemble(workspace)
+    report = run_ensemble(config, log=lambda _: None)
+    out = workspace / "models" / "tiny"
+    thresholds = yaml.safe_load((out / "thresholds.yaml").read_text())
+    assert list(thresholds["channels"]) == STRUCTURES
+    assert all(t["top"] == 0.0 and t["min_area"] == 0 for t in thresholds["channels"].values())
+    for structure in STRUCTURES:  # every case predicted once, by the folds that held it out
+        assert len(list((out / "oof" / structure).glob("*.png"))) == 40
+    assert report["validated"] == {"rows": 40, "non_empty": report["validated"]["non_empty"]}
+    assert 0 <= report["test_dice"] <= 1 and set(report["test_groups"]) == {
+        "lungs", "heart", "clavicles"
+    }  # fmt: skip
+    masks = read_submission(report["csv"], 64)
+    postprocess = load_config(workspace / "configs" / "tiny_unet.yaml").predict.postprocess
+    for case in {case for case, _ in masks}:
+        maps = np.stack([read_png(out / "test" / s / f"{case}.png") for s in STRUCTURES])
+        expected = apply_thresholds(
+            thresholds, Prediction(case, maps, None, None), STRUCTURES, postprocess
+        )
+        for c, structure in enumerate(STRUCTURES):  # the CSV comes from thresholds.yaml
+            np.testing.assert_array_equal(masks[(case, structure)], expected[c])
+
+
+def test_a_flip_the_lung_policy_forbids_is_refused(workspace):
+    with pytest.raises(ValueError, match="'vflip' is not allowed here: chest X-rays"):
+        run_ensemble(_ensemble(workspace, "name=flipped", "tta=[none, vflip]"), log=print)
