@@ -83,10 +83,10 @@ submit: $(STAMP)  ## validate the ensemble's CSV (or CSV=...), then kaggle compe
 	$(PY) -m competitions.siim.submit --csv $(or $(CSV),submissions/siim/$(basename $(notdir $(ENSEMBLE))).csv) $(if $(MESSAGE),--message "$(MESSAGE)")
 
 kaggle-bundle: $(STAMP)  ## frozen code + ENSEMBLE's weights + offline notebook in dist/kaggle/<name>/; OWNER=
-	$(PY) -m competitions.siim.kaggle_bundle build --ensemble $(ENSEMBLE) $(if $(OWNER),--owner $(OWNER))
+	$(PY) -m competitions.$(ENSEMBLE_COMPETITION).kaggle_bundle build --ensemble $(ENSEMBLE) $(if $(OWNER),--owner $(OWNER))
 
 kaggle-push: $(STAMP)  ## create or version the bundle's dataset and push its notebook (needs credentials)
-	$(PY) -m competitions.siim.kaggle_bundle push --ensemble $(ENSEMBLE)
+	$(PY) -m competitions.$(ENSEMBLE_COMPETITION).kaggle_bundle push --ensemble $(ENSEMBLE)
 
 clean:  ## remove caches (keeps .venv, data, models)
 	find . -name __pycache__ -type d -prune -not -path './.venv/*' -exec rm -rf {} +

@@ -126,7 +126,8 @@ def task(config: Config, *, with_train: bool = True) -> EnsembleTask:
     """The lung data for ``common.ensemble``."""
     member = member_config(config)
     structures, size = tuple(member.data.structures), member.data.score_size
-    root, cases = read_cases(member)
+    root = Path(member.data.prepared) / str(member.data.size)
+    cases = read_cases(member)[1] if with_train else None
     test_csv = root / "test.csv"
     test = (
         pd.read_csv(test_csv, dtype={"id": str})
@@ -141,7 +142,7 @@ def task(config: Config, *, with_train: bool = True) -> EnsembleTask:
             (i, s, rle_encode(m, order="F")) for s, m in zip(structures, masks, strict=True)
         ],
         header=HEADER,
-        train=cases.assign(height=size, width=size) if with_train else None,
+        train=cases.assign(height=size, width=size) if cases is not None else None,
         truth=lambda i, shape: np.stack([reference_mask(root, s, i, size) for s in structures]),
         policy=tta_policy(structures),
         postprocess=member.predict.postprocess,

@@ -123,6 +123,17 @@ def _prepare_one(case: Case, build: Path, size: int, score_size: int) -> dict:
     return row
 
 
+def prepare_test(tests: dict[str, Path], out: Path, size: int, score_size: int) -> pd.DataFrame:
+    """Test images (case id -> file) at the training size into ``out/images/``, and
+    ``out/test.csv`` (id, and the scoring size their masks are predicted at)."""
+    for case_id, path in tests.items():
+        write_png(out / "images" / f"{case_id}.png", resize_image(read_image(path, case_id), size))
+    test = pd.DataFrame({"id": list(tests), "height": score_size, "width": score_size})
+    with atomic_path(out / "test.csv") as tmp:
+        test.to_csv(tmp, index=False)
+    return test
+
+
 def prepare(
     size: int,
     score_size: int = 512,
@@ -155,13 +166,7 @@ def prepare(
         frame = pd.DataFrame(rows)
         with atomic_path(build / "cases.csv") as tmp:
             frame.to_csv(tmp, index=False)
-        for case_id, path in tests.items():
-            write_png(
-                build / "images" / f"{case_id}.png", resize_image(read_image(path, case_id), size)
-            )
-        test = pd.DataFrame({"id": list(tests), "height": score_size, "width": score_size})
-        with atomic_path(build / "test.csv") as tmp:
-            test.to_csv(tmp, index=False)
+        prepare_test(tests, build, size, score_size)
         (build / "source.json").write_text(json.dumps(key) + "\n")
     return out
 

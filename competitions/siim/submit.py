@@ -12,14 +12,10 @@ nothing is changed and no credential is ever printed.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
-import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
 
+from common.kaggle import call_kaggle
 from common.paths import data_dir
 from competitions.siim import layout, submission
 
@@ -27,7 +23,6 @@ COMPETITION = "siim-acr-pneumothorax-segmentation"
 RAW = data_dir("siim", "raw")
 SYNTHETIC = data_dir("siim", "synthetic")
 PREPARED = data_dir("siim", "prepared")
-T = TypeVar("T")  # any size's test.csv gives the native image sizes
 
 
 def find_sample() -> tuple[Path, bool]:
@@ -37,43 +32,6 @@ def find_sample() -> tuple[Path, bool]:
         if sample is not None:
             return sample, synthetic
     raise ValueError(f"no sample submission in {RAW}/ or {SYNTHETIC}/: pass --sample")
-
-
-def has_credentials(env=os.environ) -> bool:
-    """Whether the kaggle package will find credentials (its documented places), checked
-    without importing it: on import it prints a page of help and exits when there are none."""
-    if env.get("KAGGLE_API_TOKEN") or (env.get("KAGGLE_USERNAME") and env.get("KAGGLE_KEY")):
-        return True
-    folders = [Path(env["KAGGLE_CONFIG_DIR"])] if env.get("KAGGLE_CONFIG_DIR") else []
-    folders.append(Path(env.get("HOME", "~")).expanduser() / ".kaggle")
-    names = ("kaggle.json", "access_token", "credentials.json")
-    return any((folder / name).is_file() for folder in folders for name in names)
-
-
-def call_kaggle(action: Callable[[Any], T], what: str) -> T:
-    """``action(api)`` with an authenticated kaggle API; ``RuntimeError`` with one line on any
-    failure: no credentials, credentials refused, no network, an HTTP or API error. The
-    package's own printing is captured, so nothing it says (nor any credential) is shown."""
-    if not has_credentials():
-        raise RuntimeError(
-            "no Kaggle credentials: set KAGGLE_API_TOKEN (or KAGGLE_USERNAME and KAGGLE_KEY), "
-            "or put kaggle.json / access_token in ~/.kaggle"
-        )
-    captured = io.StringIO()
-    try:
-        with contextlib.redirect_stdout(captured), contextlib.redirect_stderr(captured):
-            from kaggle.api.kaggle_api_extended import KaggleApi
-
-            api = KaggleApi()
-            api.authenticate()
-            return action(api)
-    except SystemExit:
-        raise RuntimeError(
-            "the kaggle package refused the credentials (authentication failed)"
-        ) from None
-    except Exception as error:  # network, HTTP and API errors all end the same way
-        first = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
-        raise RuntimeError(f"{what} failed ({type(error).__name__}): {first}") from None
 
 
 def kaggle_submit(csv: Path, message: str, competition: str) -> str:

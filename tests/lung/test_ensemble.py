@@ -3,6 +3,12 @@ flip, per-structure thresholds from the held-out maps, the test submission and i
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import yaml
@@ -14,6 +20,7 @@ from common.predict import Prediction
 from competitions.lung.ensemble import run_ensemble
 from competitions.lung.evaluate import read_submission
 from tests.conftest import REPO
+from tests.siim.test_kaggle_bundle import RUNNER
 
 CONFIGS = REPO / "competitions" / "lung" / "configs"
 STRUCTURES = ["left_lung", "right_lung", "heart", "left_clavicle", "right_clavicle"]
@@ -45,9 +52,14 @@ def _ensemble(root, *extra):
     return load_config(CONFIGS / "ensembles" / "base.yaml", overrides)
 
 
-def test_lung_ensemble_end_to_end(workspace):
+@pytest.fixture(scope="module")
+def ensembled(workspace):
     config = _ensemble(workspace)
-    report = run_ensemble(config, log=lambda _: None)
+    return config, run_ensemble(config, log=lambda _: None)
+
+
+def test_lung_ensemble_end_to_end(workspace, ensembled):
+    _, report = ensembled
     out = workspace / "models" / "tiny"
     thresholds = yaml.safe_load((out / "thresholds.yaml").read_text())
     assert list(thresholds["channels"]) == STRUCTURES
@@ -72,3 +84,30 @@ def test_lung_ensemble_end_to_end(workspace):
 def test_a_flip_the_lung_policy_forbids_is_refused(workspace):
     with pytest.raises(ValueError, match="'vflip' is not allowed here: chest X-rays"):
         run_ensemble(_ensemble(workspace, "name=flipped", "tta=[none, vflip]"), log=print)
+
+
+def test_lung_notebook_offline_matches_make_ensemble(workspace, ensembled, tmp_path):
+    from competitions.lung.kaggle_bundle import DATA, build
+
+    config, report = ensembled
+    bundle = build(config, tmp_path / "dist", "someone", wheels=False, log=lambda _: None)
+    kernel = json.loads((bundle / "kernel" / "kernel-metadata.json").read_text())
+    assert kernel["enable_internet"] is False and kernel["competition_sources"] == []
+    kaggle = tmp_path / "kaggle"
+    shutil.copytree(bundle / "dataset", kaggle / "input" / "lung-tiny")
+    images = workspace / "synthetic" / "test" / "images"
+    shutil.copytree(images, kaggle / "input" / DATA / "test" / "images")  # no truth masks
+    (kaggle / "working").mkdir()
+    (tmp_path / "runner.py").write_text(RUNNER)
+    env = {"PATH": os.environ["PATH"], "HOME": str(kaggle), "OMP_NUM_THREADS": "1"}
+    env |= {
+        "KAGGLE_INPUT_DIR": str(kaggle / "input"),
+        "KAGGLE_WORKING_DIR": str(kaggle / "working"),
+    }
+    result = subprocess.run(
+        [sys.executable, str(tmp_path / "runner.py"), str(bundle / "kernel" / "inference.ipynb")],
+        cwd=kaggle / "working", env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    written = (kaggle / "working" / "submission.csv").read_bytes()
+    assert written == open(report["csv"], "rb").read()

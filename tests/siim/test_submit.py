@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from competitions.siim.submit import has_credentials
+from common.kaggle import has_credentials
 from tests.conftest import REPO
 
 SECRET = "not-a-real-token-123"
