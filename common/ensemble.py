@@ -134,6 +134,38 @@ def missing_folds(output: str | Path, members: list[Member]) -> list[tuple[str, 
     ]
 
 
+def train_missing(config: Config, train: Callable[[Path, int], None], log=print) -> None:
+    """With ``train_missing``, call ``train(experiment file, fold)`` for every member fold with
+    no final.pt; the files are ``<configs>/<experiment>.yaml`` (``configs`` under the repository
+    when relative)."""
+    from common.paths import REPO
+
+    members, classifiers = ensemble_members(config)
+    missing = missing_folds(config.output, members + classifiers)
+    if not missing or not config.train_missing:
+        return
+    for experiment, fold in missing:
+        path = REPO / config.configs / f"{experiment}.yaml"
+        if not path.is_file():
+            raise ValueError(f"{experiment} fold {fold} is not trained and {path} does not exist")
+        log(f"ensemble: training {experiment} fold {fold} first")
+        train(path, fold)
+
+
+def frozen_ensemble(bundle: Path, working: Path) -> tuple[Config, dict, list, list]:
+    """A bundle's ensemble as an offline notebook runs it: its config (models from the bundle,
+    prepared data in the working folder, no pictures), thresholds, members and classifiers."""
+    from common.config import to_config
+
+    config = to_config(yaml.safe_load((bundle / "ensemble.yaml").read_text()))
+    config["output"] = str(bundle / "models")
+    config["prepared"] = str(working / "prepared")
+    config["overlays"] = 0
+    thresholds = yaml.safe_load((bundle / "thresholds.yaml").read_text())
+    members, classifiers = ensemble_members(config)
+    return config, thresholds, members, classifiers
+
+
 def check_trained(config: Config) -> tuple[list[Member], list[Member]]:
     """``ensemble_members``, with an error listing every member fold not trained yet."""
     members, classifiers = ensemble_members(config)

@@ -154,7 +154,7 @@ print(open(path).read()[:500])""",
 
 
 def build(
-    config: Config, spec: BundleSpec, out: Path, owner: str, *, wheels: bool = True, log=print
+    config: Config, out: Path, owner: str, *, spec: BundleSpec, wheels: bool = True, log=print
 ) -> Path:
     """Write the dataset and kernel folders; returns the bundle root."""
     members = parse_members(config.members, "members")
@@ -273,7 +273,7 @@ def main(spec: BundleSpec, argv=None) -> None:
     try:
         config = load_run_config(args.ensemble, args.overrides)
         if args.action == "build":
-            build(config, spec, args.out, args.owner, wheels=not args.no_wheels)
+            build(config, args.out, args.owner, spec=spec, wheels=not args.no_wheels)
         else:
             root = args.out / config.name
             if not (root / "kernel" / "kernel-metadata.json").is_file():

@@ -21,10 +21,9 @@ import pandas as pd
 
 from common.checkpoints import load_checkpoint
 from common.config import Config, load_config, load_run_config, to_config
-from common.ensemble import EnsembleTask, check_trained, ensemble_members, missing_folds
+from common.ensemble import EnsembleTask, check_trained, ensemble_members, train_missing
 from common.ensemble import run_ensemble as run_common
 from common.metrics import dice_from_counts, jaccard_from_counts
-from common.paths import REPO
 from common.predict import final_path
 from common.rle import rle_encode
 from competitions.lung.evaluate import GROUPS, HEADER, read_submission, reference_mask
@@ -53,20 +52,14 @@ def member_config(config: Config) -> Config:
 
 
 def ensure_trained(config: Config, log=print) -> None:
-    """With ``train_missing``, train every member fold without a final.pt from
-    ``<configs>/<experiment>.yaml``."""
-    members, classifiers = ensemble_members(config)
-    missing = missing_folds(config.output, members + classifiers)
-    if not missing or not config.train_missing:
-        return
-    for experiment, fold in missing:
-        path = REPO / config.configs / f"{experiment}.yaml"
-        if not path.is_file():
-            raise ValueError(f"{experiment} fold {fold} is not trained and {path} does not exist")
-        log(f"ensemble: training {experiment} fold {fold} first")
-        experiment_config = load_config(path, [f"output={config.output}", f"name={experiment}"])
-        prepare_sizes(experiment_config)
-        run_fold(experiment_config, fold, log=log)
+    """Train the member folds that are missing (``train_missing``), preparing their data first."""
+
+    def train(path: Path, fold: int) -> None:
+        experiment = load_config(path, [f"output={config.output}", f"name={path.stem}"])
+        prepare_sizes(experiment)
+        run_fold(experiment, fold, log=log)
+
+    train_missing(config, train, log)
 
 
 def _source(member: Config) -> Path:

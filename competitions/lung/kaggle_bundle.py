@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 from common import kaggle
 
 DATA = "jsrt-scr-chest-xrays"  # the input dataset's folder under /kaggle/input
@@ -14,13 +16,8 @@ DATA = "jsrt-scr-chest-xrays"  # the input dataset's folder under /kaggle/input
 SPEC = kaggle.BundleSpec(package="lung", title="Lung", input_slug=DATA)
 
 
-def build(config, out, owner, *, wheels=True, log=print):
-    return kaggle.build(config, SPEC, out, owner, wheels=wheels, log=log)
-
-
-def main(argv=None) -> None:
-    kaggle.main(SPEC, argv)
-
+build = partial(kaggle.build, spec=SPEC)
+main = partial(kaggle.main, SPEC)
 
 if __name__ == "__main__":
     main()

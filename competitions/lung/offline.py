@@ -15,11 +15,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import yaml
-
 from common.checkpoints import load_checkpoint
-from common.config import to_config
-from common.ensemble import ensemble_members, predict_test
+from common.ensemble import frozen_ensemble, predict_test
 from common.predict import final_path
 from common.submission import write_rows
 from competitions.lung.ensemble import task
@@ -33,12 +30,7 @@ def predict_submission(
 ) -> Path:
     """Write ``<working>/submission.csv`` from the bundle's ensemble; returns its path."""
     bundle, data, working = Path(bundle), Path(data), Path(working)
-    config = to_config(yaml.safe_load((bundle / "ensemble.yaml").read_text()))
-    config["output"] = str(bundle / "models")
-    config["prepared"] = str(working / "prepared")
-    config["overlays"] = 0
-    thresholds = yaml.safe_load((bundle / "thresholds.yaml").read_text())
-    members, classifiers = ensemble_members(config)
+    config, thresholds, members, classifiers = frozen_ensemble(bundle, working)
     tests = find_test_images(data)
     if not tests:
         raise ValueError(f"{data}: no chest X-rays in test/images/")

@@ -23,12 +23,12 @@ from common.ensemble import (
     EnsembleTask,
     check_trained,
     ensemble_members,
-    missing_folds,
     run_ensemble,
+    train_missing,
 )
 from common.folds import read_folds
 from common.images import read_mask
-from common.paths import REPO, data_dir
+from common.paths import data_dir
 from common.predict import final_path
 from common.rle import siim_rle_encode
 from competitions.siim import submission
@@ -39,22 +39,15 @@ from competitions.siim.train import run_fold
 
 
 def ensure_trained(config: Config, log=print) -> None:
-    """With ``train_missing``, train every member fold that has no final.pt from
-    ``<configs>/<experiment>.yaml`` (its prepared data first)."""
-    members, classifiers = ensemble_members(config)
-    missing = missing_folds(config.output, members + classifiers)
-    if not missing or not config.train_missing:
-        return
-    for experiment, fold in missing:
-        path = REPO / config.configs / f"{experiment}.yaml"
-        if not path.is_file():
-            raise ValueError(f"{experiment} fold {fold} is not trained and {path} does not exist")
-        log(f"ensemble: training {experiment} fold {fold} first")
-        experiment_config = load_config(path, [f"output={config.output}", f"name={experiment}"])
-        data = experiment_config.data
-        if not (Path(data.prepared) / str(data.size) / "train.csv").is_file():
+    """Train the member folds that are missing (``train_missing``), preparing their data first."""
+
+    def train(path: Path, fold: int) -> None:
+        experiment = load_config(path, [f"output={config.output}", f"name={path.stem}"])
+        if not (Path(experiment.data.prepared) / str(experiment.data.size) / "train.csv").is_file():
             prepare_main(["--config", str(path)])
-        run_fold(experiment_config, fold, log=log)
+        run_fold(experiment, fold, log=log)
+
+    train_missing(config, train, log)
 
 
 def _tables(config: Config) -> tuple[Path, pd.DataFrame, pd.DataFrame, str]:

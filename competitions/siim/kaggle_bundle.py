@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 from common import kaggle
 from competitions.siim.offline import COMPETITION
 
@@ -25,13 +27,8 @@ SPEC = kaggle.BundleSpec(
 )
 
 
-def build(config, out, owner, *, wheels=True, log=print):
-    return kaggle.build(config, SPEC, out, owner, wheels=wheels, log=log)
-
-
-def main(argv=None) -> None:
-    kaggle.main(SPEC, argv)
-
+build = partial(kaggle.build, spec=SPEC)
+main = partial(kaggle.main, SPEC)
 
 if __name__ == "__main__":
     main()

@@ -15,11 +15,9 @@ import os
 from pathlib import Path
 
 import pandas as pd
-import yaml
 
 from common.checkpoints import load_checkpoint
-from common.config import to_config
-from common.ensemble import ensemble_members, predict_test
+from common.ensemble import frozen_ensemble, predict_test
 from common.predict import final_path
 from common.submission import write_submission
 from competitions.siim.ensemble import task
@@ -52,12 +50,7 @@ def predict_submission(
 ) -> Path:
     """Write ``<working>/submission.csv`` from the bundle's ensemble; returns its path."""
     bundle, competition, working = Path(bundle), Path(competition), Path(working)
-    config = to_config(yaml.safe_load((bundle / "ensemble.yaml").read_text()))
-    config["output"] = str(bundle / "models")
-    config["prepared"] = str(working / "prepared")
-    config["overlays"] = 0
-    thresholds = yaml.safe_load((bundle / "thresholds.yaml").read_text())
-    members, classifiers = ensemble_members(config)
+    config, thresholds, members, classifiers = frozen_ensemble(bundle, working)
     inputs = test_inputs(competition)
     sizes = {
         int(load_checkpoint(final_path(config.output, m.experiment, k))["config"]["data"]["size"])
