@@ -28,6 +28,7 @@ searched values (``top``, ``min_area``, ``bottom``; or ``cls_threshold``, ``seg_
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -397,12 +398,6 @@ def run_ensemble(config: Config, task: EnsembleTask, *, log=print) -> dict:
     if task.score is not None:
         report |= task.score(csv)
     report["wall_seconds"] = round(time.perf_counter() - start, 1)
-    write_text_atomic(csv.with_suffix(".json"), _json(report))
+    write_text_atomic(csv.with_suffix(".json"), json.dumps(report, indent=2) + "\n")
     mask_overlays(panels, csv.with_suffix(".png"))
     return report | {"csv": str(csv)}
-
-
-def _json(report: dict) -> str:
-    import json
-
-    return json.dumps(report, indent=2) + "\n"

@@ -253,3 +253,23 @@ def test_dataset_feeds_grey_and_rgb_images(tmp_path, colour):
     if colour:
         with pytest.raises(ValueError, match=r"3 channels, data\.in_channels is 1"):
             SegmentationDataset(["a"], tmp_path, size=16, in_channels=1)[0]
+
+
+def test_loader_config_errors_name_the_key(tmp_path):
+    import pandas as pd
+
+    from common.config import load_config
+    from common.loaders import Items, sampler
+
+    frame = pd.DataFrame({"id": ["a", "b"], "has_mask": [0, 1]})
+    items = Items(frame, tmp_path)
+    base = REPO / "competitions" / "siim" / "configs" / "base.yaml"
+    weighted = load_config(base, ["data.sample_rate.kind=weighted"])
+    with pytest.raises(ValueError, match="kind weighted needs a 'weight' column"):
+        sampler(weighted, items, seed=0)
+    with pytest.raises(ValueError, match=r"data\.sample_rate\.kind 'random'; valid: none"):
+        sampler(load_config(base, ["data.sample_rate.kind=random"]), items, seed=0)
+    with pytest.raises(ValueError, match="kind fixed needs a 'has_mask' column"):
+        sampler(
+            load_config(base, ["data.sample_rate.kind=fixed"]), Items(frame[["id"]], tmp_path), 0
+        )

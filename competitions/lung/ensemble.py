@@ -23,16 +23,21 @@ from common.checkpoints import load_checkpoint
 from common.config import Config, load_config, load_run_config, to_config
 from common.ensemble import EnsembleTask, check_trained, ensemble_members, train_missing
 from common.ensemble import run_ensemble as run_common
-from common.metrics import dice_from_counts, jaccard_from_counts
 from common.predict import final_path
 from common.rle import rle_encode
-from competitions.lung.evaluate import GROUPS, HEADER, read_submission, reference_mask
+from competitions.lung.evaluate import (
+    HEADER,
+    pair_scores,
+    read_submission,
+    reference_mask,
+    summarise,
+)
 from competitions.lung.loaders import read_cases, tta_policy
 from competitions.lung.prepare import sample_centres
 from competitions.lung.raw import (
-    MASK_SUFFIXES,
     TEST_FOLDER,
     find_test_images,
+    mask_file,
     read_image,
     read_structure,
 )
@@ -80,26 +85,15 @@ def score_test(csv: Path, member: Config, ids: list[str]) -> dict:
     for case in ids:
         shape = read_image(images[case], case).shape
         for structure in structures:
-            found = [truth_root / "masks" / structure / f"{case}{s}" for s in MASK_SUFFIXES]
-            path = next((p for p in found if p.is_file()), found[0])
-            truth = sample_centres(read_structure(path, shape, case), size)
-            pred = masks[(case, structure)]
-            counts = (int(np.count_nonzero(pred & truth)), int(pred.sum()), int(truth.sum()))
-            rows.append((structure, dice_from_counts(*counts), jaccard_from_counts(*counts)))
-    table = pd.DataFrame(rows, columns=["structure", "dice", "jaccard"])
-    per = table.groupby("structure", sort=False)[["dice", "jaccard"]].mean()
-    groups = {
-        group: {
-            k: float(v)
-            for k, v in table[table.structure.isin(names)][["dice", "jaccard"]].mean().items()
-        }
-        for group, names in GROUPS.items()
-        if table.structure.isin(names).any()
-    }
+            truth = read_structure(mask_file(truth_root, structure, case), shape, case)
+            scores = pair_scores(masks[(case, structure)], sample_centres(truth, size))
+            rows.append({"structure": structure} | scores)
+    table = pd.DataFrame(rows)
+    per_structure, groups = summarise(table)
     return {
         "test_dice": float(table["dice"].mean()),
         "test_jaccard": float(table["jaccard"].mean()),
-        "test_structures": {s: {k: float(v) for k, v in row.items()} for s, row in per.iterrows()},
+        "test_structures": per_structure,
         "test_groups": groups,
     }
 

@@ -176,15 +176,8 @@ def evaluate(config: Config, folds: list[int], *, name: str | None = None, log=p
                 config, _map(config, fold, structure, case), structure, thresholds[fold][structure]
             )
             truth = reference_mask(root, structure, case, size)
-            counts = (int(np.count_nonzero(pred & truth)), int(pred.sum()), int(truth.sum()))
             scores.append(
-                {
-                    "case": case,
-                    "fold": int(fold),
-                    "structure": structure,
-                    "dice": float(dice_from_counts(*counts)),
-                    "jaccard": float(jaccard_from_counts(*counts)),
-                }
+                {"case": case, "fold": int(fold), "structure": structure} | pair_scores(pred, truth)
             )
             rows.append((case, structure, rle_encode(pred, order="F")))
             preds.append(pred)
@@ -212,16 +205,30 @@ def _default_name(config: Config, folds: list[int]) -> str:
     return f"{config.name}_fold{'_'.join(map(str, folds))}"
 
 
-def _report(config: Config, table: pd.DataFrame, thresholds: dict, folds: list[int]) -> dict:
-    per_structure = table.groupby("structure", sort=False)[["dice", "jaccard"]].mean()
+def pair_scores(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    """Dice and Jaccard of one {0, 1} mask against its truth (both empty: 1)."""
+    counts = (int(np.count_nonzero(pred & truth)), int(pred.sum()), int(truth.sum()))
+    return {
+        "dice": float(dice_from_counts(*counts)),
+        "jaccard": float(jaccard_from_counts(*counts)),
+    }
+
+
+def summarise(table: pd.DataFrame) -> tuple[dict, dict]:
+    """Mean Dice and Jaccard per structure and per group (``GROUPS``) of a table with
+    ``structure``, ``dice``, ``jaccard`` columns."""
+    per = table.groupby("structure", sort=False)[["dice", "jaccard"]].mean()
+    structures = {s: {k: float(v) for k, v in row.items()} for s, row in per.iterrows()}
     groups = {}
     for group, members in GROUPS.items():
         rows = table[table["structure"].isin(members)]
         if len(rows):
-            groups[group] = {
-                "dice": float(rows["dice"].mean()),
-                "jaccard": float(rows["jaccard"].mean()),
-            }
+            groups[group] = {k: float(rows[k].mean()) for k in ("dice", "jaccard")}
+    return structures, groups
+
+
+def _report(config: Config, table: pd.DataFrame, thresholds: dict, folds: list[int]) -> dict:
+    per_structure, groups = summarise(table)
     return {
         "name": config.name,
         "folds": folds,
@@ -230,9 +237,7 @@ def _report(config: Config, table: pd.DataFrame, thresholds: dict, folds: list[i
         "train_size": config.data.size,
         "model": f"{config.model.arch}/{config.model.encoder}",
         "tta": list(config.predict.tta),
-        "structures": {
-            s: {k: float(v) for k, v in row.items()} for s, row in per_structure.iterrows()
-        },
+        "structures": per_structure,
         "groups": groups,
         "published_jaccard": PUBLISHED,
         "thresholds": {str(f): t for f, t in thresholds.items()},

@@ -148,8 +148,11 @@ def prepare(
     source = resolve_raw(raw, synthetic, log)
     cases = find_cases(source)
     tests = find_test_images(source)
-    if set(tests) & {case.case_id for case in cases}:
-        raise ValueError(f"{source}: a case is both a training and a test image")
+    both = sorted(set(tests) & {case.case_id for case in cases})
+    if both:
+        raise ValueError(
+            f"{source}: {len(both)} case(s) are both a training and a test image, e.g. {both[0]}"
+        )
     out = Path(prepared) / str(size)
     key = _source_key(cases, tests, size, score_size) | {"synthetic": source == Path(synthetic)}
     stamp = out / "source.json"

@@ -44,6 +44,19 @@ class Case:
         return self.case_id.upper().startswith("JPCLN")
 
 
+def mask_file(root: Path, structure: str, case_id: str) -> Path:
+    """``root/masks/<structure>/<case>.png`` (or ``.gif``); ``ValueError`` naming both when
+    there is none."""
+    for suffix in MASK_SUFFIXES:
+        path = root / "masks" / structure / f"{case_id}{suffix}"
+        if path.is_file():
+            return path
+    raise ValueError(
+        f"case {case_id}: no {structure} mask "
+        f"(expected masks/{structure}/{case_id}.png or .gif under {root})"
+    )
+
+
 def find_cases(root: str | os.PathLike, structures=STRUCTURES) -> list[Case]:
     """Every case under ``root/images`` with a mask for each structure, sorted by id."""
     root = Path(root)
@@ -56,16 +69,7 @@ def find_cases(root: str | os.PathLike, structures=STRUCTURES) -> list[Case]:
         if not match:
             continue
         case_id = match.group(1).upper()
-        masks = {}
-        for structure in structures:
-            found = [root / "masks" / structure / f"{case_id}{s}" for s in MASK_SUFFIXES]
-            found = [p for p in found if p.is_file()]
-            if not found:
-                raise ValueError(
-                    f"case {case_id}: no {structure} mask "
-                    f"(expected masks/{structure}/{case_id}.png or .gif under {root})"
-                )
-            masks[structure] = found[0]
+        masks = {structure: mask_file(root, structure, case_id) for structure in structures}
         cases.append(Case(case_id, path, masks))
     if not cases:
         raise ValueError(f"{images}: no JSRT images (JPCLNnnn.png, JPCNNnnn.png or .IMG.png)")

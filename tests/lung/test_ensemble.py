@@ -4,10 +4,7 @@ flip, per-structure thresholds from the held-out maps, the test submission and i
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -20,7 +17,7 @@ from common.predict import Prediction
 from competitions.lung.ensemble import run_ensemble
 from competitions.lung.evaluate import read_submission
 from tests.conftest import REPO
-from tests.siim.test_kaggle_bundle import RUNNER
+from tests.notebook import run_offline
 
 CONFIGS = REPO / "competitions" / "lung" / "configs"
 STRUCTURES = ["left_lung", "right_lung", "heart", "left_clavicle", "right_clavicle"]
@@ -97,17 +94,31 @@ def test_lung_notebook_offline_matches_make_ensemble(workspace, ensembled, tmp_p
     shutil.copytree(bundle / "dataset", kaggle / "input" / "lung-tiny")
     images = workspace / "synthetic" / "test" / "images"
     shutil.copytree(images, kaggle / "input" / DATA / "test" / "images")  # no truth masks
-    (kaggle / "working").mkdir()
-    (tmp_path / "runner.py").write_text(RUNNER)
-    env = {"PATH": os.environ["PATH"], "HOME": str(kaggle), "OMP_NUM_THREADS": "1"}
-    env |= {
-        "KAGGLE_INPUT_DIR": str(kaggle / "input"),
-        "KAGGLE_WORKING_DIR": str(kaggle / "working"),
-    }
-    result = subprocess.run(
-        [sys.executable, str(tmp_path / "runner.py"), str(bundle / "kernel" / "inference.ipynb")],
-        cwd=kaggle / "working", env=env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    written = (kaggle / "working" / "submission.csv").read_bytes()
+    written = run_offline(bundle / "kernel" / "inference.ipynb", kaggle, tmp_path)
     assert written == open(report["csv"], "rb").read()
+
+
+def test_bad_inputs_name_what_is_wrong(workspace, ensembled, tmp_path):
+    from competitions.lung.ensemble import _validate
+    from competitions.lung.prepare import prepare
+
+    _, report = ensembled
+    lines = open(report["csv"]).read().splitlines()
+    short = tmp_path / "short.csv"
+    short.write_text("\n".join(lines[:-1]) + "\n")  # one (case, structure) row dropped
+    ids = sorted({line.split(",")[0] for line in lines[1:]})
+    with pytest.raises(ValueError, match=r"short\.csv: 1 \(case, structure\) pair\(s\) missing"):
+        _validate(short, ids, STRUCTURES, 64)
+    raw = tmp_path / "raw"  # a test image that is also a training case
+    shutil.copytree(workspace / "synthetic", raw)
+    shutil.copy(raw / "images" / "JPCLN001.png", raw / "test" / "images" / "JPCLN001.png")
+    with pytest.raises(
+        ValueError, match=r"1 case\(s\) are both a training and a test image, e\.g\. JPCLN001"
+    ):
+        prepare(64, 64, raw=raw, prepared=tmp_path / "prepared", log=lambda _: None)
+    assert not (tmp_path / "prepared").exists()  # nothing half-written
+    two_stage = _ensemble(workspace, "name=gated", "combine=max_pixel")
+    with pytest.raises(
+        ValueError, match="combine: max_pixel gates one mask channel, this task has 5"
+    ):
+        run_ensemble(two_stage, log=lambda _: None)

@@ -16,17 +16,10 @@ from common.config import load_config
 from competitions.siim.ensemble import ensemble as run_ensemble
 from competitions.siim.kaggle_bundle import build, main
 from tests.conftest import REPO
+from tests.notebook import run_offline
 from tests.siim.tiny import tiny_siim
 
 CONFIGS = REPO / "competitions" / "siim" / "configs"
-RUNNER = """
-import importlib.util, json, sys
-assert importlib.util.find_spec("competitions") is None, "the repository is importable"
-namespace = {"__name__": "__main__"}
-for cell in json.load(open(sys.argv[1]))["cells"]:
-    if cell["cell_type"] == "code":
-        exec(compile("".join(cell["source"]), "<cell>", "exec"), namespace)
-"""
 
 
 @pytest.fixture(scope="module")
@@ -79,18 +72,7 @@ def test_notebook_offline_matches_make_ensemble(ensemble, tmp_path, monkeypatch)
     competition = kaggle / "input" / "siim-acr-pneumothorax-segmentation"
     shutil.copytree(root / "synthetic" / "dicom-images-test", competition / "dicom-images-test")
     shutil.copy(root / "synthetic" / "sample_submission.csv", competition)
-    (kaggle / "working").mkdir()
-    (tmp_path / "runner.py").write_text(RUNNER)
-    closed = "http://127.0.0.1:9"  # the network is unavailable
-    env = {"PATH": os.environ["PATH"], "HOME": str(kaggle), "HTTP_PROXY": closed}
-    env |= {"HTTPS_PROXY": closed, "KAGGLE_INPUT_DIR": str(kaggle / "input")}
-    env |= {"KAGGLE_WORKING_DIR": str(kaggle / "working"), "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(
-        [sys.executable, str(tmp_path / "runner.py"), str(bundle / "kernel" / "inference.ipynb")],
-        cwd=kaggle / "working", env=env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    written = (kaggle / "working" / "submission.csv").read_bytes()
+    written = run_offline(bundle / "kernel" / "inference.ipynb", kaggle, tmp_path)
     assert written == (root / "submissions" / "tiny.csv").read_bytes()
 
 
