@@ -15,9 +15,16 @@ import numpy as np
 
 from common.atomic import atomic_path
 
-# zlib level 1, the "up" row filter and run-length matching: on real 1024x1024 radiographs this
-# encodes in 10 ms and decodes in 5 ms (OpenCV's default: 32 ms and 9 ms) and is 11% smaller.
-_PNG_PARAMS = [
+# Images: zlib level 1 with Huffman coding only, after the "up" row filter. On real 1024x1024
+# radiographs this encodes in 6.4 ms (OpenCV's default: 27 ms) for 394 KB (default: 403 KB).
+# Masks ({0, 255}, mostly one value): run-length matching, which stores an empty 1024x1024 mask in
+# about 1 KB where Huffman coding alone needs 128 KB.
+_IMAGE_PNG = [
+    cv2.IMWRITE_PNG_COMPRESSION, 1,
+    cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP,
+    cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_HUFFMAN_ONLY,
+]  # fmt: skip
+_MASK_PNG = [
     cv2.IMWRITE_PNG_COMPRESSION, 1,
     cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP,
     cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE,
@@ -27,15 +34,18 @@ _PNG_PARAMS = [
 _READ_FLAGS = {0: cv2.IMREAD_UNCHANGED, 1: cv2.IMREAD_GRAYSCALE, 3: cv2.IMREAD_COLOR}
 
 
-def write_png(path: str | os.PathLike, array: np.ndarray) -> None:
-    """Write a (H, W) greyscale or (H, W, 3) RGB uint8 array as a PNG file, atomically."""
+def write_png(path: str | os.PathLike, array: np.ndarray, *, mask: bool = False) -> None:
+    """Write a (H, W) greyscale or (H, W, 3) RGB uint8 array as a PNG file, atomically
+    (``mask``: encoded for arrays of few distinct values)."""
     array = np.asarray(array)
     rgb = array.ndim == 3 and array.shape[2] == 3
     if not (array.ndim == 2 or rgb) or array.dtype != np.uint8:
         raise ValueError(
             f"{path}: expected a (H, W) or (H, W, 3) uint8 array, got {array.dtype} {array.shape}"
         )
-    ok, encoded = cv2.imencode(".png", array[..., ::-1] if rgb else array, _PNG_PARAMS)
+    ok, encoded = cv2.imencode(
+        ".png", array[..., ::-1] if rgb else array, _MASK_PNG if mask else _IMAGE_PNG
+    )
     if not ok:
         raise ValueError(f"{path}: OpenCV could not encode the image")
     with atomic_path(path) as tmp:
@@ -66,6 +76,14 @@ def read_png(
     if shape is not None and image.shape[:2] != tuple(shape):
         raise ValueError(f"{path}: image is {image.shape[:2]}, expected {tuple(shape)}")
     return image
+
+
+def write_mask(path: str | os.PathLike, mask: np.ndarray) -> None:
+    """Write a {0, 1} (or boolean) mask as a {0, 255} PNG file, atomically."""
+    mask = np.asarray(mask)
+    if mask.dtype == bool:
+        mask = mask.view(np.uint8)
+    write_png(path, cv2.compare(mask, 0, cv2.CMP_GT), mask=True)  # one pass to {0, 255}
 
 
 def read_mask(path: str | os.PathLike, shape: tuple[int, int] | None = None) -> np.ndarray:

@@ -13,6 +13,7 @@ synthetic set), Dice and Jaccard per structure on the test cases.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -68,8 +69,9 @@ def ensure_trained(config: Config, log=print) -> None:
 
 
 def _source(member: Config) -> Path:
-    raw = Path(member.data.raw)
-    return raw if (raw / "images").is_dir() else Path(member.data.synthetic)
+    """The folder the member's data was prepared from (the download or the synthetic set)."""
+    stamp = Path(member.data.prepared) / str(member.data.size) / "source.json"
+    return Path(json.loads(stamp.read_text())["root"])
 
 
 def score_test(csv: Path, member: Config, ids: list[str]) -> dict:

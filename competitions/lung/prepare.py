@@ -11,8 +11,10 @@ and writes ``data/lung/prepared/<size>/``:
     reference/<structure>/<case>.png  each structure at the scoring size, the ground truth
     cases.csv                         case, number, nodule, scr_fold, native height/width,
                                       area_<structure> at the scoring size
-    source.json                       what was read (and whether it is the synthetic set): a
-                                      re-run with the same input is a no-op
+    test.csv                          the test images (id, scoring height and width)
+    source.json                       what was read (and whether it is the synthetic set)
+
+The files are a ``common.cache``: a re-run redoes only the cases whose files changed.
 
 Reference masks are sampled from the image-grid mask at the centre of each block (the native
 1024 masks on the 2048 grid, sampled at ``[2::4, 2::4]``, are exactly the published 512 masks).
@@ -24,19 +26,19 @@ import argparse
 import json
 import shutil
 import sys
+from functools import partial
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pandas as pd
-from joblib import Parallel, delayed
-from tqdm.auto import tqdm
 
-from common.atomic import atomic_dir, atomic_path
+from common.atomic import write_text_atomic
+from common.cache import Entry, Table, refresh, source_key
 from common.config import load_run_config
-from common.images import resize_image, resize_mask, write_png
+from common.images import resize_image, resize_mask, write_mask, write_png
 from common.paths import data_dir
-from common.report import banner
+from common.sources import Source, raw_or_synthetic
 from competitions.lung.raw import (
     STRUCTURES,
     Case,
@@ -48,34 +50,29 @@ from competitions.lung.raw import (
 )
 from competitions.lung.synthetic import SyntheticSpec, generate
 
-VERSION = 2  # bump when the prepared files change, to redo them
+VERSION = 3  # bump when the prepared files change, to redo them
 RAW = data_dir("lung", "raw")
 SYNTHETIC = data_dir("lung", "synthetic")
 PREPARED = data_dir("lung", "prepared")
+CASES = Table("cases.csv", ("case", "number", "nodule", "scr_fold", "height", "width",
+                            *(f"area_{s}" for s in STRUCTURES)))  # fmt: skip
+TEST = Table("test.csv", ("id", "height", "width"))
 
 
-def resolve_raw(raw: str | Path = RAW, synthetic: str | Path = SYNTHETIC, log=print) -> Path:
+def resolve_raw(raw: str | Path = RAW, synthetic: str | Path = SYNTHETIC, log=print) -> Source:
     """``raw`` when it holds images; otherwise the synthetic set (generated if needed), said
     loudly."""
-    raw, synthetic = Path(raw), Path(synthetic)
-    if (raw / "images").is_dir():
-        return raw
-    if raw.exists() and any(raw.iterdir()):
-        raise ValueError(
-            f"{raw} exists but has no images/ folder: put the JSRT images in {raw}/images/ and "
-            f"the SCR masks in {raw}/masks/<structure>/, or remove {raw} to use the synthetic set"
-        )
     spec = SyntheticSpec()
-    log(
-        banner(
-            [
-                f"No chest X-rays in {raw}/: using the embedded SYNTHETIC lung set",
-                f"({spec.n_cases} cases at {spec.size}x{spec.size}, seed {spec.seed}) in {synthetic}/.",
-                "Scores on it say the pipeline works; they are not the SCR benchmark.",
-            ]
-        )
+    return raw_or_synthetic(
+        raw,
+        synthetic,
+        has_data=lambda root: (root / "images").is_dir(),
+        expected="images/ (the JSRT images) and masks/<structure>/ (the SCR masks)",
+        generate=lambda root: generate(root, spec),
+        describe=f"JSRT/SCR lung: {spec.n_cases} cases at {spec.size}x{spec.size}, seed "
+        f"{spec.seed}, not the SCR benchmark,",
+        log=log,
     )
-    return generate(synthetic, spec)
 
 
 def sample_centres(mask: np.ndarray, size: int) -> np.ndarray:
@@ -90,21 +87,31 @@ def sample_centres(mask: np.ndarray, size: int) -> np.ndarray:
     return cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST)
 
 
-def _source_key(cases: list[Case], tests: dict, size: int, score_size: int) -> dict:
-    files = []
-    paths = [p for case in cases for p in (case.image, *case.masks.values())]
-    for path in [*paths, *tests.values()]:
-        stat = path.stat()
-        files.append([str(path), stat.st_size, stat.st_mtime_ns])
-    return {"version": VERSION, "size": size, "score_size": score_size, "files": files}
+def _case_entry(case: Case, size: int, score_size: int) -> Entry:
+    files = [f"images/{case.case_id}.png"]
+    files += [
+        f"{kind}/{s}/{case.case_id}.png" for kind in ("masks", "reference") for s in STRUCTURES
+    ]
+    key = source_key(VERSION, [case.image, *case.masks.values()], size, score_size)
+    return Entry(case.case_id, CASES.name, key, tuple(files), case)
 
 
-def _prepare_one(case: Case, build: Path, size: int, score_size: int) -> dict:
+def _test_entry(case_id: str, path: Path, size: int, score_size: int) -> Entry:
+    key = source_key(VERSION, [path], size, score_size)
+    return Entry(case_id, TEST.name, key, (f"images/{case_id}.png",), path)
+
+
+def _prepare_one(entry: Entry, out: Path, size: int, score_size: int) -> dict:
+    if entry.table == TEST.name:
+        image = read_image(entry.source, entry.id)
+        write_png(out / "images" / f"{entry.id}.png", resize_image(image, size))
+        return {"id": entry.id, "height": score_size, "width": score_size}
+    case = entry.source
     image, masks = load_case(case)
     height, width = image.shape
     if height != width:
         raise ValueError(f"case {case.case_id}: {case.image} is {width}x{height}, not square")
-    write_png(build / "images" / f"{case.case_id}.png", resize_image(image, size))
+    write_png(out / "images" / f"{case.case_id}.png", resize_image(image, size))
     row = {
         "case": case.case_id,
         "number": case.number,
@@ -114,24 +121,21 @@ def _prepare_one(case: Case, build: Path, size: int, score_size: int) -> dict:
         "width": width,
     }
     for structure, mask in zip(STRUCTURES, masks, strict=True):
-        write_png(
-            build / "masks" / structure / f"{case.case_id}.png", resize_mask(mask, size) * 255
-        )
+        write_mask(out / "masks" / structure / f"{case.case_id}.png", resize_mask(mask, size))
         reference = sample_centres(mask, score_size)
-        write_png(build / "reference" / structure / f"{case.case_id}.png", reference * 255)
+        write_mask(out / "reference" / structure / f"{case.case_id}.png", reference)
         row[f"area_{structure}"] = int(reference.sum())
     return row
 
 
-def prepare_test(tests: dict[str, Path], out: Path, size: int, score_size: int) -> pd.DataFrame:
+def prepare_test(
+    tests: dict[str, Path], out: Path, size: int, score_size: int, *, n_jobs: int = 2
+) -> pd.DataFrame:
     """Test images (case id -> file) at the training size into ``out/images/``, and
     ``out/test.csv`` (id, and the scoring size their masks are predicted at)."""
-    for case_id, path in tests.items():
-        write_png(out / "images" / f"{case_id}.png", resize_image(read_image(path, case_id), size))
-    test = pd.DataFrame({"id": list(tests), "height": score_size, "width": score_size})
-    with atomic_path(out / "test.csv") as tmp:
-        test.to_csv(tmp, index=False)
-    return test
+    entries = [_test_entry(case_id, path, size, score_size) for case_id, path in tests.items()]
+    work = partial(_prepare_one, size=size, score_size=score_size)
+    return refresh(out, [TEST], entries, work, n_jobs=n_jobs, desc="prepare test").tables[TEST.name]
 
 
 def prepare(
@@ -144,33 +148,34 @@ def prepare(
     n_jobs: int = 2,
     log=print,
 ) -> Path:
-    """Write ``prepared/<size>/`` (see the module docs) unless it already holds this input."""
+    """Bring ``prepared/<size>/`` (see the module docs) up to date with the input
+    (``common.cache``: only what changed is redone)."""
     source = resolve_raw(raw, synthetic, log)
-    cases = find_cases(source)
-    tests = find_test_images(source)
+    cases = find_cases(source.root)
+    tests = find_test_images(source.root)
     both = sorted(set(tests) & {case.case_id for case in cases})
     if both:
         raise ValueError(
-            f"{source}: {len(both)} case(s) are both a training and a test image, e.g. {both[0]}"
+            f"{source.root}: {len(both)} case(s) are both a training and a test image, e.g. {both[0]}"
         )
     out = Path(prepared) / str(size)
-    key = _source_key(cases, tests, size, score_size) | {"synthetic": source == Path(synthetic)}
-    stamp = out / "source.json"
-    if stamp.is_file() and json.loads(stamp.read_text()) == key:
-        return out
-    log(
-        f"lung prepare: {len(cases)} cases from {source} -> {out} (train {size}px, score {score_size}px)"
-    )
-    with atomic_dir(out) as build:
-        rows = Parallel(n_jobs=n_jobs)(
-            delayed(_prepare_one)(case, build, size, score_size)
-            for case in tqdm(cases, desc="prepare", unit="case", disable=not sys.stderr.isatty())
+    entries = [_case_entry(case, size, score_size) for case in cases]
+    entries += [_test_entry(case_id, path, size, score_size) for case_id, path in tests.items()]
+    work = partial(_prepare_one, size=size, score_size=score_size)
+    result = refresh(out, [CASES, TEST], entries, work, n_jobs=n_jobs, desc="lung prepare")
+    stamp = {"root": str(source.root), "synthetic": source.synthetic, "size": size,
+             "score_size": score_size}  # fmt: skip
+    if (
+        not (out / "source.json").is_file()
+        or json.loads((out / "source.json").read_text()) != stamp
+    ):
+        write_text_atomic(out / "source.json", json.dumps(stamp) + "\n")
+    if result.done:
+        log(
+            f"lung prepare: {len(cases)} cases + {len(tests)} test images from {source.root} -> "
+            f"{out} (train {size}px, score {score_size}px; {result.done} prepared, "
+            f"{result.cached} unchanged)"
         )
-        frame = pd.DataFrame(rows)
-        with atomic_path(build / "cases.csv") as tmp:
-            frame.to_csv(tmp, index=False)
-        prepare_test(tests, build, size, score_size)
-        (build / "source.json").write_text(json.dumps(key) + "\n")
     return out
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from common.report import banner
+from common.sources import raw_or_synthetic
 from competitions.siim.raw import find_dicoms, read_rle_csv
 from competitions.siim.synthetic import SyntheticSpec, generate
 
@@ -62,28 +62,20 @@ def resolve_inputs(
     log=print,
 ) -> Inputs:
     """The real download at ``raw`` when it holds a training CSV; otherwise the synthetic set at
-    ``synthetic`` (generated from ``spec``, default ``SyntheticSpec()``, if needed), announced loudly through ``log``."""
-    raw = Path(raw)
+    ``synthetic`` (generated from ``spec``, default ``SyntheticSpec()``, if needed), announced
+    loudly through ``log``."""
     spec = spec or SyntheticSpec()
-    if has_competition_data(raw):
-        return read_inputs(raw, synthetic=False)
-    if raw.exists() and any(raw.iterdir()):
-        raise ValueError(
-            f"{raw} exists but holds none of {', '.join(TRAIN_CSVS)}: put the Kaggle download "
-            "there as downloaded, or remove the folder to use the synthetic set"
-        )
-    log(
-        banner(
-            [
-                f"No competition data in {raw}/: using the embedded SYNTHETIC SIIM set",
-                f"({spec.n_train} train + {spec.n_test} test images at {spec.size}x{spec.size}, "
-                f"seed {spec.seed}) in {synthetic}/.",
-                "Scores on it say the pipeline works; they are not Kaggle scores.",
-            ]
-        )
+    source = raw_or_synthetic(
+        raw,
+        synthetic,
+        has_data=has_competition_data,
+        expected=" or ".join(TRAIN_CSVS),
+        generate=lambda root: generate(root, spec, n_jobs=n_jobs),
+        describe=f"SIIM: {spec.n_train} train + {spec.n_test} test images at "
+        f"{spec.size}x{spec.size}, seed {spec.seed},",
+        log=log,
     )
-    generate(synthetic, spec, n_jobs=n_jobs)
-    return read_inputs(Path(synthetic), synthetic=True)
+    return read_inputs(source.root, synthetic=source.synthetic)
 
 
 def find_sample(root: Path) -> Path | None:

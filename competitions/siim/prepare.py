@@ -9,187 +9,118 @@ reads ``data/siim/raw/`` (or the synthetic set when it is absent) and writes
     data/siim/prepared/<size>/full_masks/<id>.png    the same at the image's native size (scoring)
     data/siim/prepared/<size>/train.csv              one row per training image (TRAIN_COLUMNS)
     data/siim/prepared/<size>/test.csv               one row per test image (TEST_COLUMNS)
-    data/siim/prepared/<size>/bad_ids.csv            ImageId, split, reason (when any were bad)
+    data/siim/prepared/<size>/bad_ids.csv            id, table, reason (when any were bad)
     data/siim/folds.csv                              ImageId, fold (kept while the ids are the same)
 
-Each row carries a ``key`` hashing what produced it (DICOM path, size and mtime, the RLE rows, the
-training size, the code version), so a re-run redoes only what changed and, when nothing did, only
-stats the files. Work is spread over joblib processes in chunks, with a progress bar.
+The files are a ``common.cache``: each row carries a ``key`` hashing what produced it (DICOM path,
+size and mtime, the RLE rows, the training size, the code version), so a re-run redoes only what
+changed and, when nothing did, only stats the files; the work is spread over processes.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import sys
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from joblib import Parallel, delayed
-from tqdm import tqdm
 
-from common.atomic import atomic_path
+from common.atomic import link_atomic
+from common.cache import BAD_IDS, Entry, Table, bad_report, refresh, source_key
 from common.config import load_config
 from common.dicom import read_dicom_with_tags
 from common.folds import make_folds, read_folds, write_folds
-from common.images import resize_image, resize_mask, write_png
+from common.images import resize_image, resize_mask, write_mask, write_png
 from common.paths import data_dir
 from competitions.siim.layout import Inputs, resolve_inputs
 from competitions.siim.raw import merged_mask_rows
 from competitions.siim.synthetic import SyntheticSpec
 
-VERSION = 2  # bump when the output of _prepare_one changes, to redo every cached image
+VERSION = 3  # bump when the output of _prepare_one changes, to redo every cached image
 TAGS = ("PatientAge", "PatientSex", "ViewPosition", "PhotometricInterpretation", "BitsStored")
-TEST_COLUMNS = ("ImageId", "height", "width", *TAGS, "key")
+TEST_COLUMNS = ("ImageId", "height", "width", *TAGS)
 TRAIN_COLUMNS = ("ImageId", "has_mask", "mask_area", "n_annotations", *TEST_COLUMNS[1:])
-_CHUNK = 16  # images per joblib task: amortises the inter-process round trip
+TABLES = (Table("train.csv", TRAIN_COLUMNS), Table("test.csv", TEST_COLUMNS))
 
 
 @dataclass(frozen=True)
-class Item:
-    image_id: str
-    split: str  # "train" or "test"
+class Source:
     dicom: Path | None
     rles: tuple[tuple[str, int], ...]  # (EncodedPixels, line in the CSV); empty for test
-    key: str
+    csv: str  # the training CSV, for errors
 
 
-class PrepareError(ValueError):
-    """Some images could not be prepared; ``bad`` lists (ImageId, split, reason)."""
-
-    def __init__(self, bad: list[tuple[str, str, str]], report: str):
-        super().__init__(report)
-        self.bad = bad
-
-
-def _key(dicom: Path | None, rles, size: int) -> str:
-    stat = dicom.stat() if dicom is not None else None
-    parts = [VERSION, size, str(dicom), stat and stat.st_size, stat and stat.st_mtime_ns, rles]
-    return hashlib.sha1(repr(parts).encode()).hexdigest()[:16]
-
-
-def list_items(inputs: Inputs, size: int) -> list[Item]:
-    items = []
+def list_entries(inputs: Inputs, size: int) -> list[Entry]:
+    """One cache entry per training image (its DICOM and RLE rows) and per test image."""
+    entries = []
+    csv = str(inputs.train_csv)
     groups = inputs.annotations.groupby("ImageId", sort=False)
     for image_id, group in groups:
         rles = tuple(zip(group["EncodedPixels"], group["line"].astype(int), strict=True))
         dicom = inputs.dicoms.get(image_id)
-        items.append(Item(image_id, "train", dicom, rles, _key(dicom, rles, size)))
+        files = tuple(f"{kind}/{image_id}.png" for kind in ("images", "masks", "full_masks"))
+        key = source_key(VERSION, [dicom], size, rles)
+        entries.append(Entry(image_id, "train.csv", key, files, Source(dicom, rles, csv)))
     for image_id in inputs.test_ids:
         dicom = inputs.dicoms.get(image_id)
-        items.append(Item(image_id, "test", dicom, (), _key(dicom, (), size)))
-    return items
+        key = source_key(VERSION, [dicom], size)
+        files = (f"images/{image_id}.png",)
+        entries.append(Entry(image_id, "test.csv", key, files, Source(dicom, (), csv)))
+    return entries
 
 
-def _prepare_one(item: Item, out: Path, size: int, source: str) -> dict:
-    if item.dicom is None:
-        raise ValueError(f"no DICOM file named {item.image_id}.dcm below the data folder")
-    image, tags = read_dicom_with_tags(item.dicom, TAGS)
+def _prepare_one(entry: Entry, out: Path, size: int) -> dict:
+    image_id, source = entry.id, entry.source
+    if source.dicom is None:
+        raise ValueError(f"no DICOM file named {image_id}.dcm below the data folder")
+    image, tags = read_dicom_with_tags(source.dicom, TAGS)
     height, width = image.shape
-    row = {"ImageId": item.image_id, "height": height, "width": width, **tags, "key": item.key}
-    if item.split == "train":
-        mask = merged_mask_rows(item.rles, (height, width), source)
+    row = {"ImageId": image_id, "height": height, "width": width, **tags}
+    if entry.table == "train.csv":
+        mask = merged_mask_rows(source.rles, (height, width), source.csv)
+        area = np.count_nonzero(mask)
         row |= {
-            "has_mask": int(mask.any()),
-            "mask_area": int(mask.sum()),
-            "n_annotations": sum(rle != "-1" for rle, _ in item.rles),
+            "has_mask": int(area > 0),
+            "mask_area": area,
+            "n_annotations": sum(rle != "-1" for rle, _ in source.rles),
         }
-        write_png(out / "masks" / f"{item.image_id}.png", resize_mask(mask, size) * np.uint8(255))
-        write_png(out / "full_masks" / f"{item.image_id}.png", mask * np.uint8(255))
-    write_png(out / "images" / f"{item.image_id}.png", resize_image(image, size))
+        write_mask(out / "full_masks" / f"{image_id}.png", mask)
+        if (height, width) == (size, size):  # the same file: link it rather than encode twice
+            link_atomic(out / "full_masks" / f"{image_id}.png", out / "masks" / f"{image_id}.png")
+        else:
+            write_mask(out / "masks" / f"{image_id}.png", resize_mask(mask, size))
+    write_png(out / "images" / f"{image_id}.png", resize_image(image, size))
     return row
-
-
-def _prepare_chunk(items: list[Item], out: Path, size: int, source: str) -> list[dict]:
-    rows = []
-    for item in items:
-        try:
-            rows.append(_prepare_one(item, out, size, source))
-        except ValueError as error:
-            rows.append({"ImageId": item.image_id, "split": item.split, "error": str(error)})
-    return rows
-
-
-def _cached_rows(out: Path, items: list[Item]) -> dict[str, dict]:
-    """Rows of the previous run whose key still matches and whose PNG files still exist."""
-    rows = {}
-    for name in ("train.csv", "test.csv"):
-        if (out / name).is_file():
-            frame = pd.read_csv(out / name, dtype=str, keep_default_na=False)
-            rows |= {row["ImageId"]: row for row in frame.to_dict("records")}
-    cached = {}
-    for item in items:
-        row = rows.get(item.image_id)
-        if row is None or row.get("key") != item.key:
-            continue
-        files = [out / "images" / f"{item.image_id}.png"]
-        if item.split == "train":
-            files.append(out / "masks" / f"{item.image_id}.png")
-            files.append(out / "full_masks" / f"{item.image_id}.png")
-        if all(path.is_file() for path in files):
-            cached[item.image_id] = row
-    return cached
-
-
-def _write_csv(frame: pd.DataFrame, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        frame.to_csv(tmp, index=False)
-
-
-def _report(bad: list[tuple[str, str, str]], limit: int = 20) -> str:
-    lines = [f"{len(bad)} image(s) could not be prepared:"]
-    lines += [f"  {split} {image_id}: {reason}" for image_id, split, reason in bad[:limit]]
-    if len(bad) > limit:
-        lines.append(f"  ... and {len(bad) - limit} more (all listed in bad_ids.csv)")
-    return "\n".join(lines)
 
 
 def prepare(
     inputs: Inputs, out: str | os.PathLike, size: int, *, n_jobs: int = 2, skip_bad: bool = False
 ) -> dict[str, int]:
-    """Write the prepared cache for ``inputs`` at ``size`` into ``out``; returns counts
-    (``train``, ``test``, ``done``, ``cached``, ``bad``). With bad images it raises
-    ``PrepareError`` listing them all, unless ``skip_bad``, which reports them and leaves them out.
+    """Write the prepared cache for ``inputs`` at ``size`` into ``out`` (``common.cache``);
+    returns counts (``train``, ``test``, ``done``, ``cached``, ``bad``). With bad images it raises
+    ``CacheError`` listing them all, unless ``skip_bad``, which reports them and leaves them out.
     """
-    out = Path(out)
     if size < 32:
         raise ValueError(f"size {size} is too small: use at least 32 pixels")
-    items = list_items(inputs, size)
-    cached = _cached_rows(out, items)
-    todo = [item for item in items if item.image_id not in cached]
-    source = str(inputs.train_csv)
-    chunks = [todo[i : i + _CHUNK] for i in range(0, len(todo), _CHUNK)]
-    rows = dict(cached)
-    if chunks:
-        jobs = Parallel(n_jobs=min(n_jobs, len(chunks)), return_as="generator_unordered")(
-            delayed(_prepare_chunk)(chunk, out, size, source) for chunk in chunks
-        )
-        with tqdm(total=len(todo), desc=f"prepare {size}px", unit="img", disable=None) as bar:
-            for chunk_rows in jobs:
-                rows |= {row["ImageId"]: row for row in chunk_rows}
-                bar.update(len(chunk_rows))
-    bad = [(r["ImageId"], r["split"], r["error"]) for r in rows.values() if "error" in r]
-    bad_path = out / "bad_ids.csv"
-    if bad:
-        _write_csv(pd.DataFrame(bad, columns=["ImageId", "split", "reason"]), bad_path)
-        if not skip_bad:
-            raise PrepareError(bad, _report(bad) + "\nFix them, or pass --skip-bad to go on.")
-    else:
-        bad_path.unlink(missing_ok=True)
-    good = {image_id for image_id, row in rows.items() if "error" not in row}
-    for split, columns in (("train", TRAIN_COLUMNS), ("test", TEST_COLUMNS)):
-        ids = [item.image_id for item in items if item.split == split and item.image_id in good]
-        frame = pd.DataFrame([rows[i] for i in ids], columns=list(columns))
-        _write_csv(frame, out / f"{split}.csv")
+    result = refresh(
+        out,
+        TABLES,
+        list_entries(inputs, size),
+        partial(_prepare_one, size=size),
+        n_jobs=n_jobs,
+        desc=f"prepare {size}px",
+        skip_bad=skip_bad,
+    )
     return {
-        "train": sum(item.split == "train" and item.image_id in good for item in items),
-        "test": sum(item.split == "test" and item.image_id in good for item in items),
-        "done": len(todo),
-        "cached": len(cached),
-        "bad": len(bad),
+        "train": len(result.tables["train.csv"]),
+        "test": len(result.tables["test.csv"]),
+        "done": result.done,
+        "cached": result.cached,
+        "bad": len(result.bad),
     }
 
 
@@ -249,7 +180,8 @@ def main(argv=None) -> None:
             out = Path(args.out) / str(size)
             counts = prepare(inputs, out, size, n_jobs=args.jobs, skip_bad=args.skip_bad)
             if counts["bad"]:
-                print(_report(pd.read_csv(out / "bad_ids.csv").values.tolist()), file=sys.stderr)
+                listed = pd.read_csv(out / BAD_IDS, dtype=str, keep_default_na=False)
+                print(bad_report(listed.values.tolist()), file=sys.stderr)
                 print(f"--skip-bad: left {counts['bad']} image(s) out", file=sys.stderr)
             print(
                 f"prepared {counts['train']} train + {counts['test']} test images in {out} "

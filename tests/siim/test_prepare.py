@@ -10,11 +10,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from common.cache import CacheError
 from common.dicom import read_dicom
 from common.folds import read_folds
 from common.images import read_mask, read_png, resize_mask
 from competitions.siim.layout import read_inputs, resolve_inputs
-from competitions.siim.prepare import PrepareError, ensure_folds, main, prepare
+from competitions.siim.prepare import ensure_folds, main, prepare
 from competitions.siim.raw import merged_masks, read_rle_csv
 from competitions.siim.synthetic import SyntheticSpec, generate
 from tests.conftest import shared_path
@@ -78,7 +79,7 @@ def test_bad_images_are_listed_then_skipped_on_request(synthetic, tmp_path):
     dicoms[0].write_bytes(dicoms[0].read_bytes()[:400])  # truncated
     dicoms[1].unlink()  # listed in a CSV, no file
     out = tmp_path / "out"
-    with pytest.raises(PrepareError) as caught:
+    with pytest.raises(CacheError) as caught:
         prepare(read_inputs(raw, synthetic=False), out, 64, n_jobs=2)
     assert {bad[0] for bad in caught.value.bad} == {dicoms[0].stem, dicoms[1].stem}
     assert "--skip-bad" in str(caught.value) and dicoms[0].stem in str(caught.value)
@@ -86,7 +87,7 @@ def test_bad_images_are_listed_then_skipped_on_request(synthetic, tmp_path):
     counts = prepare(read_inputs(raw, synthetic=False), out, 64, n_jobs=2, skip_bad=True)
     assert counts["bad"] == 2 and counts["train"] + counts["test"] == 34
     listed = pd.read_csv(out / "bad_ids.csv")
-    assert set(listed["ImageId"]) == {dicoms[0].stem, dicoms[1].stem}
+    assert set(listed["id"]) == {dicoms[0].stem, dicoms[1].stem}
     kept = pd.concat([pd.read_csv(out / f"{s}.csv", dtype=str) for s in ("train", "test")])
     assert not {dicoms[0].stem, dicoms[1].stem} & set(kept["ImageId"])
 
@@ -97,7 +98,7 @@ def test_bad_rle_names_the_line(synthetic, tmp_path):
     lines = csv.read_text().splitlines()
     lines[2] = lines[2].split(",")[0] + ", 5 7 3"  # odd token count
     csv.write_text("\n".join(lines) + "\n")
-    with pytest.raises(PrepareError, match=r"train-rle.csv, line 3"):
+    with pytest.raises(CacheError, match=r"train-rle.csv, line 3"):
         prepare(read_inputs(raw, synthetic=False), tmp_path / "out", 64, n_jobs=1)
 
 

@@ -1,0 +1,130 @@
+"""common.cache: incremental per-item refresh, bad items, atomic tables; common.sources."""
+
+from __future__ import annotations
+
+import os
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from common.cache import BAD_IDS, CacheError, Entry, Table, refresh, source_key
+from common.images import read_png, write_png
+from common.sources import raw_or_synthetic
+
+TABLES = (Table("items.csv", ("id", "mean")), Table("other.csv", ("name",)))
+
+
+def _work(entry: Entry, out: Path, scale: int) -> dict:
+    values = np.fromfile(entry.source, dtype=np.uint8)
+    if values.size == 0:
+        raise ValueError(f"{entry.source}: empty")
+    write_png(out / "images" / f"{entry.id}.png", np.tile(values * scale, (4, 1)).astype(np.uint8))
+    if entry.table == "other.csv":
+        return {"name": entry.id}
+    return {"id": entry.id, "mean": float(values.mean())}
+
+
+def _entries(sources: dict[str, Path], scale: int) -> list[Entry]:
+    return [
+        Entry(
+            name,
+            "other.csv" if name.startswith("t") else "items.csv",
+            source_key(1, [path], scale),
+            (f"images/{name}.png",),
+            path,
+        )
+        for name, path in sources.items()
+    ]
+
+
+def _sources(tmp_path: Path, n: int = 5) -> dict[str, Path]:
+    sources = {}
+    for i in range(n):
+        path = tmp_path / "src" / f"{i}.bin"
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(bytes(range(i + 1, i + 9)))
+        sources[f"a{i}"] = path
+    sources["t0"] = sources["a0"]
+    return sources
+
+
+def test_only_changed_or_missing_items_are_redone(tmp_path):
+    sources, out = _sources(tmp_path), tmp_path / "cache"
+    first = refresh(out, TABLES, _entries(sources, 1), partial(_work, scale=1), n_jobs=2, chunk=2)
+    assert (first.done, first.cached) == (6, 0)
+    assert first.tables["items.csv"]["id"].tolist() == ["a0", "a1", "a2", "a3", "a4"]
+    assert first.tables["other.csv"]["name"].tolist() == ["t0"]
+    assert read_png(out / "images" / "a2.png")[0].tolist() == list(range(3, 11))
+    stamp = (out / "items.csv").stat().st_mtime_ns
+
+    again = refresh(out, TABLES, _entries(sources, 1), partial(_work, scale=1), n_jobs=1)
+    assert (again.done, again.cached) == (0, 6)
+    assert (out / "items.csv").stat().st_mtime_ns == stamp  # unchanged tables are not rewritten
+    pd.testing.assert_frame_equal(again.tables["items.csv"], first.tables["items.csv"])
+
+    sources["a1"].write_bytes(bytes([9] * 8))
+    os.utime(sources["a1"], ns=(1, 1))  # a new size or time changes the key
+    (out / "images" / "a3.png").unlink()
+    third = refresh(out, TABLES, _entries(sources, 1), partial(_work, scale=1), n_jobs=1)
+    assert (third.done, third.cached) == (2, 4)
+    assert third.tables["items.csv"].set_index("id").loc["a1", "mean"] == 9.0
+
+    scaled = refresh(out, TABLES, _entries(sources, 2), partial(_work, scale=2), n_jobs=1)
+    assert scaled.done == 6  # a part of the key (the scale) changed everything
+
+
+def test_bad_items_are_all_reported_and_no_table_names_them(tmp_path):
+    sources, out = _sources(tmp_path), tmp_path / "cache"
+    sources["a1"].write_bytes(b"")
+    sources["a3"].write_bytes(b"")
+    with pytest.raises(CacheError) as caught:
+        refresh(out, TABLES, _entries(sources, 1), partial(_work, scale=1), n_jobs=2, chunk=1)
+    assert [bad[0] for bad in caught.value.bad] == ["a1", "a3"]
+    assert "src/1.bin: empty" in str(caught.value) and "--skip-bad" in str(caught.value)
+    assert not (out / "items.csv").exists()
+    assert pd.read_csv(out / BAD_IDS)["id"].tolist() == ["a1", "a3"]
+    kept = refresh(out, TABLES, _entries(sources, 1), partial(_work, scale=1), skip_bad=True)
+    assert kept.tables["items.csv"]["id"].tolist() == ["a0", "a2", "a4"]
+    assert (kept.cached, kept.done) == (4, 2)  # the bad ones are tried again
+    sources["a1"].write_bytes(b"12345678")
+    sources["a3"].write_bytes(b"12345678")
+    fixed = refresh(out, TABLES, _entries(sources, 1), partial(_work, scale=1))
+    assert fixed.done == 2 and not (out / BAD_IDS).exists()
+
+
+def test_entries_are_checked(tmp_path):
+    sources = _sources(tmp_path, 1)
+    entry = _entries(sources, 1)[0]
+    with pytest.raises(ValueError, match="unknown table"):
+        refresh(tmp_path, TABLES, [Entry("x", "nope.csv", "k", ())], partial(_work, scale=1))
+    with pytest.raises(ValueError, match="'a0' is listed twice"):
+        refresh(tmp_path, TABLES, [entry, entry], partial(_work, scale=1))
+
+
+def test_raw_or_synthetic(tmp_path):
+    said, made = [], []
+
+    def generate(root: Path) -> None:
+        made.append(root)
+        root.mkdir()
+
+    kwargs = dict(
+        has_data=lambda root: (root / "train.csv").is_file(),
+        expected="train.csv",
+        generate=generate,
+        describe="Tiny: 3 images",
+        log=said.append,
+    )
+    source = raw_or_synthetic(tmp_path / "raw", tmp_path / "syn", **kwargs)
+    assert source.synthetic and source.root == tmp_path / "syn" and made == [tmp_path / "syn"]
+    assert "SYNTHETIC" in said[0] and "Tiny: 3 images" in said[0]
+    (tmp_path / "raw").mkdir()
+    (tmp_path / "raw" / "notes.txt").write_text("x")
+    with pytest.raises(ValueError, match=r"raw exists but does not hold train.csv"):
+        raw_or_synthetic(tmp_path / "raw", tmp_path / "syn", **kwargs)
+    (tmp_path / "raw" / "train.csv").write_text("id\n")
+    real = raw_or_synthetic(tmp_path / "raw", tmp_path / "syn", **kwargs)
+    assert not real.synthetic and real.root == tmp_path / "raw" and len(said) == 1
