@@ -4,7 +4,8 @@ The files are the 21 real JPEG Baseline DICOMs of ``../shared/data/siim`` (the s
 1024 when that is absent), each linked 4 times under another ImageId, laid out as a stage-1
 download with their real RLE rows. The baseline only reads and decodes each file
 (``pydicom.dcmread(path).pixel_array``) in one process; prepare also windows, merges and
-decodes the masks, resizes, writes two PNGs per image atomically and the CSVs, on 2 processes.
+decodes the masks, resizes, writes the image and mask PNGs atomically and the CSVs through
+``common.cache``, on 2 processes.
 """
 
 from __future__ import annotations

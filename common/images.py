@@ -1,8 +1,8 @@
 """Images of any channel count and binary masks on disk, and at the training size.
 
 Images are (height, width) uint8 greyscale or (height, width, 3) uint8 RGB (in that channel
-order: OpenCV's BGR stays inside this module). Masks are stored as PNG with values {0, 255} and read back as
-uint8 {0, 1}. PNG files are written atomically, so a killed stage never leaves a truncated one.
+order: OpenCV's BGR stays inside this module). Masks are stored as one-bit PNG (any reader sees {0, 255}) and read back
+as uint8 {0, 1}. PNG files are written atomically, so a killed stage never leaves a truncated one.
 """
 
 from __future__ import annotations
@@ -13,43 +13,35 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from common.atomic import atomic_path
+from common.atomic import write_bytes_atomic
 
 # Images: zlib level 1 with Huffman coding only, after the "up" row filter. On real 1024x1024
 # radiographs this encodes in 6.4 ms (OpenCV's default: 27 ms) for 394 KB (default: 403 KB).
-# Masks ({0, 255}, mostly one value): run-length matching, which stores an empty 1024x1024 mask in
-# about 1 KB where Huffman coding alone needs 128 KB.
 _IMAGE_PNG = [
     cv2.IMWRITE_PNG_COMPRESSION, 1,
     cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP,
     cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_HUFFMAN_ONLY,
 ]  # fmt: skip
-_MASK_PNG = [
-    cv2.IMWRITE_PNG_COMPRESSION, 1,
-    cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP,
-    cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE,
-]  # fmt: skip
+# Masks: one bit a pixel (read back as {0, 255} by any PNG reader). A 1024x1024 mask encodes in
+# 0.6 ms and decodes in 0.6 ms (8-bit with run-length matching: 1.3 ms and 3.2 ms), under 1 KB.
+_MASK_PNG = [cv2.IMWRITE_PNG_BILEVEL, 1, cv2.IMWRITE_PNG_COMPRESSION, 1]
 
 
 _READ_FLAGS = {0: cv2.IMREAD_UNCHANGED, 1: cv2.IMREAD_GRAYSCALE, 3: cv2.IMREAD_COLOR}
 
 
-def write_png(path: str | os.PathLike, array: np.ndarray, *, mask: bool = False) -> None:
-    """Write a (H, W) greyscale or (H, W, 3) RGB uint8 array as a PNG file, atomically
-    (``mask``: encoded for arrays of few distinct values)."""
+def write_png(path: str | os.PathLike, array: np.ndarray, *, _params=_IMAGE_PNG) -> None:
+    """Write a (H, W) greyscale or (H, W, 3) RGB uint8 array as a PNG file, atomically."""
     array = np.asarray(array)
     rgb = array.ndim == 3 and array.shape[2] == 3
     if not (array.ndim == 2 or rgb) or array.dtype != np.uint8:
         raise ValueError(
             f"{path}: expected a (H, W) or (H, W, 3) uint8 array, got {array.dtype} {array.shape}"
         )
-    ok, encoded = cv2.imencode(
-        ".png", array[..., ::-1] if rgb else array, _MASK_PNG if mask else _IMAGE_PNG
-    )
+    ok, encoded = cv2.imencode(".png", array[..., ::-1] if rgb else array, _params)
     if not ok:
         raise ValueError(f"{path}: OpenCV could not encode the image")
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(encoded.tobytes())
+    write_bytes_atomic(path, encoded)
 
 
 def read_png(
@@ -83,7 +75,7 @@ def write_mask(path: str | os.PathLike, mask: np.ndarray) -> None:
     mask = np.asarray(mask)
     if mask.dtype == bool:
         mask = mask.view(np.uint8)
-    write_png(path, cv2.compare(mask, 0, cv2.CMP_GT), mask=True)  # one pass to {0, 255}
+    write_png(path, cv2.compare(mask, 0, cv2.CMP_GT), _params=_MASK_PNG)  # one pass to {0, 255}
 
 
 def read_mask(path: str | os.PathLike, shape: tuple[int, int] | None = None) -> np.ndarray:

@@ -10,6 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from common import atomic
+from common.atomic import deferred_sync, write_bytes_atomic
 from common.cache import BAD_IDS, CacheError, Entry, Table, refresh, source_key
 from common.images import read_png, write_png
 from common.sources import raw_or_synthetic
@@ -128,3 +130,26 @@ def test_raw_or_synthetic(tmp_path):
     (tmp_path / "raw" / "train.csv").write_text("id\n")
     real = raw_or_synthetic(tmp_path / "raw", tmp_path / "syn", **kwargs)
     assert not real.synthetic and real.root == tmp_path / "raw" and len(said) == 1
+
+
+def test_atomic_bytes_make_the_folder_leave_nothing_on_error_and_sync_unless_deferred(
+    tmp_path, monkeypatch
+):
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(atomic.os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
+    target = tmp_path / "new" / "deeper" / "a.bin"
+    write_bytes_atomic(target, b"abc")
+    assert target.read_bytes() == b"abc" and len(synced) == 1
+    with deferred_sync():
+        write_bytes_atomic(target, memoryview(b"defg"))
+    assert target.read_bytes() == b"defg" and len(synced) == 1
+
+    def fail(fd, data):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(atomic.os, "write", fail)
+    with pytest.raises(OSError, match="disk full"):
+        write_bytes_atomic(target, b"xyz")
+    assert target.read_bytes() == b"defg"
+    assert [p.name for p in target.parent.iterdir()] == ["a.bin"]  # no temporary file left

@@ -33,6 +33,7 @@ from common.predict import final_path
 from common.rle import siim_rle_encode
 from competitions.siim import submission
 from competitions.siim.layout import find_sample as find_sample_in
+from competitions.siim.prepare import full_mask_path
 from competitions.siim.prepare import main as prepare_main
 from competitions.siim.raw import read_rle_csv
 from competitions.siim.train import run_fold
@@ -50,9 +51,9 @@ def ensure_trained(config: Config, log=print) -> None:
     train_missing(config, train, log)
 
 
-def _tables(config: Config) -> tuple[Path, pd.DataFrame, pd.DataFrame, str]:
-    """The prepared folder, train and test tables (``id``, native ``height``/``width``, train
-    with ``fold``) of the first member's data, and its folds file."""
+def _tables(config: Config) -> tuple[Path, pd.DataFrame, pd.DataFrame, Config]:
+    """The prepared folder, train and test tables (``id``, native ``height``/``width``) of the
+    first member's data, and that data section."""
     members, _ = ensemble_members(config)
     first = members[0]
     state = load_checkpoint(final_path(config.output, first.experiment, first.folds[0]))
@@ -60,14 +61,15 @@ def _tables(config: Config) -> tuple[Path, pd.DataFrame, pd.DataFrame, str]:
     root = Path(config.prepared or data.prepared) / str(data.size)
     train = pd.read_csv(root / "train.csv", dtype={"ImageId": str})
     test = pd.read_csv(root / "test.csv", dtype={"ImageId": str})
-    return root, train.assign(id=train["ImageId"]), test.assign(id=test["ImageId"]), data.folds
+    train, test = train.assign(id=train["ImageId"]), test.assign(id=test["ImageId"])
+    return root, train, test, data
 
 
 def task(config: Config, sample: Path | None, *, with_train: bool = True) -> EnsembleTask:
     """SIIM's data for ``common.ensemble``."""
-    root, train, test, folds_csv = _tables(config)
+    root, train, test, data = _tables(config)
     if with_train:
-        folds = read_folds(folds_csv).set_index("ImageId")["fold"]
+        folds = read_folds(data.folds).set_index("ImageId")["fold"]
         train = train.assign(fold=train["ImageId"].map(folds))
     truth_csv = Path(config.test_truth)
 
@@ -81,7 +83,7 @@ def task(config: Config, sample: Path | None, *, with_train: bool = True) -> Ens
         channels=("mask",),
         test=test,
         train=train,
-        truth=lambda i, shape: read_mask(root / "full_masks" / f"{i}.png", shape)[None],
+        truth=lambda i, shape: read_mask(full_mask_path(root, i, shape, data.size), shape)[None],
         encode=lambda i, masks: [(i, siim_rle_encode(masks[0]))],
         header=(submission.FORMAT.id_column, submission.FORMAT.value_column),
         validate=(lambda csv: submission.validate(csv, sample, root / "test.csv"))

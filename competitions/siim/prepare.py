@@ -6,7 +6,7 @@ reads ``data/siim/raw/`` (or the synthetic set when it is absent) and writes
 
     data/siim/prepared/<size>/images/<ImageId>.png   uint8 image, size x size
     data/siim/prepared/<size>/masks/<ImageId>.png    merged mask {0, 255}, training images only
-    data/siim/prepared/<size>/full_masks/<id>.png    the same at the image's native size (scoring)
+    data/siim/prepared/<size>/full_masks/<id>.png    the same at the native size, if that differs
     data/siim/prepared/<size>/train.csv              one row per training image (TRAIN_COLUMNS)
     data/siim/prepared/<size>/test.csv               one row per test image (TEST_COLUMNS)
     data/siim/prepared/<size>/bad_ids.csv            id, table, reason (when any were bad)
@@ -29,7 +29,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from common.atomic import link_atomic
 from common.cache import BAD_IDS, Entry, Table, bad_report, refresh, source_key
 from common.config import load_config
 from common.dicom import read_dicom_with_tags
@@ -54,6 +53,12 @@ class Source:
     csv: str  # the training CSV, for errors
 
 
+def full_mask_path(out: Path, image_id: str, shape: tuple[int, int], size: int) -> Path:
+    """The mask at the image's native ``shape`` (scoring): ``masks/`` when that is the training
+    ``size``, else ``full_masks/``."""
+    return out / ("masks" if tuple(shape) == (size, size) else "full_masks") / f"{image_id}.png"
+
+
 def list_entries(inputs: Inputs, size: int) -> list[Entry]:
     """One cache entry per training image (its DICOM and RLE rows) and per test image."""
     entries = []
@@ -62,7 +67,7 @@ def list_entries(inputs: Inputs, size: int) -> list[Entry]:
     for image_id, group in groups:
         rles = tuple(zip(group["EncodedPixels"], group["line"].astype(int), strict=True))
         dicom = inputs.dicoms.get(image_id)
-        files = tuple(f"{kind}/{image_id}.png" for kind in ("images", "masks", "full_masks"))
+        files = (f"images/{image_id}.png", f"masks/{image_id}.png")
         key = source_key(VERSION, [dicom], size, rles)
         entries.append(Entry(image_id, "train.csv", key, files, Source(dicom, rles, csv)))
     for image_id in inputs.test_ids:
@@ -88,11 +93,9 @@ def _prepare_one(entry: Entry, out: Path, size: int) -> dict:
             "mask_area": area,
             "n_annotations": sum(rle != "-1" for rle, _ in source.rles),
         }
-        write_mask(out / "full_masks" / f"{image_id}.png", mask)
-        if (height, width) == (size, size):  # the same file: link it rather than encode twice
-            link_atomic(out / "full_masks" / f"{image_id}.png", out / "masks" / f"{image_id}.png")
-        else:
-            write_mask(out / "masks" / f"{image_id}.png", resize_mask(mask, size))
+        write_mask(out / "masks" / f"{image_id}.png", resize_mask(mask, size))
+        if (height, width) != (size, size):
+            write_mask(full_mask_path(out, image_id, (height, width), size), mask)
     write_png(out / "images" / f"{image_id}.png", resize_image(image, size))
     return row
 

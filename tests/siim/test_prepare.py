@@ -15,7 +15,7 @@ from common.dicom import read_dicom
 from common.folds import read_folds
 from common.images import read_mask, read_png, resize_mask
 from competitions.siim.layout import read_inputs, resolve_inputs
-from competitions.siim.prepare import ensure_folds, main, prepare
+from competitions.siim.prepare import ensure_folds, full_mask_path, main, prepare
 from competitions.siim.raw import merged_masks, read_rle_csv
 from competitions.siim.synthetic import SyntheticSpec, generate
 from tests.conftest import shared_path
@@ -49,6 +49,8 @@ def test_synthetic_is_announced_and_prepared(synthetic, tmp_path):
         assert (row.height, row.width) == (64, 64)
         stored = read_mask(tmp_path / "out" / "masks" / f"{row.ImageId}.png", (48, 48))
         np.testing.assert_array_equal(stored, resize_mask(mask, 48))
+        full = full_mask_path(tmp_path / "out", row.ImageId, (64, 64), 48)
+        np.testing.assert_array_equal(read_mask(full, (64, 64)), mask)
     assert 0 < train["has_mask"].mean() < 0.6
     assert (train["n_annotations"] > 1).any()
     assert set(train["PhotometricInterpretation"]) <= {"MONOCHROME1", "MONOCHROME2"}
@@ -69,6 +71,9 @@ def test_rerun_is_incremental(synthetic, tmp_path):
     (out / "images" / f"{next(raw.rglob('*.dcm')).stem}.png").unlink(missing_ok=True)
     third = prepare(read_inputs(raw, synthetic=False), out, 64, n_jobs=1)
     assert (third["done"], third["cached"]) == (1, 35)
+    assert not (out / "full_masks").exists()  # native size: the training masks are the truth
+    first = next(iter(read_rle_csv(raw / "train-rle.csv").ImageId))
+    assert full_mask_path(out, first, (64, 64), 64) == out / "masks" / f"{first}.png"
     bigger = prepare(read_inputs(raw, synthetic=False), tmp_path / "out96", 96, n_jobs=1)
     assert bigger["done"] == 36
 
