@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from common.images import write_png
 from common.metrics import jaccard_from_counts
 from common.postprocess import quantise
 from common.threshold_search import ImageStats, reduce_pairs, search_triplets_from_stats
@@ -158,6 +159,25 @@ def predict_batches(model: nn.Module, loader, **options) -> Iterator[tuple[dict,
     """``predict_tensor`` over a loader: yields (batch, probabilities) per batch."""
     for batch in loader:
         yield batch, predict_tensor(model, batch["image"], **options)
+
+
+def write_maps(
+    batches, ids: Sequence[str], channels: Sequence[str], path, *, size: int | None = None
+) -> Iterator[tuple[str, np.ndarray]]:
+    """Each image of ``batches`` (``predict_batches``, in ``ids`` order): its (C, H, W)
+    probabilities, resized to ``size`` x ``size`` (bilinear) when given, quantised to uint8 and
+    written one PNG a channel to ``path(id, channel)``; yields (id, uint8 maps)."""
+    names = iter(ids)
+    for _, probs in batches:
+        maps = torch.from_numpy(probs["mask"])
+        if size is not None and maps.shape[-2:] != (size, size):
+            maps = F.interpolate(maps, (size, size), mode="bilinear", align_corners=False)
+        for image_maps in maps.numpy():
+            image_id = next(names)
+            quantised = quantise(image_maps)
+            for channel, q in zip(channels, quantised, strict=True):
+                write_png(path(image_id, channel), q)
+            yield image_id, quantised
 
 
 @torch.no_grad()

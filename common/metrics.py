@@ -119,3 +119,12 @@ def _require_ndim(masks, ndim: int) -> None:
     if len(shape) != ndim:
         layout = "(N, H, W)" if ndim == 3 else "(N, C, H, W)"
         raise ValueError(f"expected a batch of masks {layout}, got shape {shape}")
+
+
+def dice_jaccard(pred, truth) -> dict[str, float]:
+    """Dice and Jaccard of one binary mask against its truth (both empty: 1), as floats."""
+    counts = overlap_counts(np.asarray(pred)[None], np.asarray(truth)[None])[0]
+    return {
+        "dice": float(dice_from_counts(*counts)),
+        "jaccard": float(jaccard_from_counts(*counts)),
+    }

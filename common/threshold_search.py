@@ -66,6 +66,10 @@ class ImageStats:
         """Median image size in pixels, which scales the default min-area grid."""
         return int(np.median(self.above[:, 0]))
 
+    def subset(self, rows) -> ImageStats:
+        """The reduction of the images at ``rows`` (indices or a boolean mask)."""
+        return ImageStats(self.above[rows], self.above_true[rows], self.n_true[rows])
+
     def areas(self, threshold: float) -> tuple[np.ndarray, np.ndarray]:
         """Predicted area and its overlap with the truth at ``threshold``, per image."""
         k = quantised_cutoff(threshold)
@@ -208,6 +212,22 @@ def search_triplets_from_stats(stats: ImageStats, tops=None, min_areas=None, bot
     kept = kept.astype(np.float64)  # converted once, reused by every bottom threshold
     gain = np.stack([_gain(kept, _dice(stats, b), stats) for b in bottoms], axis=1)  # (T*A, B)
     return _result(stats, {"top": tops, "min_area": min_areas, "bottom": bottoms}, gain)
+
+
+def cross_fitted_thresholds(stats: ImageStats, folds, grid=None) -> dict[int, float]:
+    """{fold: the single threshold of the best mean Dice over the *other* folds' images}, so that
+    no image is scored with a threshold chosen on it. ``folds`` gives each image's fold."""
+    folds = np.asarray(folds)
+    grid = _as_grid(grid, _STEP_GRID)
+    if len(folds) != len(stats.n_true):
+        raise ValueError(f"{len(folds)} fold labels for {len(stats.n_true)} images")
+    best = {}
+    for fold in np.unique(folds):
+        others = stats.subset(folds != fold)
+        if not len(others.n_true):
+            raise ValueError(f"fold {fold} holds every image: nothing to search thresholds on")
+        best[int(fold)] = float(search_triplets_from_stats(others, [0.0], [0], grid).best["bottom"])
+    return best
 
 
 def search_two_stage(

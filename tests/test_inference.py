@@ -7,14 +7,17 @@ import pytest
 import torch
 from torch import nn
 
+from common.images import read_png
 from common.inference import (
     TtaPolicy,
     collect_validation,
     predict_tensor,
     side_swap,
     validation_metrics,
+    write_maps,
 )
 from common.losses import CombinedLoss
+from common.postprocess import quantise
 from tests.reference import ref_dice, ref_jaccard
 
 
@@ -113,3 +116,22 @@ def test_single_channel_metric_names_are_unchanged():
     metrics = validation_metrics([part])
     assert metrics["dice_05"] == 1.0 and metrics["jaccard_05"] == 1.0
     assert not any(k.startswith("dice_05_") for k in metrics)
+
+
+def test_write_maps_resizes_quantises_and_writes_each_channel(tmp_path):
+    probs = np.random.default_rng(0).random((3, 2, 8, 8)).astype(np.float32)
+    batches = [({}, {"mask": probs[:2]}), ({}, {"mask": probs[2:]})]
+    out = list(
+        write_maps(batches, ["a", "b", "c"], ["x", "y"], lambda i, c: tmp_path / c / f"{i}.png")
+    )
+    assert [i for i, _ in out] == ["a", "b", "c"]
+    np.testing.assert_array_equal(out[1][1], quantise(probs[1]))
+    np.testing.assert_array_equal(read_png(tmp_path / "y" / "c.png"), quantise(probs[2, 1]))
+    resized = list(
+        write_maps(
+            batches, ["a", "b", "c"], ["x", "y"], lambda i, c: tmp_path / f"{c}{i}.png", size=16
+        )
+    )
+    assert resized[0][1].shape == (2, 16, 16) and read_png(tmp_path / "xa.png").shape == (16, 16)
+    with pytest.raises(ValueError):
+        list(write_maps(batches, ["a", "b", "c"], ["only"], lambda i, c: tmp_path / f"{i}.png"))

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from common.metrics import (
+    dice_jaccard,
     dice_per_class,
     dice_per_image,
     jaccard_per_class,
@@ -88,3 +89,17 @@ def test_shape_errors():
         dice_per_image(np.zeros((4, 4)), np.zeros((4, 4)))
     with pytest.raises(ValueError, match=r"\(N, C, H, W\)"):
         dice_per_class(np.zeros((2, 4, 4)), np.zeros((2, 4, 4)))
+
+
+def test_dice_jaccard_of_one_mask():
+    rng = np.random.default_rng(5)
+    pred, truth = rng.random((9, 7)) < 0.4, rng.random((9, 7)) < 0.5
+    scores = dice_jaccard(pred, truth.astype(np.uint8) * 255)
+    assert scores == {
+        "dice": pytest.approx(ref_dice(pred, truth)),
+        "jaccard": pytest.approx(ref_jaccard(pred, truth)),
+    }
+    assert dice_jaccard(np.zeros((4, 4), bool), np.zeros((4, 4), bool)) == {
+        "dice": 1.0,
+        "jaccard": 1.0,
+    }

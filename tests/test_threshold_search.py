@@ -11,7 +11,13 @@ import pytest
 
 from common.metrics import dice_per_image
 from common.postprocess import quantise, triplet, two_stage
-from common.threshold_search import default_min_areas, search_triplets, search_two_stage
+from common.threshold_search import (
+    cross_fitted_thresholds,
+    default_min_areas,
+    reduce_maps,
+    search_triplets,
+    search_two_stage,
+)
 
 
 def _maps(seed, n=36, shape=(48, 40)):
@@ -115,3 +121,33 @@ def test_bad_input():
         search_triplets([], [])
     with pytest.raises(ValueError, match="3 classification scores for 4 maps"):
         search_two_stage(probs, truths, [0.1, 0.2, 0.3])
+
+
+def test_cross_fitted_thresholds_never_score_an_image_with_its_own_search():
+    rng = np.random.default_rng(3)
+    truths = [rng.random((16, 16)) < 0.3 for _ in range(12)]
+    maps = [
+        quantise(np.clip(t * rng.uniform(0.3, 0.9) + rng.random((16, 16)) * 0.4, 0, 1))
+        for t in truths
+    ]
+    folds = np.array([0, 1, 2] * 4)
+    stats = reduce_maps(maps, truths)
+    found = cross_fitted_thresholds(stats, folds)
+    grid = np.round(np.arange(0.05, 0.951, 0.05), 2)
+    for fold in (0, 1, 2):
+        others = [i for i in range(12) if folds[i] != fold]
+
+        def mean_dice(t, others=others):
+            return np.mean(
+                [
+                    dice_per_image((maps[i] >= round(t * 255))[None], truths[i][None])[0]
+                    for i in others
+                ]
+            )
+
+        expected = max(grid, key=lambda t: (mean_dice(t), -t))  # the first best on ties
+        assert found[fold] == pytest.approx(expected), fold
+    with pytest.raises(ValueError, match="3 fold labels for 12 images"):
+        cross_fitted_thresholds(stats, [0, 1, 2])
+    with pytest.raises(ValueError, match="fold 0 holds every image"):
+        cross_fitted_thresholds(stats, np.zeros(12, int))

@@ -24,11 +24,11 @@ from common.checkpoints import load_checkpoint
 from common.config import Config, load_config, load_run_config, to_config
 from common.ensemble import EnsembleTask, check_trained, ensemble_members, train_missing
 from common.ensemble import run_ensemble as run_common
+from common.metrics import dice_jaccard
 from common.predict import final_path
 from common.rle import rle_encode
 from competitions.lung.evaluate import (
     HEADER,
-    pair_scores,
     read_submission,
     reference_mask,
     summarise,
@@ -88,7 +88,7 @@ def score_test(csv: Path, member: Config, ids: list[str]) -> dict:
         shape = read_image(images[case], case).shape
         for structure in structures:
             truth = read_structure(mask_file(truth_root, structure, case), shape, case)
-            scores = pair_scores(masks[(case, structure)], sample_centres(truth, size))
+            scores = dice_jaccard(masks[(case, structure)], sample_centres(truth, size))
             rows.append({"structure": structure} | scores)
     table = pd.DataFrame(rows)
     per_structure, groups = summarise(table)

@@ -22,25 +22,24 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
-import torch.nn.functional as F
 
 from common.atomic import write_text_atomic
 from common.config import Config, load_run_config
-from common.images import read_mask, read_png, write_png
-from common.inference import predict_batches
+from common.images import read_mask, read_png
+from common.inference import predict_batches, write_maps
 from common.loaders import eval_loader
-from common.metrics import dice_from_counts, jaccard_from_counts
+from common.metrics import dice_jaccard
 from common.plots import mask_overlays
-from common.postprocess import binarize, clean_mask, quantise
+from common.postprocess import binarize, clean_mask
 from common.rle import rle_decode, rle_encode
 from common.runner import parse_folds
 from common.submission import write_rows
-from common.threshold_search import reduce_pairs, search_triplets_from_stats
+from common.threshold_search import cross_fitted_thresholds, reduce_pairs
 from competitions.lung.loaders import items, read_cases, tta_policy
 
 HEADER = ("id", "structure", "rle")
@@ -57,7 +56,6 @@ PUBLISHED = {  # Jaccard on the SCR odd/even benchmark
     },
     "FCN (Novikov et al. 2018)": {"lungs": 0.941, "heart": 0.866, "clavicles": 0.887},
 }
-_GRID = np.round(np.arange(0.05, 0.951, 0.05), 2)
 
 
 def fold_dir(config: Config, fold: int) -> Path:
@@ -80,7 +78,6 @@ def predict_held_out(model, config: Config, fold: int, *, device, amp="none", ch
     root, cases = read_cases(config)
     held_out = cases[cases["fold"] == fold].reset_index(drop=True)
     structures = list(config.data.structures)
-    size = config.data.score_size
     batches = predict_batches(
         model,
         eval_loader(config, items(config, root, held_out)),
@@ -91,15 +88,11 @@ def predict_held_out(model, config: Config, fold: int, *, device, amp="none", ch
         policy=tta_policy(structures),
     )
     ids = held_out["case"].tolist()
-    index = 0
-    for _, probs in batches:
-        maps = torch.from_numpy(probs["mask"])
-        if maps.shape[-1] != size:
-            maps = F.interpolate(maps, (size, size), mode="bilinear", align_corners=False)
-        for case_maps in maps.numpy():
-            for structure, prob in zip(structures, case_maps, strict=True):
-                write_png(map_path(config, fold, structure, ids[index]), quantise(prob))
-            index += 1
+    path = partial(map_path, config, fold)
+    for _ in write_maps(
+        batches, ids, structures, lambda i, s: path(s, i), size=config.data.score_size
+    ):
+        pass
     return ids
 
 
@@ -124,29 +117,21 @@ def _map(config: Config, fold: int, structure: str, case: str) -> np.ndarray:
     return read_png(map_path(config, fold, structure, case), (size, size))
 
 
-def search_thresholds(config: Config, root: Path, cases: pd.DataFrame) -> dict[str, float]:
-    """Per structure, the threshold of the best mean Dice over ``cases``' maps."""
-    best = {}
-    for structure in config.data.structures:
-        size = config.data.score_size
+def fold_thresholds(config: Config, root: Path, cases: pd.DataFrame, folds: list[int]) -> dict:
+    """{fold: {structure: threshold}}: cross-fitted on the other folds, or the fixed default."""
+    structures, size = config.data.structures, config.data.score_size
+    if config.predict.search not in ("cross", "fixed"):
+        raise ValueError(f"predict.search {config.predict.search!r}: valid: cross, fixed")
+    if config.predict.search == "fixed" or len(folds) < 2:
+        return {fold: {s: float(config.predict.threshold) for s in structures} for fold in folds}
+    by_structure = {}
+    for structure in structures:
         pairs = (
             (_map(config, f, structure, c), reference_mask(root, structure, c, size))
             for c, f in zip(cases["case"], cases["fold"], strict=True)
         )
-        stats = reduce_pairs(pairs)
-        result = search_triplets_from_stats(stats, [0.0], [0], _GRID)
-        best[structure] = float(result.best["bottom"])
-    return best
-
-
-def fold_thresholds(config: Config, root: Path, cases: pd.DataFrame, folds: list[int]) -> dict:
-    """{fold: {structure: threshold}}: cross-fitted on the other folds, or the fixed default."""
-    fixed = {s: float(config.predict.threshold) for s in config.data.structures}
-    if config.predict.search not in ("cross", "fixed"):
-        raise ValueError(f"predict.search {config.predict.search!r}: valid: cross, fixed")
-    if config.predict.search == "fixed" or len(folds) < 2:
-        return {fold: fixed for fold in folds}
-    return {fold: search_thresholds(config, root, cases[cases["fold"] != fold]) for fold in folds}
+        by_structure[structure] = cross_fitted_thresholds(reduce_pairs(pairs), cases["fold"])
+    return {fold: {s: by_structure[s][fold] for s in structures} for fold in folds}
 
 
 def final_mask(config: Config, prob: np.ndarray, structure: str, threshold: float) -> np.ndarray:
@@ -177,7 +162,8 @@ def evaluate(config: Config, folds: list[int], *, name: str | None = None, log=p
             )
             truth = reference_mask(root, structure, case, size)
             scores.append(
-                {"case": case, "fold": int(fold), "structure": structure} | pair_scores(pred, truth)
+                {"case": case, "fold": int(fold), "structure": structure}
+                | dice_jaccard(pred, truth)
             )
             rows.append((case, structure, rle_encode(pred, order="F")))
             preds.append(pred)
@@ -203,15 +189,6 @@ def _default_name(config: Config, folds: list[int]) -> str:
     if sorted(folds) == sorted(set(cases["fold"])):
         return config.name
     return f"{config.name}_fold{'_'.join(map(str, folds))}"
-
-
-def pair_scores(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
-    """Dice and Jaccard of one {0, 1} mask against its truth (both empty: 1)."""
-    counts = (int(np.count_nonzero(pred & truth)), int(pred.sum()), int(truth.sum()))
-    return {
-        "dice": float(dice_from_counts(*counts)),
-        "jaccard": float(jaccard_from_counts(*counts)),
-    }
 
 
 def summarise(table: pd.DataFrame) -> tuple[dict, dict]:

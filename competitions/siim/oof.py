@@ -10,11 +10,11 @@ import pandas as pd
 
 from common.atomic import atomic_path
 from common.config import Config
-from common.images import read_mask, read_png, write_png
-from common.inference import predict_batches, roc_auc
+from common.images import read_mask, read_png
+from common.inference import predict_batches, roc_auc, write_maps
 from common.loaders import eval_loader
 from common.plots import mask_overlays
-from common.postprocess import quantise, triplet
+from common.postprocess import triplet
 from common.threshold_search import search_triplets, search_triplets_from_stats
 from common.training import Trainer
 from competitions.siim.loaders import fold_frames, items
@@ -48,18 +48,9 @@ def predict_oof(trainer: Trainer, config: Config, fold: int, fold_dir: Path) -> 
             "tta": list(tta),
         }
     oof = fold_dir / "oof"
-
-    def maps():
-        index = 0
-        for _, probs in batches:
-            for prob in probs["mask"][:, 0]:
-                q = quantise(prob)
-                write_png(oof / f"{ids[index]}.png", q)
-                index += 1
-                yield q
-
+    maps = write_maps(batches, ids, ["mask"], lambda i, _: oof / f"{i}.png")
     truths = (read_mask(root / "masks" / f"{i}.png") for i in ids)
-    result = search_triplets(maps(), truths)
+    result = search_triplets((m[0] for _, m in maps), truths)
     result.to_csv(fold_dir / "search.csv")
     result.heatmap(fold_dir / "search.png")
     dice_05 = search_triplets_from_stats(result.stats, [0.5], [0], [0.5]).best["dice"]
