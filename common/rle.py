@@ -78,13 +78,19 @@ def _tokenize(buf):
 
 
 @numba.njit(cache=True, nogil=True)
-def _fill_runs(tokens, count, relative, fortran, out):
-    """Paint the runs into the zeroed (height, width) C-contiguous ``out``.
+def _fill_runs(tokens, count, relative, fortran, height, width, y0, x0, out):
+    """Paint the runs of a (height, width) mask that fall in the zeroed window ``out`` whose
+    top-left pixel is (y0, x0); every run is checked, inside the window or not.
 
     Returns (status, pair index). Absolute starts are 1-indexed; relative starts are gaps.
     """
-    height, width = out.shape
     total = height * width
+    line_len = height if fortran else width  # a line is a column (F) or a row (C)
+    first_line = x0 if fortran else y0
+    n_lines = out.shape[1] if fortran else out.shape[0]
+    lo = y0 if fortran else x0  # the window's offsets along a line
+    hi = lo + (out.shape[0] if fortran else out.shape[1])
+    whole = out.shape[0] == height and out.shape[1] == width
     flat = out.reshape(-1)
     end = 0  # 0-based, exclusive end of the previous run
     for pair in range(count // 2):
@@ -104,7 +110,11 @@ def _fill_runs(tokens, count, relative, fortran, out):
             return _BAD_LENGTH, pair
         if start + length > total:
             return _PAST_END, pair
-        if fortran:
+        end = start + length
+        if whole and not fortran:
+            flat[start:end] = 1
+            continue
+        if whole:  # column-major over the whole image: walk the run, no window arithmetic
             col = start // height
             row = start - col * height
             for _ in range(length):
@@ -113,9 +123,20 @@ def _fill_runs(tokens, count, relative, fortran, out):
                 if row == height:
                     row = 0
                     col += 1
-        else:
-            flat[start : start + length] = 1
-        end = start + length
+            continue
+        line = start // line_len
+        offset = start - line * line_len
+        while line < first_line + n_lines and line * line_len + offset < end:
+            stop = min(end - line * line_len, line_len)  # this run's end on this line
+            if line >= first_line:
+                a, b = max(offset, lo), min(stop, hi)
+                if fortran:
+                    for k in range(a, b):
+                        out[k - lo, line - first_line] = 1
+                elif a < b:
+                    out[line - first_line, a - lo : b - lo] = 1
+            line += 1
+            offset = 0
     return _OK, 0
 
 
@@ -269,9 +290,10 @@ def _tokens(rle: str, what: str) -> np.ndarray:
     return values[:count]
 
 
-def _decode(tokens, shape, relative: bool, fortran: bool, what: str) -> np.ndarray:
-    out = np.zeros(shape, dtype=np.uint8)
-    status, pair = _fill_runs(tokens, len(tokens), relative, fortran, out)
+def _decode(tokens, shape, relative: bool, fortran: bool, what: str, window=None) -> np.ndarray:
+    y0, y1, x0, x1 = window or (0, shape[0], 0, shape[1])
+    out = np.zeros((y1 - y0, x1 - x0), dtype=np.uint8)
+    status, pair = _fill_runs(tokens, len(tokens), relative, fortran, *shape, y0, x0, out)
     if status == _OK:
         return out
     first, length = tokens[2 * pair], tokens[2 * pair + 1]
@@ -313,6 +335,110 @@ def rle_decode(rle, shape, order: str = "F") -> np.ndarray:
     if not isinstance(rle, str):
         raise ValueError(f"RLE must be a string, got {type(rle).__name__}")
     return _decode(_tokens(rle, "RLE"), shape, relative=False, fortran=fortran, what="RLE")
+
+
+@numba.njit(cache=True, nogil=True)
+def _block_column_runs(block, y0, cols, rows, lengths):
+    """Vertical runs of a (h, W) uint8 row block (any non-zero is set), scanned row by row with
+    one open run per column: (column, first row + y0, length), ordered by where each ends."""
+    height, width = block.shape
+    open_at = np.full(width, -1, dtype=np.int64)
+    n = 0
+    for r in range(height):
+        for c in range(width):
+            if block[r, c] != 0:
+                if open_at[c] < 0:
+                    open_at[c] = r
+            elif open_at[c] >= 0:
+                cols[n], rows[n], lengths[n] = c, open_at[c] + y0, r - open_at[c]
+                n += 1
+                open_at[c] = -1
+    for c in range(width):
+        if open_at[c] >= 0:
+            cols[n], rows[n], lengths[n] = c, open_at[c] + y0, height - open_at[c]
+            n += 1
+    return n
+
+
+@numba.njit(cache=True, nogil=True)
+def _merge_touching(starts, lengths):
+    """Sorted runs, runs that touch joined (in place); returns the count, or -1 - i if run i
+    overlaps the one before it."""
+    n = 0
+    for i in range(len(starts)):
+        if n > 0 and starts[i] < starts[n - 1] + lengths[n - 1]:
+            return -1 - i
+        if n > 0 and starts[i] == starts[n - 1] + lengths[n - 1]:
+            lengths[n - 1] += lengths[i]
+        else:
+            starts[n], lengths[n] = starts[i], lengths[i]
+            n += 1
+    return n
+
+
+class ColumnRunWriter:
+    """The absolute column-major RLE (``rle_encode(mask, order="F")``) of a (height, width)
+    mask that is never held whole: give it row blocks (full width, in any order, each row once)
+    with ``add``; it keeps only the runs, so memory grows with the number of runs, not pixels.
+    Runs that cross block edges, or go on from the bottom of one column to the top of the next,
+    are joined as in the whole-mask encoding."""
+
+    def __init__(self, height: int, width: int):
+        self.height, self.width = _check_shape((height, width))
+        self._covered = np.zeros(self.height, dtype=bool)
+        self._parts: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def add(self, y0: int, block) -> None:
+        """Rows ``y0 .. y0 + len(block)`` of the mask: a (h, width) array of 0/1, 0/255 or bool."""
+        block = np.ascontiguousarray(_as_uint8_mask(block))
+        height, width = block.shape
+        if width != self.width or y0 < 0 or y0 + height > self.height:
+            raise ValueError(
+                f"block of {height}x{width} at row {y0} does not fit the "
+                f"{self.height}x{self.width} mask"
+            )
+        if self._covered[y0 : y0 + height].any():
+            raise ValueError(f"rows {y0}..{y0 + height - 1}: some were already added")
+        self._covered[y0 : y0 + height] = True
+        capacity = (height + 1) // 2 * width + width
+        cols = np.empty(capacity, dtype=np.int64)
+        rows = np.empty(capacity, dtype=np.int64)
+        lengths = np.empty(capacity, dtype=np.int64)
+        n = _block_column_runs(block, y0, cols, rows, lengths)
+        self._parts.append((cols[:n] * self.height + rows[:n], lengths[:n].copy()))
+
+    def encode(self) -> str:
+        """The RLE string (``""`` when empty); every row must have been added."""
+        if not self._covered.all():
+            missing = int(np.argmin(self._covered))
+            raise ValueError(f"row {missing} of the {self.height}x{self.width} mask was not added")
+        if not self._parts:
+            return ""
+        starts = np.concatenate([p[0] for p in self._parts])
+        lengths = np.concatenate([p[1] for p in self._parts])
+        order = np.argsort(starts, kind="stable")
+        starts, lengths = starts[order], lengths[order]
+        n = _merge_touching(starts, lengths)
+        if n < 0:  # cannot happen while each row is added once; kept as a guard
+            raise ValueError(f"run {-1 - n} overlaps the run before it")
+        return _format(starts[:n] + 1, lengths[:n])
+
+
+def rle_decode_window(rle, shape, window, order: str = "F") -> np.ndarray:
+    """Rows ``y0:y1`` and columns ``x0:x1`` (``window = (y0, y1, x0, x1)``) of the mask an
+    absolute RLE of a (height, width) image describes, without the whole mask in memory (a
+    tile of a 2-gigapixel slide). The whole string is checked as ``rle_decode`` checks it."""
+    fortran = _check_order(order)
+    shape = _check_shape(shape)
+    y0, y1, x0, x1 = (int(v) for v in window)
+    if not (0 <= y0 < y1 <= shape[0] and 0 <= x0 < x1 <= shape[1]):
+        raise ValueError(f"window {window} is not inside the {shape[0]}x{shape[1]} image")
+    if _is_missing(rle):
+        return np.zeros((y1 - y0, x1 - x0), dtype=np.uint8)
+    if not isinstance(rle, str):
+        raise ValueError(f"RLE must be a string, got {type(rle).__name__}")
+    tokens = _tokens(rle, "RLE")
+    return _decode(tokens, shape, False, fortran, "RLE", window=(y0, y1, x0, x1))
 
 
 def siim_rle_encode(mask) -> str:

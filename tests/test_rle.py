@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import itertools
 
 import numpy as np
 import pytest
@@ -11,7 +12,14 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from PIL import Image
 
-from common.rle import rle_decode, rle_encode, siim_rle_decode, siim_rle_encode
+from common.rle import (
+    ColumnRunWriter,
+    rle_decode,
+    rle_decode_window,
+    rle_encode,
+    siim_rle_decode,
+    siim_rle_encode,
+)
 from tests.conftest import shared_path
 from tests.reference import ref_rle_decode, ref_rle_encode, ref_siim_decode, ref_siim_encode
 
@@ -227,3 +235,69 @@ def test_real_tgs_strings_match_their_pngs():
         decoded = rle_decode(row["rle_mask"], truth.shape)
         np.testing.assert_array_equal(decoded, truth, err_msg=row["id"])
         assert rle_encode(decoded) == " ".join(row["rle_mask"].split()), row["id"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(mask=masks, cuts=st.lists(st.integers(0, 23), max_size=4), data=st.data())
+def test_column_run_writer_equals_the_whole_mask_encoding(mask, cuts, data):
+    height, width = mask.shape
+    edges = sorted({0, height, *(c for c in cuts if c < height)})
+    blocks = list(itertools.pairwise(edges))
+    blocks = data.draw(st.permutations(blocks))  # any order
+    writer = ColumnRunWriter(height, width)
+    for y0, y1 in blocks:
+        writer.add(y0, mask[y0:y1] * 255)
+    assert writer.encode() == ref_rle_encode(mask, "F")
+
+
+@settings(max_examples=300, deadline=None)
+@given(mask=masks, order=st.sampled_from(["F", "C"]), data=st.data())
+def test_window_decode_equals_a_crop_of_the_whole(mask, order, data):
+    height, width = mask.shape
+    y0 = data.draw(st.integers(0, height - 1))
+    y1 = data.draw(st.integers(y0 + 1, height))
+    x0 = data.draw(st.integers(0, width - 1))
+    x1 = data.draw(st.integers(x0 + 1, width))
+    rle = ref_rle_encode(mask, order)
+    window = rle_decode_window(rle, mask.shape, (y0, y1, x0, x1), order=order)
+    np.testing.assert_array_equal(window, mask[y0:y1, x0:x1])
+
+
+def test_column_run_writer_and_window_bad_input():
+    writer = ColumnRunWriter(4, 3)
+    writer.add(0, np.ones((2, 3), np.uint8))
+    with pytest.raises(ValueError, match=r"rows 1\.\.2: some were already added"):
+        writer.add(1, np.ones((2, 3), np.uint8))
+    with pytest.raises(ValueError, match="does not fit the 4x3 mask"):
+        writer.add(2, np.ones((2, 4), np.uint8))
+    with pytest.raises(ValueError, match="row 2 of the 4x3 mask was not added"):
+        writer.encode()
+    with pytest.raises(ValueError, match="not inside the 4x3 image"):
+        rle_decode_window("1 2", (4, 3), (0, 5, 0, 1))
+    with pytest.raises(ValueError, match=r"pair 2 .*past the end of the 4x3 image"):
+        rle_decode_window("1 2 11 5", (4, 3), (0, 1, 0, 1))  # outside the window, still checked
+    assert rle_decode_window("", (4, 3), (1, 3, 0, 2)).shape == (2, 2)
+
+
+def test_real_hubmap_full_scale_string_through_rows_and_windows():
+    """A real predicted mask of HuBMAP image 0486052bb (25,784 x 34,937, 42,366 runs): decoded
+    and re-encoded in 2,048-row blocks gives the identical string; windows equal the crops."""
+    path = shared_path("hubmap", "predicted_0486052bb.csv")
+    csv.field_size_limit(1 << 30)
+    with open(path, newline="") as f:
+        (_, rle), *_ = list(csv.reader(f))[1:]
+    shape = (25784, 34937)
+    writer = ColumnRunWriter(*shape)
+    whole = rle_decode(rle, shape)
+    assert int(whole.sum()) == 10_144_946
+    for y0 in range(0, shape[0], 2048):
+        writer.add(y0, whole[y0 : y0 + 2048])
+    assert writer.encode() == rle.strip()
+    rng = np.random.default_rng(0)
+    ys, xs = np.nonzero(whole[::64, ::64])
+    for k in rng.choice(len(ys), 5, replace=False):
+        y, x = int(ys[k]) * 64, int(xs[k]) * 64
+        window = (max(0, y - 500), min(shape[0], y + 500), max(0, x - 700), min(shape[1], x + 700))
+        crop = whole[window[0] : window[1], window[2] : window[3]]
+        np.testing.assert_array_equal(rle_decode_window(rle, shape, window), crop)
+        assert crop.any()
