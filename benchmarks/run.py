@@ -7,13 +7,21 @@ from benchmarks import (
     bench_metrics,
     bench_prepare,
     bench_rle,
+    bench_rle_strips,
     bench_threshold_search,
     bench_trainer,
 )
 
 
 def main() -> None:
-    benches = (bench_rle, bench_metrics, bench_threshold_search, bench_prepare, bench_trainer)
+    benches = (
+        bench_rle,
+        bench_rle_strips,
+        bench_metrics,
+        bench_threshold_search,
+        bench_prepare,
+        bench_trainer,
+    )
     for bench in (*benches, bench_inference):
         bench.main()
 

@@ -343,6 +343,7 @@ def _block_column_runs(block, y0, cols, rows, lengths):
     one open run per column: (column, first row + y0, length), ordered by where each ends."""
     height, width = block.shape
     open_at = np.full(width, -1, dtype=np.int64)
+    count_only = len(cols) == 0  # a first pass sizes the arrays: memory stays in runs
     n = 0
     for r in range(height):
         for c in range(width):
@@ -350,12 +351,14 @@ def _block_column_runs(block, y0, cols, rows, lengths):
                 if open_at[c] < 0:
                     open_at[c] = r
             elif open_at[c] >= 0:
-                cols[n], rows[n], lengths[n] = c, open_at[c] + y0, r - open_at[c]
+                if not count_only:
+                    cols[n], rows[n], lengths[n] = c, open_at[c] + y0, r - open_at[c]
                 n += 1
                 open_at[c] = -1
     for c in range(width):
         if open_at[c] >= 0:
-            cols[n], rows[n], lengths[n] = c, open_at[c] + y0, height - open_at[c]
+            if not count_only:
+                cols[n], rows[n], lengths[n] = c, open_at[c] + y0, height - open_at[c]
             n += 1
     return n
 
@@ -400,12 +403,11 @@ class ColumnRunWriter:
         if self._covered[y0 : y0 + height].any():
             raise ValueError(f"rows {y0}..{y0 + height - 1}: some were already added")
         self._covered[y0 : y0 + height] = True
-        capacity = (height + 1) // 2 * width + width
-        cols = np.empty(capacity, dtype=np.int64)
-        rows = np.empty(capacity, dtype=np.int64)
-        lengths = np.empty(capacity, dtype=np.int64)
-        n = _block_column_runs(block, y0, cols, rows, lengths)
-        self._parts.append((cols[:n] * self.height + rows[:n], lengths[:n].copy()))
+        none = np.empty(0, dtype=np.int64)
+        n = _block_column_runs(block, y0, none, none, none)
+        cols, rows, lengths = (np.empty(n, dtype=np.int64) for _ in range(3))
+        _block_column_runs(block, y0, cols, rows, lengths)
+        self._parts.append((cols * self.height + rows, lengths))
 
     def encode(self) -> str:
         """The RLE string (``""`` when empty); every row must have been added."""
