@@ -23,27 +23,43 @@ def _umask() -> int:
 
 
 _DEFERRED: list[bool] = []  # non-empty inside deferred_sync()
-_FILE_MODE = 0o666 & ~_umask()  # what open() would give; mkstemp alone gives 0o600
 _DIR_MODE = 0o777 & ~_umask()  # what mkdir() would give; mkdtemp alone gives 0o700
+_COUNTER = itertools.count()
+_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+
+
+def _open_temp(path: str) -> tuple[int, str]:
+    """A new, empty temporary file beside ``path`` (its folder made if missing), named for this
+    process and call, with the mode ``open()`` would give (the umask applies): (fd, name)."""
+    folder, name = os.path.split(path)
+    while True:
+        tmp = os.path.join(folder, f".{name}.{os.getpid()}-{next(_COUNTER)}.tmp")
+        try:
+            return os.open(tmp, _FLAGS, 0o666), tmp
+        except FileExistsError:  # left by a killed process that had this pid: take the next
+            continue
+        except FileNotFoundError:
+            os.makedirs(folder or ".", exist_ok=True)
+
+
+def _sync(fd: int) -> None:
+    if not _DEFERRED:
+        os.fsync(fd)
 
 
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success it replaces ``path``, else is removed."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = _open_temp(os.fspath(path))
     os.close(fd)
-    tmp = Path(tmp)
-    os.chmod(tmp, _FILE_MODE)
     try:
-        yield tmp
-        if not _DEFERRED:
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
+        yield Path(tmp)
+        with open(tmp, "rb+") as f:
+            _sync(f.fileno())
         os.replace(tmp, path)
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
 
 
 @contextmanager
@@ -59,29 +75,16 @@ def deferred_sync() -> Iterator[None]:
         _DEFERRED.pop()
 
 
-_COUNTER = itertools.count()
-
-
 def write_bytes_atomic(path: str | os.PathLike, data: bytes | memoryview) -> None:
     """Write ``data`` to ``path`` atomically: ``atomic_path`` in the fewest system calls, for
-    the many small files of a cache (a temporary name unique to this process and call, no
-    separate permission change)."""
-    path = os.fspath(path)
-    folder, name = os.path.split(path)
-    tmp = os.path.join(folder, f".{name}.{os.getpid()}-{next(_COUNTER)}.tmp")
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
-    try:
-        fd = os.open(tmp, flags, 0o666)  # the umask applies, as for open()
-    except FileNotFoundError:
-        os.makedirs(folder or ".", exist_ok=True)
-        fd = os.open(tmp, flags, 0o666)
+    the many small files of a cache."""
+    fd, tmp = _open_temp(os.fspath(path))
     try:
         try:
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]
-            if not _DEFERRED:
-                os.fsync(fd)
+            _sync(fd)
         finally:
             os.close(fd)
         os.replace(tmp, path)
@@ -94,6 +97,16 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes | memoryview) -> Non
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` atomically."""
     write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_text_if_changed(path: str | os.PathLike, text: str) -> bool:
+    """``write_text_atomic`` unless ``path`` already holds ``text`` (its mtime then stays, so
+    what compares mtimes sees no change); returns whether it wrote."""
+    path = Path(path)
+    if path.is_file() and path.read_text(encoding="utf-8") == text:
+        return False
+    write_text_atomic(path, text)
+    return True
 
 
 @contextmanager

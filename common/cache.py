@@ -27,7 +27,7 @@ import pandas as pd
 from joblib import Parallel, delayed
 from tqdm.auto import tqdm
 
-from common.atomic import deferred_sync, write_text_atomic
+from common.atomic import deferred_sync, write_text_atomic, write_text_if_changed
 
 BAD_IDS = "bad_ids.csv"
 INDEX = ".cache_index.json"  # every finished row with its key, written even when some are bad
@@ -173,8 +173,8 @@ def refresh(
             if e.table == table.name and not isinstance(rows[(e.table, e.id)], str)
         ]
         path = out / table.name
-        text = pd.DataFrame(good, columns=[*table.columns, "key"]).to_csv(index=False)
-        if not path.is_file() or path.read_text() != text:  # an unchanged table keeps its mtime
-            write_text_atomic(path, text)
+        write_text_if_changed(
+            path, pd.DataFrame(good, columns=[*table.columns, "key"]).to_csv(index=False)
+        )
         frames[table.name] = pd.read_csv(path, dtype={table.columns[0]: str})
     return Refresh(frames, done=len(todo), cached=cached, bad=bad)

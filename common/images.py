@@ -30,7 +30,7 @@ _MASK_PNG = [cv2.IMWRITE_PNG_BILEVEL, 1, cv2.IMWRITE_PNG_COMPRESSION, 1]
 _READ_FLAGS = {0: cv2.IMREAD_UNCHANGED, 1: cv2.IMREAD_GRAYSCALE, 3: cv2.IMREAD_COLOR}
 
 
-def write_png(path: str | os.PathLike, array: np.ndarray, *, _params=_IMAGE_PNG) -> None:
+def write_png(path: str | os.PathLike, array: np.ndarray) -> None:
     """Write a (H, W) greyscale or (H, W, 3) RGB uint8 array as a PNG file, atomically."""
     array = np.asarray(array)
     rgb = array.ndim == 3 and array.shape[2] == 3
@@ -38,7 +38,11 @@ def write_png(path: str | os.PathLike, array: np.ndarray, *, _params=_IMAGE_PNG)
         raise ValueError(
             f"{path}: expected a (H, W) or (H, W, 3) uint8 array, got {array.dtype} {array.shape}"
         )
-    ok, encoded = cv2.imencode(".png", array[..., ::-1] if rgb else array, _params)
+    _encode_to(path, array[..., ::-1] if rgb else array, _IMAGE_PNG)
+
+
+def _encode_to(path: str | os.PathLike, array: np.ndarray, params: list[int]) -> None:
+    ok, encoded = cv2.imencode(".png", array, params)
     if not ok:
         raise ValueError(f"{path}: OpenCV could not encode the image")
     write_bytes_atomic(path, encoded)
@@ -75,7 +79,9 @@ def write_mask(path: str | os.PathLike, mask: np.ndarray) -> None:
     mask = np.asarray(mask)
     if mask.dtype == bool:
         mask = mask.view(np.uint8)
-    write_png(path, cv2.compare(mask, 0, cv2.CMP_GT), _params=_MASK_PNG)  # one pass to {0, 255}
+    if mask.ndim != 2:
+        raise ValueError(f"{path}: expected a (H, W) mask, got shape {mask.shape}")
+    _encode_to(path, cv2.compare(mask, 0, cv2.CMP_GT), _MASK_PNG)  # one pass to {0, 255}
 
 
 def read_mask(path: str | os.PathLike, shape: tuple[int, int] | None = None) -> np.ndarray:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 from functools import partial
 from pathlib import Path
@@ -11,7 +12,7 @@ import pandas as pd
 import pytest
 
 from common import atomic
-from common.atomic import deferred_sync, write_bytes_atomic
+from common.atomic import deferred_sync, write_bytes_atomic, write_text_if_changed
 from common.cache import BAD_IDS, CacheError, Entry, Table, refresh, source_key
 from common.images import read_png, write_png
 from common.sources import raw_or_synthetic
@@ -153,3 +154,19 @@ def test_atomic_bytes_make_the_folder_leave_nothing_on_error_and_sync_unless_def
         write_bytes_atomic(target, b"xyz")
     assert target.read_bytes() == b"defg"
     assert [p.name for p in target.parent.iterdir()] == ["a.bin"]  # no temporary file left
+
+
+def test_a_temporary_name_left_by_a_killed_process_is_stepped_over(tmp_path, monkeypatch):
+    monkeypatch.setattr(atomic, "_COUNTER", itertools.count())
+    stale = tmp_path / f".a.txt.{os.getpid()}-0.tmp"
+    stale.write_text("left behind")
+    write_bytes_atomic(tmp_path / "a.txt", b"new")
+    assert (tmp_path / "a.txt").read_bytes() == b"new" and stale.read_text() == "left behind"
+
+
+def test_write_text_if_changed_keeps_an_unchanged_file(tmp_path):
+    path = tmp_path / "sub" / "t.csv"
+    assert write_text_if_changed(path, "a\n1\n")
+    stamp = path.stat().st_mtime_ns
+    assert not write_text_if_changed(path, "a\n1\n") and path.stat().st_mtime_ns == stamp
+    assert write_text_if_changed(path, "a\n2\n") and path.read_text() == "a\n2\n"

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from common.dicom import read_dicom, read_dicom_with_tags
-from common.images import read_mask, read_png, resize_image, resize_mask, write_png
+from common.images import read_mask, read_png, resize_image, resize_mask, write_mask, write_png
 from tests.conftest import shared_path
 
 
@@ -81,3 +81,19 @@ def test_rgb_round_trip_channels_and_resize(tmp_path):
         read_png(tmp_path / "c.png", (34, 21), channels=0)
     with pytest.raises(ValueError, match="uint8 array"):
         write_png(tmp_path / "x.png", np.zeros((4, 4, 2), np.uint8))
+
+
+def test_masks_are_one_bit_pngs_any_reader_sees_as_0_255(tmp_path):
+    from PIL import Image
+
+    mask = np.zeros((7, 9), bool)
+    mask[2:5, 1:6] = True
+    for given in (mask, mask.astype(np.uint8), mask.astype(np.uint8) * 255):
+        write_mask(tmp_path / "m.png", given)
+        np.testing.assert_array_equal(read_mask(tmp_path / "m.png", (7, 9)), mask)
+        with Image.open(tmp_path / "m.png") as image:
+            assert image.mode == "1"
+            assert set(np.unique(np.asarray(image.convert("L")))) == {0, 255}
+    with pytest.raises(ValueError, match=r"m3\.png: expected a \(H, W\) mask"):
+        write_mask(tmp_path / "m3.png", np.zeros((4, 4, 3), np.uint8))
+    assert not (tmp_path / "m3.png").exists()

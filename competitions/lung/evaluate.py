@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -88,10 +87,11 @@ def predict_held_out(model, config: Config, fold: int, *, device, amp="none", ch
         policy=tta_policy(structures),
     )
     ids = held_out["case"].tolist()
-    path = partial(map_path, config, fold)
-    for _ in write_maps(
-        batches, ids, structures, lambda i, s: path(s, i), size=config.data.score_size
-    ):
+
+    def path(case: str, structure: str) -> Path:
+        return map_path(config, fold, structure, case)
+
+    for _ in write_maps(batches, ids, structures, path, size=config.data.score_size):
         pass
     return ids
 

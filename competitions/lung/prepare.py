@@ -33,7 +33,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from common.atomic import write_text_atomic
+from common.atomic import write_text_if_changed
 from common.cache import Entry, Table, refresh, source_key
 from common.config import load_run_config
 from common.images import resize_image, resize_mask, write_mask, write_png
@@ -165,11 +165,7 @@ def prepare(
     result = refresh(out, [CASES, TEST], entries, work, n_jobs=n_jobs, desc="lung prepare")
     stamp = {"root": str(source.root), "synthetic": source.synthetic, "size": size,
              "score_size": score_size}  # fmt: skip
-    if (
-        not (out / "source.json").is_file()
-        or json.loads((out / "source.json").read_text()) != stamp
-    ):
-        write_text_atomic(out / "source.json", json.dumps(stamp) + "\n")
+    write_text_if_changed(out / "source.json", json.dumps(stamp) + "\n")
     if result.done:
         log(
             f"lung prepare: {len(cases)} cases + {len(tests)} test images from {source.root} -> "
