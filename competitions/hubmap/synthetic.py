@@ -234,7 +234,7 @@ def _make_one(
         (tissue_low > 0).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE
     )
     cortex = [{"type": "Feature", "id": "PathAnnotationObject",
-               "geometry": {"type": "Polygon", "coordinates": [(c[:, 0] * LOW).tolist() + [(c[0, 0] * LOW).tolist()]]},
+               "geometry": {"type": "Polygon", "coordinates": [[*(c[:, 0] * LOW).tolist(), (c[0, 0] * LOW).tolist()]]},
                "properties": {"classification": {"name": "Cortex"}}} for c in contours if len(c) >= 3]  # fmt: skip
     (root / split / f"{image_id}-anatomical-structure.json").write_text(json.dumps(cortex))
     if split == "train":
