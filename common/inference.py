@@ -25,23 +25,35 @@ from common.metrics import jaccard_from_counts
 from common.postprocess import quantise
 from common.threshold_search import ImageStats, reduce_pairs, search_triplets_from_stats
 
-TTA_NAMES = ("none", "hflip", "vflip")
+# The dihedral group D4 of the square: identity, the two flips, three rotations (counter-
+# clockwise, in the image's (row, column) plane) and the two diagonal mirrors.
+TTA_NAMES = ("none", "hflip", "vflip", "rot90", "rot180", "rot270", "transpose", "antitranspose")
+D4 = TTA_NAMES
+ORIENTING = frozenset(TTA_NAMES) - {"none", "hflip"}  # what turns an image upside down or sideways
+_INVERSE = {"rot90": "rot270", "rot270": "rot90"}  # every other view is its own inverse
 
 
 def tta_augment(x: torch.Tensor, name: str) -> torch.Tensor:
+    """One D4 view of (..., H, W) tensors (rotations and diagonal mirrors swap H and W)."""
     if name == "none":
         return x
     if name == "hflip":
         return x.flip(-1)
     if name == "vflip":
         return x.flip(-2)
+    if name in ("rot90", "rot180", "rot270"):
+        return torch.rot90(x, int(name[3:]) // 90, dims=(-2, -1))
+    if name == "transpose":
+        return x.transpose(-2, -1)
+    if name == "antitranspose":
+        return x.flip(-2, -1).transpose(-2, -1)
     raise ValueError(f"unknown TTA {name!r}; valid: {', '.join(TTA_NAMES)}")
 
 
 def tta_deaugment(y: torch.Tensor, name: str, policy: TtaPolicy | None = None) -> torch.Tensor:
-    """Undo ``name`` on the model's output (flips are their own inverse), then apply the
-    policy's channel remap for it, if any."""
-    y = tta_augment(y, name)
+    """Undo ``name`` on the model's output, then apply the policy's channel remap for it, if
+    any."""
+    y = tta_augment(y, _INVERSE.get(name, name))
     order = policy.remap.get(name) if policy is not None else None
     return y[:, list(order)] if order is not None else y
 

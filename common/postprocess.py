@@ -150,3 +150,61 @@ def clean_mask(mask, keep: str = "all", fill: bool = False) -> np.ndarray:
         raise ValueError(f"unknown component rule {keep!r}; valid: {', '.join(KEEP_RULES)}")
     mask = KEEP_RULES[keep](mask)
     return fill_holes(mask) if fill else mask
+
+
+class RowComponentFilter:
+    """``remove_small_components`` over a mask given as row bands, top to bottom, with memory
+    bounded by the tallest object rather than the image: ``add(start, rows)`` returns the rows
+    that are final, as (first row, uint8 0/1 rows); rows are held back only while an object
+    that touches the last row given may still grow downwards. ``close`` returns the rest."""
+
+    def __init__(self, width: int, min_size: int, connectivity: int = 8):
+        self.width, self.min_size, self.connectivity = width, min_size, connectivity
+        self._held = np.zeros((0, width), np.uint8)
+        self._top = 0  # image row of self._held[0]
+        self._next = 0  # the row the next band must start at
+
+    def add(self, start: int, rows) -> list[tuple[int, np.ndarray]]:
+        rows = np.ascontiguousarray(np.asarray(rows) != 0, dtype=np.uint8)
+        if rows.ndim != 2 or rows.shape[1] != self.width:
+            raise ValueError(f"rows {rows.shape}: expected (n, {self.width})")
+        if start != self._next:
+            raise ValueError(f"band at row {start}: expected row {self._next}")
+        self._next += rows.shape[0]
+        self._held = np.concatenate([self._held, rows]) if len(self._held) else rows
+        return self._release(final=False)
+
+    def close(self) -> list[tuple[int, np.ndarray]]:
+        return self._release(final=True)
+
+    def _release(self, final: bool) -> list[tuple[int, np.ndarray]]:
+        held = self._held
+        if not len(held):
+            return []
+        if self.min_size <= 1 or not held.any():
+            cut = len(held)
+            labels = stats = None
+        else:
+            _, labels, stats, _ = cv2.connectedComponentsWithStats(
+                held, connectivity=self.connectivity
+            )
+            open_labels = np.unique(labels[-1]) if not final else np.zeros(0, np.int64)
+            open_labels = open_labels[open_labels > 0]
+            tops = stats[1:, cv2.CC_STAT_TOP]
+            bottoms = tops + stats[1:, cv2.CC_STAT_HEIGHT]
+            cut = int(stats[open_labels, cv2.CC_STAT_TOP].min()) if len(open_labels) else len(held)
+            while True:  # never cut through a finished object: its rest would be judged alone
+                split = (tops < cut) & (bottoms > cut)
+                if not split.any():
+                    break
+                cut = int(tops[split].min())
+        if cut == 0:
+            return []
+        out = held[:cut]
+        if labels is not None:
+            keep = stats[:, cv2.CC_STAT_AREA] >= self.min_size
+            keep[0] = False
+            out = keep[labels[:cut]].view(np.uint8)
+        start, self._top = self._top, self._top + cut
+        self._held = held[cut:].copy()
+        return [(start, out)]

@@ -443,6 +443,20 @@ def rle_decode_window(rle, shape, window, order: str = "F") -> np.ndarray:
     return _decode(tokens, shape, False, fortran, "RLE", window=(y0, y1, x0, x1))
 
 
+def rle_runs(rle, shape, order: str = "F") -> tuple[np.ndarray, np.ndarray]:
+    """The runs of an absolute RLE as int64 arrays (0-indexed first pixel in ``order``,
+    length), checked as ``rle_decode`` checks them, without decoding the mask."""
+    fortran = _check_order(order)
+    shape = _check_shape(shape)
+    if _is_missing(rle):
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    if not isinstance(rle, str):
+        raise ValueError(f"RLE must be a string, got {type(rle).__name__}")
+    tokens = _tokens(rle, "RLE")
+    _decode(tokens, shape, False, fortran, "RLE", window=(0, 1, 0, 1))  # every run checked
+    return tokens[0::2].astype(np.int64) - 1, tokens[1::2].astype(np.int64)
+
+
 def siim_rle_encode(mask) -> str:
     """SIIM relative RLE of a (height, width) mask, column-major; ``"-1"`` when empty."""
     starts, lengths = _runs(mask, fortran=True)

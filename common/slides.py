@@ -109,9 +109,11 @@ class Slide:
     def width(self) -> int:
         return self.shape[1]
 
-    def read(self, y0: int, y1: int, x0: int, x1: int, scale: float = 1) -> np.ndarray:
+    def read(
+        self, y0: int, y1: int, x0: int, x1: int, scale: float = 1, shape: tuple | None = None
+    ) -> np.ndarray:
         """The window as (h, w, 3) uint8 RGB; with ``scale > 1`` resized to
-        (round(h / scale), round(w / scale)) by area averaging."""
+        (round(h / scale), round(w / scale)) by area averaging, or to ``shape`` when given."""
         if not (0 <= y0 < y1 <= self.height and 0 <= x0 < x1 <= self.width):
             raise SlideError(
                 f"{self.path}: window y {y0}:{y1}, x {x0}:{x1} is outside the "
@@ -131,9 +133,10 @@ class Slide:
                 rgb = np.stack([np.asarray(a[y0:y1, x0:x1]) for a in self._arrays], axis=-1)
         except (OSError, ValueError, RuntimeError) as error:
             raise SlideError(f"{self.path}: window y {y0}:{y1}, x {x0}:{x1}: {error}") from None
-        if scale != 1:
-            size = (max(1, round((x1 - x0) / scale)), max(1, round((y1 - y0) / scale)))
-            rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
+        if shape is None and scale != 1:
+            shape = (max(1, round((y1 - y0) / scale)), max(1, round((x1 - x0) / scale)))
+        if shape is not None and tuple(shape) != rgb.shape[:2]:
+            rgb = cv2.resize(rgb, (shape[1], shape[0]), interpolation=cv2.INTER_AREA)
         return rgb
 
     def close(self) -> None:

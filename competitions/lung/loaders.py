@@ -17,7 +17,7 @@ import pandas as pd
 
 from common.config import Config
 from common.folds import make_folds
-from common.inference import TtaPolicy, side_swap
+from common.inference import ORIENTING, TtaPolicy, side_swap
 from common.loaders import Items, load_pipeline
 from common.loaders import make_loaders as common_loaders
 
@@ -31,10 +31,10 @@ MIRRORING = dict.fromkeys(
 
 
 def tta_policy(structures) -> TtaPolicy:
-    """hflip is allowed only with the left/right channels swapped back; vflip never (chest
-    X-rays are not upside down)."""
+    """hflip is allowed only with the left/right channels swapped back; no other D4 view (chest
+    X-rays are never upside down or sideways)."""
     return TtaPolicy(
-        forbidden=frozenset({"vflip"}),
+        forbidden=ORIENTING,
         remap={"hflip": side_swap(structures)},
         reason="chest X-rays are never upside down",
     )

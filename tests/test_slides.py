@@ -1,0 +1,151 @@
+"""common.slides and common.polygons: every TIFF layout read by windows, bad files refused by
+name; polygons with holes and parts rasterised, per window as a whole, real GeoJSON parsed."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+import tifffile
+
+from common.polygons import check_inside, rasterize, read_geojson
+from common.slides import SlideError, open_slide
+from tests.conftest import shared_path
+
+RNG = np.random.default_rng(7)
+IMAGE = RNG.integers(0, 256, (300, 410, 3), dtype=np.uint8)
+
+
+def _write(path, layout: str, image=IMAGE):
+    planes = np.moveaxis(image, -1, 0)
+    if layout == "tiled":
+        tifffile.imwrite(path, image, tile=(64, 64), photometric="rgb", compression="zlib")
+    elif layout == "striped":
+        tifffile.imwrite(path, image, rowsperstrip=32, photometric="rgb")
+    elif layout == "rgba":
+        alpha = np.full((*image.shape[:2], 1), 255, np.uint8)
+        tifffile.imwrite(
+            path, np.concatenate([image, alpha], -1), photometric="rgb", extrasamples=[2]
+        )
+    elif layout == "channels-first":
+        tifffile.imwrite(path, planes, photometric="rgb", planarconfig="separate")
+    elif layout == "pages-as-stack":
+        tifffile.imwrite(path, planes, photometric="minisblack")
+    elif layout == "5d":
+        tifffile.imwrite(
+            path, planes[None, None], photometric="minisblack", metadata={"axes": "TZCYX"}
+        )
+    elif layout == "pages":
+        with tifffile.TiffWriter(path) as tiff:
+            for channel in range(3):
+                tiff.write(image[..., channel], photometric="minisblack", compression="lzw")
+    elif layout == "pyramid":
+        with tifffile.TiffWriter(path) as tiff:
+            tiff.write(image, subifds=1, tile=(64, 64), photometric="rgb")
+            tiff.write(image[::2, ::2].copy(), subfiletype=1, tile=(64, 64), photometric="rgb")
+    return path
+
+
+LAYOUTS = ("tiled", "striped", "rgba", "channels-first", "pages-as-stack", "5d", "pages", "pyramid")
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_every_layout_reads_the_same_windows(tmp_path, layout):
+    with open_slide(_write(tmp_path / "s.tiff", layout)) as slide:
+        assert slide.shape == (300, 410)
+        np.testing.assert_array_equal(slide.read(0, 300, 0, 410), IMAGE)
+        np.testing.assert_array_equal(slide.read(37, 201, 90, 333), IMAGE[37:201, 90:333])
+        small = slide.read(30, 270, 60, 300, scale=3)
+        expected = cv2.resize(IMAGE[30:270, 60:300], (80, 80), interpolation=cv2.INTER_AREA)
+        np.testing.assert_array_equal(small, expected)
+        assert slide.read(0, 10, 0, 10, shape=(4, 5)).shape == (4, 5, 3)
+
+
+def test_bad_slides_name_the_file(tmp_path):
+    grey = tmp_path / "grey.tiff"
+    tifffile.imwrite(grey, IMAGE[..., 0])
+    with pytest.raises(SlideError, match=r"grey\.tiff: layout not understood"):
+        open_slide(grey)
+    deep = tmp_path / "deep.tiff"
+    tifffile.imwrite(deep, IMAGE.astype(np.uint16), photometric="rgb")
+    with pytest.raises(SlideError, match=r"deep\.tiff: uint16"):
+        open_slide(deep)
+    cut = tmp_path / "cut.tiff"
+    data = _write(tmp_path / "whole.tiff", "striped").read_bytes()
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(SlideError, match=r"cut\.tiff: truncated"):
+        open_slide(cut)
+    junk = tmp_path / "junk.tiff"
+    junk.write_bytes(b"not a tiff at all")
+    with pytest.raises(SlideError, match=r"junk\.tiff: not a readable TIFF"):
+        open_slide(junk)
+    with (
+        open_slide(_write(tmp_path / "ok.tiff", "tiled")) as slide,
+        pytest.raises(SlideError, match=r"ok\.tiff: window .* outside the 300x410 image"),
+    ):
+        slide.read(250, 301, 0, 10)
+
+
+def _feature(geometry):
+    return {"type": "Feature", "geometry": geometry, "properties": {}}
+
+
+def _square(x0, y0, x1, y1):
+    return [[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]
+
+
+def test_polygons_holes_parts_and_lines(tmp_path):
+    path = tmp_path / "a.json"
+    features = [
+        _feature(
+            {"type": "Polygon", "coordinates": [_square(10, 10, 40, 40), _square(20, 20, 30, 30)]}
+        ),
+        _feature(
+            {
+                "type": "MultiPolygon",
+                "coordinates": [[_square(50, 5, 60, 15)], [_square(70, 5, 80, 15)]],
+            }
+        ),
+        _feature({"type": "LineString", "coordinates": [[0, 0], [5, 5]]}),
+    ]
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+    messages = []
+    polygons = read_geojson(path, log=messages.append)
+    assert len(polygons) == 3 and len(polygons[0]) == 2
+    assert messages == [f"{path}: skipped feature(s) 2 (LineString): they enclose no area"]
+    with pytest.raises(ValueError, match=r"a\.json: feature 2 is a LineString"):
+        read_geojson(path, strict=True)
+    mask = rasterize(polygons, (50, 90))
+    expected = np.zeros((50, 90), np.uint8)
+    expected[10:41, 10:41] = 1
+    expected[20:31, 20:31] = 0  # the hole, its outline included
+    expected[5:16, 50:61] = 1
+    expected[5:16, 70:81] = 1
+    np.testing.assert_array_equal(mask, expected)
+    np.testing.assert_array_equal(
+        rasterize(polygons, (50, 90), (8, 33, 15, 75)), expected[8:33, 15:75]
+    )
+    check_inside(polygons, (50, 90), "a.json")
+    with pytest.raises(ValueError, match=r"a\.json: polygon 2 spans x 70..80.*outside the 50x75"):
+        check_inside(polygons, (50, 75), "a.json")
+
+
+def test_real_geojson_mixed_geometries():
+    folder = shared_path("hubmap", "extra_annotations_geojson")
+    messages = []
+    total = 0
+    for path in sorted(folder.glob("*.json")):
+        polygons = read_geojson(path, log=messages.append)
+        total += len(polygons)
+        for polygon in polygons:  # each fills, at its own place, about its shoelace area
+            outline = polygon[0]
+            y0, x0 = np.floor(outline.min(axis=0)[::-1]).astype(int)
+            y1, x1 = np.ceil(outline.max(axis=0)[::-1]).astype(int) + 1
+            filled = rasterize([polygon], (y1 + 1, x1 + 1), (y0, y1, x0, x1)).sum()
+            x, y = outline[:, 0], outline[:, 1]
+            area = 0.5 * abs(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1)))
+            assert filled == pytest.approx(area, rel=0.1, abs=200)
+    assert total == 171 + 2 * 12  # Polygons, and both parts of each MultiPolygon
+    assert len(messages) == 1 and "(LineString)" in messages[0]
