@@ -69,8 +69,8 @@ def test_side_swap_and_policy_checks():
         policy.check(["vflip"])
     with pytest.raises(ValueError, match="not a permutation of 3 channels"):
         policy.check(["hflip"], 3)
-    with pytest.raises(ValueError, match="unknown TTA 'rot90'"):
-        policy.check(["rot90"])
+    with pytest.raises(ValueError, match="unknown TTA 'rot45'"):
+        policy.check(["rot45"])
 
 
 class Fixed(nn.Module):
