@@ -81,3 +81,23 @@ def read_folds(path: str | os.PathLike) -> pd.DataFrame:
     if not pd.api.types.is_integer_dtype(frame["fold"]) or (frame["fold"] < 0).any():
         raise ValueError(f"{path}: fold must be a non-negative integer in every row")
     return frame.loc[:, list(FOLDS_COLUMNS)]
+
+
+def group_folds(groups, sizes, n_folds: int, seed: int = 42) -> dict:
+    """Folds grouped by a key (the tiles of one slide never split across folds): each group
+    goes whole to one fold, the largest first to the fold with the fewest items so far, ties
+    broken by a seeded shuffle. ``sizes`` are the groups' item counts; returns group -> fold."""
+    groups = list(groups)
+    if len(set(groups)) != len(groups):
+        raise ValueError("group_folds: each group once")
+    if not 1 < n_folds <= len(groups):
+        raise ValueError(f"{n_folds} folds need at least as many groups, got {len(groups)}")
+    order = np.random.default_rng(seed).permutation(len(groups))
+    order = sorted(order, key=lambda i: -float(sizes[i]))
+    load = np.zeros(n_folds)
+    out = {}
+    for i in order:
+        fold = int(np.argmin(load))
+        out[groups[i]] = fold
+        load[fold] += float(sizes[i])
+    return out

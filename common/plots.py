@@ -84,7 +84,7 @@ def training_curves(log, path: str | os.PathLike) -> None:
 def mask_overlays(panels, path: str | os.PathLike, columns: int = 4) -> None:
     """A grid of images with their truth (green) and prediction (red) outlines.
 
-    ``panels``: (title, image uint8 (H, W), truth {0,1} or None, prediction {0,1}) tuples;
+    ``panels``: (title, image uint8 (H, W) or RGB (H, W, 3), truth {0,1} or None, prediction {0,1}) tuples;
     a mask may be (C, H, W) (one channel per structure), each channel outlined on its own.
     Masks of another size than the image are drawn on the image resized to theirs."""
     import cv2
@@ -98,9 +98,9 @@ def mask_overlays(panels, path: str | os.PathLike, columns: int = 4) -> None:
         ax.axis("off")
     for ax, (title, image, truth, pred) in zip(axes.ravel(), panels, strict=False):
         height, width = np.shape(pred)[-2:]
-        if image.shape != (height, width):
+        if image.shape[:2] != (height, width):
             image = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
-        rgb = cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
+        rgb = image.copy() if image.ndim == 3 else cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
         for mask, colour in ((truth, (0, 255, 0)), (pred, (255, 40, 40))):
             if mask is None:
                 continue
@@ -116,4 +116,23 @@ def mask_overlays(panels, path: str | os.PathLike, columns: int = 4) -> None:
         ax.set_title(title, fontsize=8)
     with_truth = any(truth is not None for _, _, truth, _ in panels)
     fig.suptitle("truth: green, prediction: red" if with_truth else "prediction: red", fontsize=10)
+    _save(fig, path)
+
+
+def grid_heatmap(table, x: str, y: str, value: str, path: str | os.PathLike, title: str, best=None):
+    """One heatmap of ``value`` over the grid of two columns of ``table``, the best point
+    starred."""
+    grid = table.pivot(index=y, columns=x, values=value)
+    fig, ax = plt.subplots(figsize=(7, 5))
+    image = ax.imshow(grid.to_numpy(), origin="lower", aspect="auto", cmap="viridis")
+    ax.set_xticks(range(grid.shape[1]), [f"{v:g}" for v in grid.columns], rotation=90, fontsize=7)
+    ax.set_yticks(range(grid.shape[0]), [f"{v:g}" for v in grid.index], fontsize=7)
+    ax.set_xlabel(x)
+    ax.set_ylabel(y)
+    fig.colorbar(image, ax=ax, fraction=0.046, label=value)
+    if best is not None:
+        row = int(np.flatnonzero(grid.index == best[y])[0])
+        col = int(np.flatnonzero(grid.columns == best[x])[0])
+        ax.plot(col, row, marker="*", color="red", markersize=12)
+    ax.set_title(title, fontsize=8)
     _save(fig, path)

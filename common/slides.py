@@ -149,6 +149,22 @@ class Slide:
         self.close()
 
 
+def thumbnail(slide: Slide, max_side: int = 1024, window: int = 4096) -> np.ndarray:
+    """The whole slide shrunk to at most ``max_side`` pixels a side, read ``window`` full-
+    resolution pixels at a time."""
+    scale = max(slide.height, slide.width) / max_side
+    shape = max(1, round(slide.height / scale)), max(1, round(slide.width / scale))
+    out = np.zeros((*shape, 3), np.uint8)
+    for y0 in range(0, slide.height, window):
+        for x0 in range(0, slide.width, window):
+            y1, x1 = min(y0 + window, slide.height), min(x0 + window, slide.width)
+            ty0, ty1 = round(y0 * shape[0] / slide.height), round(y1 * shape[0] / slide.height)
+            tx0, tx1 = round(x0 * shape[1] / slide.width), round(x1 * shape[1] / slide.width)
+            if ty1 > ty0 and tx1 > tx0:
+                out[ty0:ty1, tx0:tx1] = slide.read(y0, y1, x0, x1, shape=(ty1 - ty0, tx1 - tx0))
+    return out
+
+
 def open_slide(path: str | os.PathLike) -> Slide:
     return Slide(path)
 

@@ -178,3 +178,51 @@ def upsample_rows(
         raise ValueError(
             f"the bands end at row {first + (0 if held is None else held.shape[1])} of {in_height}"
         )
+
+
+def tissue_fraction(rgb: np.ndarray, min_saturation: int = 40) -> float:
+    """Share of an RGB uint8 window that is stained tissue: HSV saturation (0..255) above
+    ``min_saturation`` and not near-black (scanner padding); glass and background are pale."""
+    hsv = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2HSV)
+    return float(((hsv[..., 1] > min_saturation) & (hsv[..., 2] > 30)).mean())
+
+
+def object_centres(
+    runs: tuple[np.ndarray, np.ndarray], shape: tuple[int, int], cell: int
+) -> np.ndarray:
+    """(K, 2) int (y, x) centres of the mask given as column-major runs (``rle_runs``), one per
+    ``cell`` x ``cell`` square holding mask pixels: the pixel-weighted mean of its runs."""
+    starts, lengths = runs
+    if not len(starts):
+        return np.zeros((0, 2), np.int64)
+    height = shape[0]
+    cols, rows = starts // height, starts % height + (lengths - 1) / 2
+    keys = (rows // cell).astype(np.int64) * (shape[1] // cell + 1) + cols // cell
+    _, inverse = np.unique(keys, return_inverse=True)
+    weight = np.bincount(inverse, lengths).astype(np.float64)
+    y = np.bincount(inverse, rows * lengths) / weight
+    x = np.bincount(inverse, cols * lengths) / weight
+    return np.rint(np.stack([y, x], axis=1)).astype(np.int64)
+
+
+def training_windows(
+    shape: tuple[int, int],
+    size: int,
+    *,
+    overlap: int = 0,
+    centres: np.ndarray | None = None,
+    jitter: float = 0.0,
+    seed: int = 0,
+) -> list[tuple[Tile, str]]:
+    """Training windows of ``size`` full-resolution pixels over a (height, width) image: the
+    grid (``"grid"``) plus one window around each of ``centres`` (``"object"``), shifted by up to
+    ``jitter`` x size at random (seeded) and moved inside the image."""
+    height, width = shape
+    windows = [(tile, "grid") for tile in tile_grid(height, width, size, overlap)]
+    rng = np.random.default_rng(seed)
+    for y, x in np.asarray(centres if centres is not None else np.zeros((0, 2)), np.int64):
+        dy, dx = rng.uniform(-jitter, jitter, 2) * size
+        y0 = int(np.clip(round(y + dy - size / 2), 0, max(0, height - size)))
+        x0 = int(np.clip(round(x + dx - size / 2), 0, max(0, width - size)))
+        windows.append((Tile(y0, x0, min(y0 + size, height), min(x0 + size, width)), "object"))
+    return windows
