@@ -1,7 +1,7 @@
 """The seed's tile filter (HuBMAP): after a first model, drop the training tiles it already
 predicts perfectly and train on the rest, for faster convergence.
 
-``tile_dice`` scores every item of a table with a trained model (Dice at 0.5, an empty
+``tile_dice`` scores every item of a table with a trained model (Dice at a threshold, an empty
 prediction on an empty mask scoring 1); ``kept_items`` drops those at or above ``min_dice``.
 The scores are data: a stage writes them beside the run that made them (``tile_filter.csv``),
 and the next run's loaders read them.
@@ -18,20 +18,28 @@ from common.config import Config
 from common.inference import predict_tensor
 from common.loaders import Items, eval_loader
 from common.metrics import dice_per_image
+from common.postprocess import remove_small_components
 
 FILE = "tile_filter.csv"
 
 
 @torch.no_grad()
 def tile_dice(
-    model: torch.nn.Module, config: Config, items: Items, device: torch.device
+    model: torch.nn.Module,
+    config: Config,
+    items: Items,
+    device: torch.device,
+    *,
+    threshold: float = 0.5,
+    min_size: int = 0,
 ) -> pd.DataFrame:
-    """(id, dice) of every item: the model's mask at 0.5 against the item's truth."""
+    """(id, dice) of every item: the model's mask (probability above ``threshold``, components
+    under ``min_size`` pixels removed: the run's own post-processing) against the truth."""
     model.to(device).eval()
     scores = []
     for batch in tqdm(eval_loader(config, items), desc="tile filter", leave=False):
         prob = predict_tensor(model, batch["image"], device=device)["mask"]
-        pred = (prob > 0.5).astype(np.uint8)
+        pred = np.stack([remove_small_components(p, min_size) for p in (prob[:, 0] > threshold)])
         truth = batch["mask"].numpy().astype(np.uint8)
         scores.append(
             dice_per_image(pred.reshape(-1, *pred.shape[-2:]), truth.reshape(-1, *truth.shape[-2:]))

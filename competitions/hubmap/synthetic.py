@@ -80,7 +80,7 @@ def _layout_objects(rng, height: int, width: int, tissue_low: np.ndarray, object
     """Glomerulus features (GeoJSON geometries) and tubules (cx, cy, rx, ry, angle)."""
     ys, xs = np.nonzero(tissue_low)
     radius_range = (90 * object_scale, 150 * object_scale)
-    n = max(3, int(len(ys) * LOW * LOW / (1100 * object_scale) ** 2))
+    n = max(3, int(len(ys) * LOW * LOW / (1900 * object_scale) ** 2))  # about 1% of the pixels
     centres, features = [], []
     for _ in range(n * 4):
         if len(features) >= n or not len(ys):
@@ -255,7 +255,7 @@ def _make_one(
 def generate(out: str | Path, spec: SyntheticSpec = SyntheticSpec(), *, n_jobs: int = 2) -> Path:
     """Write the set into ``out`` (atomically, as a whole); reuse it when its manifest matches."""
     out = Path(out)
-    manifest = {"spec": asdict(spec), "version": 1}
+    manifest = {"spec": asdict(spec), "version": 2}
     if (out / "manifest.json").is_file() and json.loads(
         (out / "manifest.json").read_text()
     ) == manifest:
