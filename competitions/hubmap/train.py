@@ -119,6 +119,18 @@ def run_fold(config: Config, fold: int, *, resume: bool = False, log=print) -> d
     return metrics
 
 
+def train_folds(config: Config, folds, *, resume: bool = False) -> None:
+    """Prepare the tiles (one process), then train and predict each fold."""
+    if distributed.is_main():
+        prepare(config)
+    distributed.barrier()
+    for fold in folds:
+        metrics = run_fold(config, fold, resume=resume)
+        if metrics is not None:
+            print(f"fold {fold}: {metrics['train_images']} training tiles, held-out slides "
+                  f"{', '.join(metrics['held_out'])} predicted in {metrics['wall_seconds']:.0f}s")  # fmt: skip
+
+
 def main(argv=None) -> None:
     parser = train_parser(__doc__)
     parser.add_argument("--no-evaluate", action="store_true", help="train and predict only")
@@ -129,14 +141,7 @@ def main(argv=None) -> None:
         POLICY.check(config.predict.tta)
         folds = parse_folds(args.folds)
         start = time.perf_counter()
-        if distributed.is_main():
-            prepare(config)
-        distributed.barrier()
-        for fold in folds:
-            metrics = run_fold(config, fold, resume=args.resume)
-            if metrics is not None:
-                print(f"fold {fold}: {metrics['train_images']} training tiles, held-out slides "
-                      f"{', '.join(metrics['held_out'])} predicted in {metrics['wall_seconds']:.0f}s")  # fmt: skip
+        train_folds(config, folds, resume=args.resume)
         if distributed.is_main() and not args.no_evaluate:
             evaluate(config)
             print(f"hubmap: {len(folds)} fold(s) in {time.perf_counter() - start:.0f}s wall time")

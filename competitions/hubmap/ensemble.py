@@ -1,0 +1,228 @@
+"""A HuBMAP ensemble: the out-of-fold search on the members' blended maps, then the test slides.
+
+    python -m competitions.hubmap.ensemble --config competitions/hubmap/configs/ensembles/default.yaml
+
+1. Out of fold: each training slide's map is the weighted mean of the maps its fold's model of
+   every member wrote (``fold<k>/oof/<id>.tiff``; no second forward pass); the threshold and
+   minimum object size are searched on them and the full-resolution Dice scored
+   (``common.slide_search``): ``models/hubmap/<name>/thresholds.yaml``, ``search.csv``,
+   ``search.png``.
+2. Test: every fold of every member predicts each test slide in tiles (D4 TTA, Gaussian
+   blending) and the mask is encoded strip by strip (``common.slide_inference``), never held
+   whole: ``submissions/hubmap/<name>.csv`` (``id,predicted``), validated against the sample
+   submission, scored when the test truth is known, with ``<name>.json`` beside it. Under
+   ``torchrun`` the test slides are shared out across ranks and gathered on rank 0.
+
+Members must share ``data.window`` and ``data.size``: their maps are on one grid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import tifffile
+import torch
+import yaml
+
+from common import distributed
+from common.atomic import write_text_atomic
+from common.checkpoints import load_checkpoint
+from common.config import Config, load_run_config, to_config
+from common.ensemble import check_trained, train_missing
+from common.metrics import dice_of_runs
+from common.predict import final_path, load_fold_model
+from common.rle import rle_runs
+from common.runner import resolve_device
+from common.slide_inference import TilePlan, predict_slide, rle_from_bands, tile_predictor
+from common.slide_search import search_slides, truth_at_scale
+from common.slides import open_slide
+from common.sources import raw_or_synthetic
+from common.submission import SubmissionFormat, validate_submission, write_rows
+from competitions.hubmap.evaluate import HEADER, oof_slides
+from competitions.hubmap.synthetic import generate
+
+FORMAT = SubmissionFormat("id", "predicted", "", lambda value, shape: rle_runs(value, shape))
+
+
+def member_config(config: Config, member) -> Config:
+    """The resolved config a member's first fold was trained with (stored in its checkpoint),
+    its runs under the ensemble's ``output``."""
+    stored = load_checkpoint(final_path(config.output, member.experiment, member.folds[0]))[
+        "config"
+    ]
+    return to_config(stored | {"output": str(config.output)})
+
+
+def tile_plan(config: Config, members) -> TilePlan:
+    grids = {(c.data.window, c.data.size) for c in (member_config(config, m) for m in members)}
+    if len(grids) != 1:
+        raise ValueError(
+            f"members tile differently {sorted(grids)}: an ensemble needs one data.window/data.size"
+        )
+    (window, size), = grids  # fmt: skip
+    return TilePlan(tile=size, scale=window / size, overlap=config.overlap, blend=config.blend,
+                    batch_size=config.batch_size)  # fmt: skip
+
+
+def search_oof(config: Config, members, plan: TilePlan, out: Path, log=print) -> dict:
+    """Weighted mean of the members' out-of-fold maps per slide, searched and scored."""
+    per_member = {m.experiment: {s["id"]: s for s in oof_slides(member_config(config, m))}
+                  for m in members}  # fmt: skip
+    ids = sorted(set.intersection(*(set(v) for v in per_member.values())))
+    if not ids:
+        raise ValueError(
+            "no slide has an out-of-fold map from every member: train their folds first"
+        )
+    slides = [per_member[members[0].experiment][i] for i in ids]
+
+    def mean_map(image_id: str) -> np.ndarray:
+        total = sum(m.weight * tifffile.imread(per_member[m.experiment][image_id]["map"]).astype(np.float32)
+                    for m in members)  # fmt: skip
+        return np.rint(total / sum(m.weight for m in members)).astype(np.uint8)
+
+    pairs = ((mean_map(s["id"]), None) for s in slides)
+    pairs = (
+        (prob, truth_at_scale(s["rle"], s["shape"], prob.shape))
+        for (prob, _), s in zip(pairs, slides, strict=True)
+    )
+    search = search_slides(pairs, config.thresholds, config.min_sizes, plan.scale**2)
+    search.to_csv(out / "search.csv")
+    search.heatmap(out / "search.png")
+    threshold, min_size = float(search.best["threshold"]), int(search.best["min_size"])
+    scores = []
+    for s in slides:
+        prob = mean_map(s["id"]).astype(np.float32) / 255
+        bands = ((y, prob[y : y + 256]) for y in range(0, prob.shape[0], 256))
+        rle = rle_from_bands(bands, prob.shape, s["shape"], threshold=threshold, min_size=min_size)
+        scores.append(dice_of_runs(rle_runs(rle, s["shape"]), rle_runs(s["rle"], s["shape"])))
+    result = {"threshold": threshold, "min_size": min_size, "oof_dice": round(float(np.mean(scores)), 4),
+              "empty_dice": search.empty_dice, "n_slides": len(slides)}  # fmt: skip
+    write_text_atomic(out / "thresholds.yaml", "# written by competitions.hubmap.ensemble from the out-of-fold "
+                      "search; do not edit\n" + yaml.safe_dump(result, sort_keys=False))  # fmt: skip
+    log(f"hubmap ensemble: OOF Dice {result['oof_dice']:.4f} (full resolution, {len(slides)} slides; "
+        f"all-empty {search.empty_dice:.4f}), threshold {threshold:g}, min size {min_size} px")  # fmt: skip
+    return result
+
+
+def predict_slides(models, plan: TilePlan, tta, paths: dict[str, Path], thresholds: dict, device,
+                   *, weights=None, log=print) -> list[tuple[str, str]]:  # fmt: skip
+    """(id, RLE) of this rank's share of the slides, in bounded memory; gathered on rank 0 in
+    the order of ``paths``."""
+    predictor = tile_predictor(models, device=device, weights=weights, tta=tta)
+    ids = list(paths)[distributed.rank() :: distributed.world_size()]
+    rows = []
+    for image_id in ids:
+        start = time.perf_counter()
+        with open_slide(paths[image_id]) as slide:
+            bands = predict_slide(slide, predictor, plan)
+            rle = rle_from_bands(bands, plan.model_shape(slide.shape), slide.shape,
+                                 threshold=thresholds["threshold"], min_size=thresholds["min_size"])  # fmt: skip
+        rows.append((image_id, rle))
+        log(
+            f"{image_id}: {slide.height}x{slide.width} predicted in {time.perf_counter() - start:.0f}s"
+        )
+    gathered = (
+        dict(row for part in distributed.gather(rows) for row in part)
+        if distributed.active()
+        else dict(rows)
+    )
+    return [(i, gathered[i]) for i in paths if i in gathered]
+
+
+def test_slides(folder: Path) -> tuple[list[str], dict[str, Path]]:
+    sample = pd.read_csv(folder / "sample_submission.csv", dtype=str, keep_default_na=False)
+    paths = {i: folder / "test" / f"{i}.tiff" for i in sample["id"]}
+    missing = [str(p) for p in paths.values() if not p.is_file()]
+    if missing:
+        raise ValueError(
+            f"{folder}/sample_submission.csv names slides that are absent, e.g. {missing[0]}"
+        )
+    return list(sample["id"]), paths
+
+
+def score(csv: Path, truth_csv: Path, shapes: dict) -> float:
+    pred = pd.read_csv(csv, dtype=str, keep_default_na=False).set_index("id")["predicted"]
+    truth = pd.read_csv(truth_csv, dtype=str, keep_default_na=False).set_index("id")["encoding"]
+    return float(
+        np.mean(
+            [
+                dice_of_runs(rle_runs(pred[i], shapes[i]), rle_runs(truth[i], shapes[i]))
+                for i in truth.index
+            ]
+        )
+    )
+
+
+def run(config: Config, *, log=print) -> dict:
+    from competitions.hubmap.train import run_fold
+
+    if distributed.is_main():
+        train_missing(
+            config,
+            lambda path, fold: run_fold(load_run_config(path, [f"output={config.output}"]), fold),
+            log=log,
+        )
+    distributed.barrier()
+    members, _ = check_trained(config)
+    plan = tile_plan(config, members)
+    out = Path(config.output) / config.name
+    if distributed.is_main():
+        search_oof(config, members, plan, out, log)
+    distributed.barrier()
+    thresholds = yaml.safe_load((out / "thresholds.yaml").read_text())
+    device = resolve_device("auto")
+    source = raw_or_synthetic(config.raw, config.synthetic, has_data=lambda r: (r / "test").is_dir(),
+                              expected="test/<id>.tiff and sample_submission.csv",
+                              generate=generate, describe="HuBMAP synthetic slides", log=log)  # fmt: skip
+    ids, paths = test_slides(source.root)
+    folds = [
+        load_fold_model(config.output, m.experiment, k, m.weight, device)
+        for m in members
+        for k in m.folds
+    ]
+    rows = predict_slides([f.model for f in folds], plan, config.tta, paths, thresholds, device,
+                          weights=[f.weight for f in folds], log=log)  # fmt: skip
+    if not distributed.is_main():
+        return {}
+    csv = Path(config.submissions) / f"{config.name}.csv"
+    write_rows(rows, csv, HEADER)
+    shapes = {}
+    for image_id, path in paths.items():
+        with open_slide(path) as slide:
+            shapes[image_id] = slide.shape
+    counts = validate_submission(csv, ids, FORMAT, shapes.__getitem__)
+    summary = {"members": [m.__dict__ | {"folds": list(m.folds)} for m in members], "tta": list(config.tta),
+               "thresholds": thresholds, "rows": counts, "source": str(source.root)}  # fmt: skip
+    truth = source.root / "test_truth.csv"
+    if truth.is_file():
+        summary["test_dice"] = round(score(csv, truth, shapes), 4)
+    write_text_atomic(csv.with_suffix(".json"), json.dumps(summary, indent=2) + "\n")
+    log(f"wrote {csv}: {counts['rows']} slides ({counts['non_empty']} with glomeruli)"
+        + (f"; test Dice {summary['test_dice']:.4f} (full resolution, mean over slides)" if "test_dice" in summary else ""))  # fmt: skip
+    return summary
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", required=True)
+    parser.add_argument("overrides", nargs="*")
+    args = parser.parse_args(argv)
+    try:
+        distributed.start()
+        config = load_run_config(args.config, args.overrides)
+        run(config)
+    except ValueError as error:
+        sys.exit(f"hubmap ensemble: {error}")
+    finally:
+        distributed.stop()
+
+
+if __name__ == "__main__":
+    torch.set_grad_enabled(False)
+    main()
