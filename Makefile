@@ -23,9 +23,12 @@ LAUNCH := $(if $(GPUS),$(PY) -m torch.distributed.run --standalone --nproc_per_n
 SIIM_TRAIN = $(LAUNCH) -m competitions.siim.train --config $(CONFIG) $(if $(RESUME),--resume)
 LUNG_CONFIG ?= competitions/lung/configs/unet_resnet18_cpu.yaml
 LUNG_TRAIN = $(LAUNCH) -m competitions.lung.train --config $(LUNG_CONFIG) $(if $(RESUME),--resume)
+HUBMAP_CONFIG ?= competitions/hubmap/configs/unet_resnet18_cpu.yaml
+HUBMAP_FILTERED ?= competitions/hubmap/configs/filtered.yaml
+HUBMAP_TRAIN = $(LAUNCH) -m competitions.hubmap.train $(if $(RESUME),--resume)
 
 .DEFAULT_GOAL := help
-.PHONY: help venv test test-all fixup lint bench clean siim-synthetic siim-prepare siim-fold0 siim-folds ensemble submit kaggle-bundle kaggle-push lung-prepare lung-fold0 lung-folds
+.PHONY: help venv test test-all fixup lint bench clean siim-synthetic siim-prepare siim-fold0 siim-folds ensemble submit kaggle-bundle kaggle-push lung-prepare lung-fold0 lung-folds hubmap-prepare hubmap-fold0 hubmap-folds hubmap-filter
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -75,6 +78,19 @@ lung-fold0: $(STAMP)  ## train on the odd SCR cases, predict the even ones, prin
 
 lung-folds: $(STAMP)  ## both SCR folds: every case predicted once -> submissions/lung/<name>.csv
 	$(LUNG_TRAIN) --folds 0,1 $(ARGS)
+
+hubmap-prepare: $(STAMP)  ## tile data/hubmap/raw (or the synthetic slides) at HUBMAP_CONFIG's window and size
+	$(PY) -m competitions.hubmap.prepare --config $(HUBMAP_CONFIG)
+
+hubmap-fold0: $(STAMP)  ## train fold 0 on tiles, predict its held-out slide whole, search and score; HUBMAP_CONFIG=
+	$(HUBMAP_TRAIN) --config $(HUBMAP_CONFIG) --folds 0 $(ARGS)
+
+hubmap-folds: $(STAMP)  ## the same for every fold in FOLDS (folds grouped by slide)
+	$(HUBMAP_TRAIN) --config $(HUBMAP_CONFIG) --folds $(FOLDS) $(ARGS)
+
+hubmap-filter: $(STAMP)  ## the seed's tile filter: score HUBMAP_CONFIG's fold-0 tiles, train HUBMAP_FILTERED on the rest; FILTER_FOLDS=0,1
+	$(PY) -m competitions.hubmap.tile_filter --config $(HUBMAP_CONFIG) --folds $(or $(FILTER_FOLDS),0)
+	$(HUBMAP_TRAIN) --config $(HUBMAP_FILTERED) --folds $(or $(FILTER_FOLDS),0) $(ARGS)
 
 ensemble: $(STAMP) $(ENSEMBLE_PREPARE)  ## OOF search + test submission for ENSEMBLE (SIIM's default; a lung one: ENSEMBLE=competitions/lung/configs/ensembles/default.yaml)
 	$(PY) -m competitions.$(ENSEMBLE_COMPETITION).ensemble --config $(ENSEMBLE) $(ARGS)

@@ -51,4 +51,9 @@ def kept_items(frame: pd.DataFrame, scores: pd.DataFrame, min_dice: float) -> pd
     """The rows of ``frame`` whose tile is not perfect (scores below ``min_dice``); a tile
     without a score is kept."""
     perfect = set(scores.loc[scores["dice"] >= min_dice, "id"].astype(str))
-    return frame[~frame["id"].astype(str).isin(perfect)].reset_index(drop=True)
+    kept = frame[~frame["id"].astype(str).isin(perfect)].reset_index(drop=True)
+    if len(frame) and not len(kept):
+        raise ValueError(
+            f"the tile filter (Dice >= {min_dice:g}) would drop every tile: no training tiles left"
+        )
+    return kept

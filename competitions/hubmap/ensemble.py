@@ -42,10 +42,9 @@ from common.runner import resolve_device
 from common.slide_inference import TilePlan, predict_slide, rle_from_bands, tile_predictor
 from common.slide_search import search_slides, truth_at_scale
 from common.slides import open_slide
-from common.sources import raw_or_synthetic
 from common.submission import SubmissionFormat, validate_submission, write_rows
 from competitions.hubmap.evaluate import HEADER, oof_slides
-from competitions.hubmap.synthetic import generate
+from competitions.hubmap.prepare import source as slides_source
 
 FORMAT = SubmissionFormat("id", "predicted", "", lambda value, shape: rle_runs(value, shape))
 
@@ -177,9 +176,7 @@ def run(config: Config, *, log=print) -> dict:
     distributed.barrier()
     thresholds = yaml.safe_load((out / "thresholds.yaml").read_text())
     device = resolve_device("auto")
-    source = raw_or_synthetic(config.raw, config.synthetic, has_data=lambda r: (r / "test").is_dir(),
-                              expected="test/<id>.tiff and sample_submission.csv",
-                              generate=generate, describe="HuBMAP synthetic slides", log=log)  # fmt: skip
+    source = slides_source(config.raw, config.synthetic, config.synthetic_scale, log=log)
     ids, paths = test_slides(source.root)
     folds = [
         load_fold_model(config.output, m.experiment, k, m.weight, device)

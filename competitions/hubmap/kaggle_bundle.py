@@ -17,8 +17,14 @@ SPEC = kaggle.BundleSpec(
     title="HuBMAP",
     input_slug=COMPETITION,
     competition=COMPETITION,
-    wheels={"tifffile": "tifffile", "zarr": "zarr", "imagecodecs": "imagecodecs",
-            "numcodecs": "numcodecs", "donfig": "donfig", "google-crc32c": "google_crc32c"},  # fmt: skip
+    wheels={
+        "tifffile": "tifffile",
+        "zarr": "zarr",
+        "imagecodecs": "imagecodecs",
+        "numcodecs": "numcodecs",
+        "donfig": "donfig",
+        "google-crc32c": "google_crc32c",
+    },
 )
 
 build = partial(kaggle.build, spec=SPEC)

@@ -45,15 +45,16 @@ SLIDES = Table("slides.csv", ("id", "height", "width", "tiles", "object_tiles", 
 TILE_COLUMNS = ["id", "slide", "y", "x", "kind", "tissue", "mask_area"]
 
 
-def source(config: Config, log=print) -> Source:
-    spec = SyntheticSpec()
+def source(raw, synthetic, scale: float = 1.0, log=print) -> Source:
+    """``raw`` when it holds the download, else the synthetic set (made at ``scale``)."""
+    spec = SyntheticSpec(scale=scale)
     return raw_or_synthetic(
-        config.data.raw,
-        config.data.synthetic,
-        has_data=lambda root: (root / "train.csv").is_file() and (root / "train").is_dir(),
-        expected="train/<id>.tiff and train.csv (the Kaggle download)",
+        raw,
+        synthetic,
+        has_data=lambda root: (root / "train.csv").is_file() or (root / "test").is_dir(),
+        expected="train.csv, train/<id>.tiff, test/<id>.tiff (the Kaggle download)",
         generate=lambda root: generate(root, spec),
-        describe="HuBMAP: 5 train and 2 test slides of 3,000-15,000 px in six TIFF layouts,",
+        describe=f"HuBMAP: 5 train and 2 test slides ({scale:g} x 3,000-15,000 px) in six TIFF layouts,",
         log=log,
     )
 
@@ -123,7 +124,8 @@ def _work(entry: Entry, out: Path) -> dict:
 
 def prepare(config: Config, *, n_jobs: int = 2, log=print) -> Path:
     """Bring ``<prepared>/<window>_<size>/`` up to date; returns the folder."""
-    src = source(config, log=log)
+    d = config.data
+    src = source(d.raw, d.synthetic, d.synthetic_scale, log=log)
     train = read_train(src.root)
     out = folder(config)
     settings = _settings(config)

@@ -94,7 +94,7 @@ def _layout_objects(rng, height: int, width: int, tissue_low: np.ndarray, object
         if any(np.hypot(*(c - o)) < 3.5 * max(r, s) for o, s in centres):
             continue
         centres.append((c, r))
-        kind = rng.uniform()
+        kind = (0.05, 0.2)[len(features)] if len(features) < 2 else rng.uniform()  # a hole, a pair
         outline = _blob(rng, c, r)
         if kind < 0.12:  # a sclerotic core annotated as a hole
             geometry = {
@@ -255,7 +255,7 @@ def _make_one(
 def generate(out: str | Path, spec: SyntheticSpec = SyntheticSpec(), *, n_jobs: int = 2) -> Path:
     """Write the set into ``out`` (atomically, as a whole); reuse it when its manifest matches."""
     out = Path(out)
-    manifest = {"spec": asdict(spec), "version": 2}
+    manifest = {"spec": asdict(spec), "version": 3}
     if (out / "manifest.json").is_file() and json.loads(
         (out / "manifest.json").read_text()
     ) == manifest:

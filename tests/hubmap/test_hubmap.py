@@ -1,0 +1,129 @@
+"""HuBMAP on a small synthetic set: the slides' layouts and annotations, the tiles, then the
+whole pipeline (fold, search, tile filter, ensemble, bundle) on CPU."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from common.config import load_run_config
+from common.polygons import rasterize, read_geojson
+from common.rle import rle_decode
+from common.slides import open_slide
+from competitions.hubmap.synthetic import SyntheticSpec, generate
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIGS = REPO / "competitions" / "hubmap" / "configs"
+FAST = ["train.epochs=1", "train.max_steps=2", "data.num_workers=0", "data.window=256", "data.size=64",
+        "data.batch_size=4", "train.top_k=1", "predict.overlap=16", "predict.tta=[none,rot90]",
+        "data.n_folds=3"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    return generate(tmp_path_factory.mktemp("hubmap") / "synthetic", SyntheticSpec(scale=0.1))
+
+
+def test_synthetic_layouts_and_annotations_agree(synthetic):
+    info = pd.read_csv(synthetic / "HuBMAP-20-dataset_information.csv", dtype={"image_file": str})
+    assert set(info["layout"]) == {"tiled", "striped", "channels-first", "5d", "pages", "pyramid"}
+    train = pd.read_csv(synthetic / "train.csv", dtype=str, keep_default_na=False)
+    messages = []
+    for row in train.itertuples():
+        with open_slide(synthetic / "train" / f"{row.id}.tiff") as slide:
+            shape = slide.shape
+        polygons = read_geojson(synthetic / "train" / f"{row.id}.json", log=messages.append)
+        mask = rle_decode(row.encoding, shape)  # column-major, as Kaggle's
+        np.testing.assert_array_equal(mask, rasterize(polygons, shape))
+        assert 0.002 < mask.mean() < 0.1  # glomeruli keep their size at this scale: denser
+    assert len(messages) == len(train)  # each file's LineString note skipped with a message
+    assert sum(len(p) > 1 for r in train.itertuples()
+               for p in read_geojson(synthetic / "train" / f"{r.id}.json", log=lambda _: None)) > 0  # fmt: skip
+    sample = pd.read_csv(synthetic / "sample_submission.csv", dtype=str, keep_default_na=False)
+    assert list(sample.columns) == ["id", "predicted"] and (sample["predicted"] == "").all()
+    assert set(sample["id"]) == set(pd.read_csv(synthetic / "test_truth.csv", dtype=str)["id"])
+
+
+def _config(name, workspace, synthetic, *more):
+    paths = [f"data.synthetic={synthetic}", f"data.raw={workspace / 'raw'}",
+             f"data.prepared={workspace / 'prepared'}", f"output={workspace / 'models'}",
+             "data.synthetic_scale=0.1"]  # fmt: skip
+    return load_run_config(CONFIGS / name, [*FAST, *paths, *more])
+
+
+def test_tiles_folds_and_bad_input(synthetic, tmp_path):
+    from competitions.hubmap.prepare import prepare, read_tiles
+
+    config = _config("unet_resnet18_cpu.yaml", tmp_path, synthetic)
+    out = prepare(config, log=lambda _: None)
+    _, _, tiles = read_tiles(config)
+    assert set(tiles["kind"]) == {"grid", "object"}
+    assert tiles.groupby("slide")["fold"].nunique().max() == 1  # grouped by slide
+    assert (tiles["tissue"][tiles["kind"] == "grid"] >= config.data.min_tissue).all()
+    assert all((out / "images" / f"{i}.png").is_file() and (out / "masks" / f"{i}.png").is_file()
+               for i in tiles["id"])  # fmt: skip
+    before = (out / "slides.csv").stat().st_mtime_ns
+    prepare(config, log=lambda _: None)  # nothing changed: nothing redone
+    assert (out / "slides.csv").stat().st_mtime_ns == before
+    raw = tmp_path / "raw"
+    (raw / "train").mkdir(parents=True)
+    first = pd.read_csv(synthetic / "train.csv", dtype=str).iloc[:1]
+    (raw / "train" / f"{first.id[0]}.tiff").write_bytes(
+        (synthetic / "train" / f"{first.id[0]}.tiff").read_bytes()
+    )
+    first.assign(encoding="5 10 999999999 3").to_csv(raw / "train.csv", index=False)
+    with pytest.raises(ValueError, match=rf"train.csv, id {first.id[0]} .*past the end"):
+        prepare(config, log=lambda _: None)
+    first.assign(id="../escape").to_csv(raw / "train.csv", index=False)
+    with pytest.raises(ValueError, match=r"train.csv line 2: image id '../escape'"):
+        prepare(config, log=lambda _: None)
+
+
+def test_fold_filter_ensemble_and_bundle(synthetic, tmp_path, monkeypatch):
+    from competitions.hubmap import ensemble, tile_filter, train
+    from competitions.hubmap.kaggle_bundle import build
+    from competitions.hubmap.offline import predict_submission
+
+    monkeypatch.setenv("KSEG_WORKSPACE", str(tmp_path))
+    first = _config("unet_resnet18_cpu.yaml", tmp_path, synthetic)
+    train.train_folds(first, [0])
+    summary = train.evaluate(first, log=lambda _: None)
+    run = tmp_path / "models" / "unet_resnet18_cpu"
+    for name in ("thresholds.yaml", "search.csv", "search.png", "oof.csv", "oof.json", "oof.png"):
+        assert (run / name).is_file(), name
+    assert 0 <= summary["oof_dice"] <= 1 and summary["empty_dice"] == 0
+    assert (run / "fold0" / "oof").is_dir()
+    stats = tile_filter.score_fold(first, 0, log=lambda _: None)
+    scores = pd.read_csv(run / "fold0" / "tile_filter.csv")
+    assert len(scores) == stats["tiles"] and scores["dice"].between(0, 1).all()
+    filtered = _config("filtered.yaml", tmp_path, synthetic, "data.tile_filter.min_dice=0.0")
+    with pytest.raises(ValueError, match="would drop every tile"):
+        train.make_loaders(filtered, 0, 1)
+    kept = _config("filtered.yaml", tmp_path, synthetic, "data.tile_filter.min_dice=1.01")
+    loader, _ = train.make_loaders(kept, 0, 1)
+    assert len(loader.dataset) == stats["tiles"]
+    ensemble_config = load_run_config(
+        CONFIGS / "ensembles" / "default.yaml",
+        [
+            f"output={tmp_path / 'models'}",
+            f"synthetic={synthetic}",
+            f"raw={tmp_path / 'raw'}",
+            f"submissions={tmp_path / 'subs'}",
+            "tta=[none]",
+            "synthetic_scale=0.1",
+            "overlap=16",
+        ],
+    )
+    result = ensemble.run(ensemble_config, log=lambda _: None)
+    csv = tmp_path / "subs" / "default.csv"
+    assert result["rows"]["rows"] == 2 and 0 <= result["test_dice"] <= 1
+    assert json.loads(csv.with_suffix(".json").read_text())["thresholds"]["threshold"] > 0
+    root = build(ensemble_config, tmp_path / "dist", "me", wheels=False, log=lambda _: None)
+    offline = predict_submission(
+        root / "dataset", synthetic, tmp_path / "working", log=lambda _: None
+    )
+    assert offline.read_bytes() == csv.read_bytes()
