@@ -8,6 +8,7 @@ from benchmarks import (
     bench_prepare,
     bench_rle,
     bench_rle_strips,
+    bench_slides,
     bench_threshold_search,
     bench_trainer,
 )
@@ -21,6 +22,7 @@ def main() -> None:
         bench_threshold_search,
         bench_prepare,
         bench_trainer,
+        bench_slides,
     )
     for bench in (*benches, bench_inference):
         bench.main()

@@ -2,8 +2,8 @@
 scale, blended, and turned into the full-resolution column-major RLE strip by strip.
 
     slide --read_tiles--> (tiles, uint8 images) --predict--> tile maps --RowStitcher--> bands of
-    the map at model scale --rle_from_bands: upsample_rows, threshold, RowComponentFilter,
-    ColumnRunWriter--> RLE of the full-resolution mask
+    the map at model scale --rle_from_bands: small objects removed (RowComponentFilter, at
+    model scale), upsample_rows, threshold, ColumnRunWriter--> RLE of the full-resolution mask
 
 ``TilePlan`` fixes the tiles: ``tile`` model pixels a side, ``scale`` full-resolution pixels per
 model pixel (1536 px windows seen at 512: scale 3), ``overlap`` model pixels shared by
@@ -121,6 +121,25 @@ def _split(bands: Iterable[Band], rows: int) -> Iterator[tuple[int, np.ndarray]]
             yield start + offset, band[None, offset : offset + rows]
 
 
+def _small_objects_removed(bands: Iterable[Band], width: int, threshold: float, min_size: float):
+    """The bands with each object (connected pixels above ``threshold``) under ``min_size``
+    model pixels set to 0 (its pixels' 8-neighbours are all at or under ``threshold``, so no
+    full-resolution pixel interpolated near it passes)."""
+    keep = RowComponentFilter(width, round(min_size))
+    held = np.zeros((0, width), np.float32)  # the rows the filter has not released, in order
+
+    def release(done):
+        nonlocal held
+        for start, kept in done:
+            rows, held = held[: len(kept)], held[len(kept) :]
+            yield start, np.where((kept > 0) | (rows <= threshold), rows, 0.0).astype(np.float32)
+
+    for start, band in bands:
+        held = np.concatenate([held, band])
+        yield from release(keep.add(start, band > threshold))
+    yield from release(keep.close())
+
+
 def mask_rows(
     bands: Iterable[Band],
     model_shape: tuple[int, int],
@@ -130,14 +149,16 @@ def mask_rows(
     min_size: int = 0,
     max_rows: int = 256,
 ) -> Iterator[tuple[int, np.ndarray]]:
-    """Full-resolution uint8 0/1 mask rows from model-scale probability bands: bilinear
-    upsampling, ``p > threshold``, then components under ``min_size`` full-resolution pixels
-    removed; about ``max_rows`` full-resolution rows at a time."""
+    """Full-resolution uint8 0/1 mask rows from model-scale probability bands: objects under
+    ``min_size`` full-resolution pixels removed (at model scale, where the search chose the
+    size), then bilinear upsampling and ``p > threshold``, about ``max_rows`` full-resolution
+    rows at a time."""
+    area_scale = shape[0] * shape[1] / (model_shape[0] * model_shape[1])
+    if min_size > 0:
+        bands = _small_objects_removed(bands, model_shape[1], threshold, min_size / area_scale)
     step = max(1, int(max_rows * model_shape[0] / shape[0]))
-    keep = RowComponentFilter(shape[1], min_size)
     for start, rows in upsample_rows(_split(bands, step), model_shape[0], *shape):
-        yield from keep.add(start, binarize(rows[0], threshold))
-    yield from keep.close()
+        yield start, binarize(rows[0], threshold)
 
 
 def encode_rows(rows: Iterable[tuple[int, np.ndarray]], shape: tuple[int, int]) -> str:

@@ -154,9 +154,6 @@ def upsample_rows(
     held, first, done = None, 0, 0
     for start, band in bands:
         band = np.asarray(band, np.float32)
-        if band.shape[-1] != width:  # horizontally first: rows stay independent
-            band = np.stack([cv2.resize(c, (width, c.shape[0]), interpolation=cv2.INTER_LINEAR)
-                             for c in band])  # fmt: skip
         if held is None:
             if start != 0:
                 raise ValueError(f"the first band starts at row {start}, not 0")
@@ -167,9 +164,12 @@ def upsample_rows(
             held = np.concatenate([held, band], axis=1)
         available = first + held.shape[1]
         stop = int(np.searchsorted(high, available, side="left"))  # rows whose inputs arrived
-        if stop > done:
+        if stop > done:  # vertically at the input width, then horizontally (cv2, vectorised)
             out = held[:, low[done:stop] - first] * (1 - frac[done:stop])
             out += held[:, high[done:stop] - first] * frac[done:stop]
+            if out.shape[-1] != width:
+                out = np.stack([cv2.resize(c, (width, c.shape[0]), interpolation=cv2.INTER_LINEAR)
+                                for c in out])  # fmt: skip
             yield done, out
             done = stop
         keep = int(low[done]) if done < height else available

@@ -1,0 +1,156 @@
+"""Whole-slide prediction: its speed against the bare model forward, and its peak memory as the
+slide grows.
+
+Slides are written here as tiled, zlib-compressed RGB TIFFs (pale background, pink tissue,
+purple discs for glomeruli at about 1% of the pixels), streamed tile by tile so that a 30,000 px
+slide never exists in memory. The model is the default CPU one (Unet/resnet18 at 256 px, 1024 px
+windows: scale 4, overlap 32, Gaussian blending, no TTA).
+
+- Speed, on a 10,000 px slide stored raw and zlib-compressed: ``predict_slide`` + ``rle_from_bands`` (read, resize, forward, blend, upsample,
+  threshold, small-object removal, strip-wise RLE) against the bare forward of the same tiles,
+  already in memory as batches: the ratio of their times (1.0 = the pipeline costs nothing).
+  The "model" of both is the forward plus the colour rule below (a random-init model's noise
+  would make every pixel an object).
+- Memory: the same prediction of a 10,000 x 10,000 and a 30,000 x 30,000 slide (9x the pixels),
+  each in a fresh process; peak RSS (``ru_maxrss``). The probabilities are the trained model's
+  stand-in: a colour rule on the tile (purple = glomerulus), so that the mask has the real
+  number of objects rather than a random-init model's noise; the forward still runs.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import tifffile
+import torch
+
+from benchmarks._util import record
+from common.models import build_model
+from common.slide_inference import (
+    TilePlan,
+    predict_slide,
+    read_tiles,
+    rle_from_bands,
+    tile_predictor,
+)
+from common.slides import open_slide
+
+PLAN = TilePlan(tile=256, scale=4, overlap=32, blend="gaussian", batch_size=8)
+TILE = 512
+
+
+def write_slide(path: Path, side: int, seed: int = 0, compress: bool = True) -> None:
+    """A side x side synthetic slide, written tile by tile (zlib-compressed or raw)."""
+    rng = np.random.default_rng(seed)
+    base = np.clip(rng.normal([222, 150, 190], 12, (TILE, TILE, 3)), 0, 255).astype(np.uint8)
+    glass = np.full((TILE, TILE, 3), 236, np.uint8)
+    centres = [(y, x) for y in range(900, side, 1900) for x in range(900, side, 1900)]
+
+    def tiles():
+        for y0 in range(0, side, TILE):
+            for x0 in range(0, side, TILE):
+                tile = (glass if ((y0 // 4096) + (x0 // 4096)) % 3 == 2 else base).copy()
+                for cy, cx in centres:
+                    if abs(cy - y0 - TILE / 2) < TILE and abs(cx - x0 - TILE / 2) < TILE:
+                        cv2.circle(tile, (cx - x0, cy - y0), 120, (168, 96, 170), -1)
+                yield tile[: min(TILE, side - y0), : min(TILE, side - x0)]
+
+    zlib = {"compression": "zlib", "compressionargs": {"level": 1}} if compress else {}
+    tifffile.imwrite(path, tiles(), shape=(side, side, 3), dtype=np.uint8, tile=(TILE, TILE),
+                     photometric="rgb", **zlib)  # fmt: skip
+
+
+def _model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build_model(
+        task="segmentation", arch="Unet", encoder="resnet18", in_channels=3, classes=1
+    ).eval()
+
+
+def colour_predictor(model) -> callable:
+    forward = tile_predictor([model], device=torch.device("cpu"))
+
+    def predict(images: np.ndarray) -> np.ndarray:
+        forward(images)  # the cost of the model
+        purple = (images[..., 1].astype(np.float32) < 120).astype(np.float32)
+        return np.stack([cv2.GaussianBlur(p, (0, 0), 2) for p in purple])
+
+    return predict
+
+
+def speed(path: Path, name: str) -> dict[str, float]:
+    model = _model()
+    predict = colour_predictor(model)
+    with open_slide(path) as slide:
+        batches = [images for _, images in read_tiles(slide, PLAN)]
+        predict(batches[0])  # warm-up
+        start = time.perf_counter()
+        for images in batches:
+            predict(images)
+        bare = time.perf_counter() - start
+        start = time.perf_counter()
+        bands = predict_slide(slide, predict, PLAN)
+        rle_from_bands(
+            bands, PLAN.model_shape(slide.shape), slide.shape, threshold=0.5, min_size=2000
+        )
+        full = time.perf_counter() - start
+    tiles = sum(len(b) for b in batches)
+    return {f"slide_inference_{name}_tiles": tiles, f"slide_inference_{name}_bare_tiles_per_s": tiles / bare,
+            f"slide_inference_{name}_pipeline_tiles_per_s": tiles / full,
+            f"slide_inference_{name}_vs_bare_forward": bare / full}  # fmt: skip
+
+
+def child(path: str) -> None:
+    """Predict one slide; print its peak RSS and run count (the ``--child`` mode)."""
+    torch.set_num_threads(2)
+    predict = colour_predictor(_model())
+    with open_slide(path) as slide:
+        rle = rle_from_bands(predict_slide(slide, predict, PLAN), PLAN.model_shape(slide.shape),
+                             slide.shape, threshold=0.5, min_size=2000)  # fmt: skip
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB on Linux
+    print(json.dumps({"peak_rss_mib": peak, "runs": len(rle.split()) // 2}))
+
+
+def memory(folder: Path) -> dict[str, float]:
+    out = {}
+    for side in (10_000, 30_000):
+        path = folder / f"slide_{side}.tiff"
+        write_slide(path, side)
+        start = time.perf_counter()
+        result = subprocess.run([sys.executable, "-m", "benchmarks.bench_slides", "--child", str(path)],
+                                capture_output=True, text=True, check=True)  # fmt: skip
+        figures = json.loads(result.stdout.strip().splitlines()[-1])
+        out[f"slide_peak_rss_mib_{side // 1000}k"] = figures["peak_rss_mib"]
+        out[f"slide_seconds_{side // 1000}k"] = time.perf_counter() - start
+        out[f"slide_runs_{side // 1000}k"] = figures["runs"]
+        path.unlink()
+    out["slide_peak_rss_30k_over_10k"] = (
+        out["slide_peak_rss_mib_30k"] / out["slide_peak_rss_mib_10k"]
+    )
+    return out
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory() as folder:
+        folder = Path(folder)
+        figures = {}
+        for name, compress in (("raw", False), ("zlib", True)):
+            write_slide(folder / f"{name}.tiff", 10_000, compress=compress)
+            figures |= speed(folder / f"{name}.tiff", name)
+        figures |= memory(folder)
+    record(figures, "whole-slide prediction (Unet/resnet18, 1024 px windows at 256 px, CPU)")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--child":
+        child(sys.argv[2])
+    else:
+        main()
