@@ -199,11 +199,18 @@ def parse_folds(text: str) -> list[int]:
         ) from None
 
 
+def config_parser(doc: str, what: str = "experiment YAML") -> argparse.ArgumentParser:
+    """The command line of an entry point that reads one config: ``--config`` and
+    ``key.sub=value`` overrides (positional, added last by the caller's ``parse_args``)."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--config", required=True, help=what)
+    return parser
+
+
 def train_parser(doc: str, folds_example: str = "0,1,2,3,4") -> argparse.ArgumentParser:
     """The command line every competition's train entry point shares: ``--config``,
     ``--folds``, ``--resume`` and ``key.sub=value`` overrides."""
-    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
-    parser.add_argument("--config", required=True, help="experiment YAML")
+    parser = config_parser(doc)
     parser.add_argument("--folds", default="0", help=f"comma-separated folds, e.g. {folds_example}")
     parser.add_argument(
         "--resume", action="store_true", help="continue from each part's last.pt after a kill"

@@ -18,7 +18,6 @@ Members must share ``data.window`` and ``data.size``: their maps are on one grid
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -38,7 +37,7 @@ from common.ensemble import check_trained, train_missing
 from common.metrics import dice_of_runs
 from common.predict import final_path, load_fold_model
 from common.rle import rle_runs
-from common.runner import resolve_device
+from common.runner import config_parser, resolve_device
 from common.slide_inference import TilePlan, predict_slide, rle_from_bands, tile_predictor
 from common.slide_search import search_slides, truth_at_scale
 from common.slides import open_slide
@@ -206,9 +205,8 @@ def run(config: Config, *, log=print) -> dict:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", required=True)
-    parser.add_argument("overrides", nargs="*")
+    parser = config_parser(__doc__)
+    parser.add_argument("overrides", nargs="*", help="key.sub=value overrides")
     args = parser.parse_args(argv)
     try:
         distributed.start()

@@ -20,7 +20,6 @@ RLE or tile settings changed. Tiles are read through ``common.slides`` one windo
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import sys
@@ -35,6 +34,7 @@ from common.config import Config, load_run_config
 from common.images import resize_mask, write_mask, write_png
 from common.paths import check_id
 from common.rle import rle_decode_window, rle_runs
+from common.runner import config_parser
 from common.slides import SlideError, open_slide
 from common.sources import Source, raw_or_synthetic
 from common.tiles import object_centres, tissue_fraction, training_windows
@@ -167,9 +167,8 @@ def read_tiles(config: Config) -> tuple[Path, pd.DataFrame, pd.DataFrame]:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", required=True)
-    parser.add_argument("overrides", nargs="*")
+    parser = config_parser(__doc__)
+    parser.add_argument("overrides", nargs="*", help="key.sub=value overrides")
     args = parser.parse_args(argv)
     try:
         prepare(load_run_config(args.config, args.overrides))

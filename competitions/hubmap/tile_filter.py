@@ -10,7 +10,6 @@ Dice is below ``data.tile_filter.min_dice`` (starting from the run's weights wit
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 import yaml
@@ -19,7 +18,7 @@ from common.atomic import atomic_path
 from common.config import Config, load_run_config
 from common.loaders import Items
 from common.predict import load_fold_model
-from common.runner import parse_folds, resolve_device
+from common.runner import config_parser, parse_folds, resolve_device
 from common.tile_filter import FILE, tile_dice
 from competitions.hubmap.evaluate import fold_dir, run_dir
 from competitions.hubmap.prepare import read_tiles
@@ -46,8 +45,7 @@ def score_fold(config: Config, fold: int, *, log=print) -> dict:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", required=True, help="the finished run's experiment file")
+    parser = config_parser(__doc__, "the finished run's experiment file")
     parser.add_argument("--folds", default="0")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args(argv)

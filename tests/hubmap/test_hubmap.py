@@ -127,3 +127,30 @@ def test_fold_filter_ensemble_and_bundle(synthetic, tmp_path, monkeypatch):
         root / "dataset", synthetic, tmp_path / "working", log=lambda _: None
     )
     assert offline.read_bytes() == csv.read_bytes()
+
+
+def test_test_slides_are_shared_out_across_ranks(synthetic, monkeypatch):
+    from common import distributed
+    from common.slide_inference import TilePlan
+    from competitions.hubmap import ensemble
+
+    ids, paths = ensemble.test_slides(synthetic)
+    paths = {i: paths[i] for i in ids} | {"copy": paths[ids[0]]}  # three slides, two ranks
+    plan = TilePlan(tile=64, scale=8, overlap=8)
+    seen = {}
+
+    def fake_predictor(models, **_):
+        return lambda images: np.zeros(images.shape[:3], np.float32)
+
+    monkeypatch.setattr(ensemble, "tile_predictor", fake_predictor)
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    monkeypatch.setattr(distributed, "active", lambda: True)
+    for rank in (0, 1):
+        monkeypatch.setattr(distributed, "rank", lambda rank=rank: rank)
+        monkeypatch.setattr(
+            distributed, "gather", lambda rows, rank=rank: seen.setdefault(rank, rows) and [rows]
+        )
+        ensemble.predict_slides([], plan, ["none"], paths, {"threshold": 0.5, "min_size": 0}, "cpu",
+                                log=lambda _: None)  # fmt: skip
+    assert [i for i, _ in seen[0]] == [ids[0], "copy"] and [i for i, _ in seen[1]] == [ids[1]]
+    assert all(rle == "" for rows in seen.values() for _, rle in rows)
