@@ -161,8 +161,7 @@ class RowComponentFilter:
     def __init__(self, width: int, min_size: int, connectivity: int = 8):
         self.width, self.min_size, self.connectivity = width, min_size, connectivity
         self._held = np.zeros((0, width), np.uint8)
-        self._top = 0  # image row of self._held[0]
-        self._next = 0  # the row the next band must start at
+        self._next = 0  # the row the next band must start at; held rows end there
 
     def add(self, start: int, rows) -> list[tuple[int, np.ndarray]]:
         rows = np.ascontiguousarray(np.asarray(rows) != 0, dtype=np.uint8)
@@ -205,6 +204,6 @@ class RowComponentFilter:
             keep = stats[:, cv2.CC_STAT_AREA] >= self.min_size
             keep[0] = False
             out = keep[labels[:cut]].view(np.uint8)
-        start, self._top = self._top, self._top + cut
+        start = self._next - len(held)
         self._held = held[cut:].copy()
         return [(start, out)]

@@ -195,6 +195,13 @@ def write_map(path: str | Path, bands: Iterable[Band], shape: tuple[int, int], t
                          compression="zlib", compressionargs={"level": 1})  # fmt: skip
 
 
+def map_bands(array, rows: int = 256) -> Iterator[Band]:
+    """The bands of a quantised uint8 map (a numpy array, or a zarr array read ``rows`` at a
+    time) as float32 probabilities."""
+    for start in range(0, array.shape[0], rows):
+        yield start, np.asarray(array[start : start + rows]).astype(np.float32) / PROB_SCALE
+
+
 def read_map(path: str | Path, rows: int = 256) -> tuple[tuple[int, int], Iterator[Band]]:
     """A map written by ``write_map``: its shape and its bands (float32 probabilities)."""
     with tifffile.TiffFile(path) as tiff:
@@ -202,9 +209,7 @@ def read_map(path: str | Path, rows: int = 256) -> tuple[tuple[int, int], Iterat
 
     def bands() -> Iterator[Band]:
         with tifffile.TiffFile(path) as tiff:
-            array = zarr.open(tiff.series[0].aszarr(), mode="r")
-            for start in range(0, shape[0], rows):
-                yield start, np.asarray(array[start : start + rows]).astype(np.float32) / PROB_SCALE
+            yield from map_bands(zarr.open(tiff.series[0].aszarr(), mode="r"), rows)
 
     return shape, bands()
 

@@ -9,13 +9,14 @@ every (threshold, min size) pair costs one labelling per threshold. Minimum size
 full-resolution pixels and compared at model scale (divided by the area scale). The chosen pair
 is then applied to the stored map in full-resolution strips (``common.slide_inference``) and
 scored against the truth RLE run by run (``common.metrics.dice_of_runs``): the competition's
-metric, the mean over slides of the full-resolution Dice.
+metric, the mean over slides of the full-resolution Dice. ``search_maps`` and ``score_maps`` do
+both for slides whose maps a reader gives (stored out-of-fold maps, or an ensemble's mean).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import cv2
@@ -23,8 +24,10 @@ import numpy as np
 import pandas as pd
 
 from common.atomic import atomic_path
+from common.metrics import dice_of_runs
 from common.postprocess import quantised_cutoff
-from common.rle import rle_decode_window
+from common.rle import rle_decode_window, rle_runs
+from common.slide_inference import map_bands, rle_from_bands
 
 
 def truth_at_scale(
@@ -111,3 +114,32 @@ def search_slides(
     )
     best = table.iloc[int(np.argmax(table["dice"].to_numpy()))].to_dict()
     return SlideSearch(table, best, float(np.mean(empty)), len(dice))
+
+
+MapReader = Callable[[dict], np.ndarray]  # a slide -> its quantised uint8 map at model scale
+
+
+def search_maps(
+    slides: Sequence[dict], read: MapReader, thresholds, min_sizes, area_scale: float
+) -> SlideSearch:
+    """``search_slides`` over slides given as dicts with ``rle`` (the full-resolution truth)
+    and ``shape``, each map read by ``read`` and its truth brought to the map's scale."""
+    pairs = (
+        (prob, truth_at_scale(s["rle"], s["shape"], prob.shape))
+        for s in slides
+        for prob in (read(s),)
+    )
+    return search_slides(pairs, thresholds, min_sizes, area_scale)
+
+
+def score_maps(
+    slides: Sequence[dict], read: MapReader, *, threshold: float, min_size: int
+) -> Iterator[tuple[dict, np.ndarray, str, float]]:
+    """(slide, its map, the full-resolution RLE the chosen pair makes, its Dice against the
+    slide's truth RLE) per slide, the mask made strip by strip and scored run by run."""
+    for s in slides:
+        prob = read(s)
+        rle = rle_from_bands(
+            map_bands(prob), prob.shape, s["shape"], threshold=threshold, min_size=min_size
+        )
+        yield s, prob, rle, dice_of_runs(rle_runs(rle, s["shape"]), rle_runs(s["rle"], s["shape"]))

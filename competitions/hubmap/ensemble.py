@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -39,13 +40,13 @@ from common.predict import final_path, load_fold_model
 from common.rle import rle_runs
 from common.runner import config_parser, resolve_device
 from common.slide_inference import TilePlan, predict_slide, rle_from_bands, tile_predictor
-from common.slide_search import search_slides, truth_at_scale
-from common.slides import open_slide
+from common.slide_search import score_maps, search_maps
+from common.slides import open_slide, slide_shape
 from common.submission import SubmissionFormat, validate_submission, write_rows
 from competitions.hubmap.evaluate import HEADER, oof_slides
 from competitions.hubmap.prepare import source as slides_source
 
-FORMAT = SubmissionFormat("id", "predicted", "", lambda value, shape: rle_runs(value, shape))
+FORMAT = SubmissionFormat("id", "predicted", "", rle_runs)
 
 
 def member_config(config: Config, member) -> Config:
@@ -57,8 +58,9 @@ def member_config(config: Config, member) -> Config:
     return to_config(stored | {"output": str(config.output)})
 
 
-def tile_plan(config: Config, members) -> TilePlan:
-    grids = {(c.data.window, c.data.size) for c in (member_config(config, m) for m in members)}
+def tile_plan(config: Config, configs: Sequence[Config]) -> TilePlan:
+    """The ensemble's tile plan for members trained with ``configs`` (one tile grid)."""
+    grids = {(c.data.window, c.data.size) for c in configs}
     if len(grids) != 1:
         raise ValueError(
             f"members tile differently {sorted(grids)}: an ensemble needs one data.window/data.size"
@@ -68,37 +70,29 @@ def tile_plan(config: Config, members) -> TilePlan:
                     batch_size=config.batch_size)  # fmt: skip
 
 
-def search_oof(config: Config, members, plan: TilePlan, out: Path, log=print) -> dict:
+def search_oof(config: Config, members, configs, plan: TilePlan, out: Path, log=print) -> dict:
     """Weighted mean of the members' out-of-fold maps per slide, searched and scored."""
-    per_member = {m.experiment: {s["id"]: s for s in oof_slides(member_config(config, m))}
-                  for m in members}  # fmt: skip
-    ids = sorted(set.intersection(*(set(v) for v in per_member.values())))
+    per_member = [{s["id"]: s for s in oof_slides(c)} for c in configs]
+    ids = sorted(set.intersection(*(set(v) for v in per_member)))
     if not ids:
         raise ValueError(
             "no slide has an out-of-fold map from every member: train their folds first"
         )
-    slides = [per_member[members[0].experiment][i] for i in ids]
+    slides = [per_member[0][i] for i in ids]
+    total_weight = sum(m.weight for m in members)
 
-    def mean_map(image_id: str) -> np.ndarray:
-        total = sum(m.weight * tifffile.imread(per_member[m.experiment][image_id]["map"]).astype(np.float32)
-                    for m in members)  # fmt: skip
-        return np.rint(total / sum(m.weight for m in members)).astype(np.uint8)
+    def mean_map(slide: dict) -> np.ndarray:
+        total = sum(m.weight * tifffile.imread(maps[slide["id"]]["map"]).astype(np.float32)
+                    for m, maps in zip(members, per_member, strict=True))  # fmt: skip
+        return np.rint(total / total_weight).astype(np.uint8)
 
-    pairs = ((mean_map(s["id"]), None) for s in slides)
-    pairs = (
-        (prob, truth_at_scale(s["rle"], s["shape"], prob.shape))
-        for (prob, _), s in zip(pairs, slides, strict=True)
-    )
-    search = search_slides(pairs, config.thresholds, config.min_sizes, plan.scale**2)
+    search = search_maps(slides, mean_map, config.thresholds, config.min_sizes, plan.scale**2)
     search.to_csv(out / "search.csv")
     search.heatmap(out / "search.png")
     threshold, min_size = float(search.best["threshold"]), int(search.best["min_size"])
-    scores = []
-    for s in slides:
-        prob = mean_map(s["id"]).astype(np.float32) / 255
-        bands = ((y, prob[y : y + 256]) for y in range(0, prob.shape[0], 256))
-        rle = rle_from_bands(bands, prob.shape, s["shape"], threshold=threshold, min_size=min_size)
-        scores.append(dice_of_runs(rle_runs(rle, s["shape"]), rle_runs(s["rle"], s["shape"])))
+    scores = [
+        dice for *_, dice in score_maps(slides, mean_map, threshold=threshold, min_size=min_size)
+    ]
     result = {"threshold": threshold, "min_size": min_size, "oof_dice": round(float(np.mean(scores)), 4),
               "empty_dice": search.empty_dice, "n_slides": len(slides)}  # fmt: skip
     write_text_atomic(out / "thresholds.yaml", "# written by competitions.hubmap.ensemble from the out-of-fold "
@@ -168,10 +162,11 @@ def run(config: Config, *, log=print) -> dict:
         )
     distributed.barrier()
     members, _ = check_trained(config)
-    plan = tile_plan(config, members)
+    configs = [member_config(config, m) for m in members]
+    plan = tile_plan(config, configs)
     out = Path(config.output) / config.name
     if distributed.is_main():
-        search_oof(config, members, plan, out, log)
+        search_oof(config, members, configs, plan, out, log)
     distributed.barrier()
     thresholds = yaml.safe_load((out / "thresholds.yaml").read_text())
     device = resolve_device("auto")
@@ -188,10 +183,7 @@ def run(config: Config, *, log=print) -> dict:
         return {}
     csv = Path(config.submissions) / f"{config.name}.csv"
     write_rows(rows, csv, HEADER)
-    shapes = {}
-    for image_id, path in paths.items():
-        with open_slide(path) as slide:
-            shapes[image_id] = slide.shape
+    shapes = {image_id: slide_shape(path) for image_id, path in paths.items()}
     counts = validate_submission(csv, ids, FORMAT, shapes.__getitem__)
     summary = {"members": [m.__dict__ | {"folds": list(m.folds)} for m in members], "tta": list(config.tta),
                "thresholds": thresholds, "rows": counts, "source": str(source.root)}  # fmt: skip

@@ -24,11 +24,8 @@ import yaml
 
 from common.atomic import write_text_atomic
 from common.config import Config
-from common.metrics import dice_of_runs
 from common.plots import mask_overlays
-from common.rle import rle_runs
-from common.slide_inference import read_map, rle_from_bands
-from common.slide_search import search_slides, truth_at_scale
+from common.slide_search import score_maps, search_maps, truth_at_scale
 from common.slides import open_slide, thumbnail
 from common.submission import write_rows
 from competitions.hubmap.prepare import folder, read_tiles, read_train
@@ -62,10 +59,8 @@ def oof_slides(config: Config) -> list[dict]:
     return out
 
 
-def _pairs(slides):
-    for s in slides:
-        prob = tifffile.imread(s["map"])
-        yield prob, truth_at_scale(s["rle"], s["shape"], prob.shape)
+def _read(slide: dict) -> np.ndarray:
+    return tifffile.imread(slide["map"])
 
 
 def evaluate(config: Config, *, log=print) -> dict:
@@ -76,25 +71,22 @@ def evaluate(config: Config, *, log=print) -> dict:
         )
     scale = config.data.window / config.data.size
     p = config.predict
-    search = search_slides(_pairs(slides), p.thresholds, p.min_sizes, scale * scale)
+    search = search_maps(slides, _read, p.thresholds, p.min_sizes, scale * scale)
     out = run_dir(config)
     search.to_csv(out / "search.csv")
     search.heatmap(out / "search.png")
     threshold, min_size = float(search.best["threshold"]), int(search.best["min_size"])
+    root = source_root(config)
     rows, scores, panels = [], {}, []
-    for s in slides:
-        model_shape, bands = read_map(s["map"])
-        rle = rle_from_bands(bands, model_shape, s["shape"], threshold=threshold, min_size=min_size)
-        scores[s["id"]] = dice_of_runs(rle_runs(rle, s["shape"]), rle_runs(s["rle"], s["shape"]))
+    for s, prob, rle, dice in score_maps(slides, _read, threshold=threshold, min_size=min_size):
+        scores[s["id"]] = dice
         rows.append((s["id"], rle))
-        with open_slide(source_root(config) / "train" / f"{s['id']}.tiff") as slide:
+        with open_slide(root / "train" / f"{s['id']}.tiff") as slide:
             image = thumbnail(slide, 768)
-        prob = cv2.resize(
-            tifffile.imread(s["map"]), image.shape[1::-1], interpolation=cv2.INTER_AREA
-        )
+        small = cv2.resize(prob, image.shape[1::-1], interpolation=cv2.INTER_AREA)
         truth = truth_at_scale(s["rle"], s["shape"], image.shape[:2])
-        panels.append((f"{s['id']} (fold {s['fold']}): Dice {scores[s['id']]:.3f}", image, truth,
-                       (prob > threshold * 255).astype(np.uint8)))  # fmt: skip
+        panels.append((f"{s['id']} (fold {s['fold']}): Dice {dice:.3f}", image, truth,
+                       (small > threshold * 255).astype(np.uint8)))  # fmt: skip
     write_rows(rows, out / "oof.csv", HEADER)
     mask_overlays(panels, out / "oof.png", columns=min(3, len(panels)))
     empty = float(np.mean([1.0 if not str(s["rle"]).strip() else 0.0 for s in slides]))

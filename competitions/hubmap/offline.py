@@ -19,7 +19,13 @@ from common.predict import load_fold_model
 from common.runner import resolve_device
 from common.slides import slide_shape
 from common.submission import validate_submission, write_rows
-from competitions.hubmap.ensemble import FORMAT, predict_slides, test_slides, tile_plan
+from competitions.hubmap.ensemble import (
+    FORMAT,
+    member_config,
+    predict_slides,
+    test_slides,
+    tile_plan,
+)
 from competitions.hubmap.evaluate import HEADER
 
 
@@ -36,7 +42,7 @@ def predict_submission(
         for m in members
         for k in m.folds
     ]
-    plan = tile_plan(config, members)
+    plan = tile_plan(config, [member_config(config, m) for m in members])
     rows = predict_slides([f.model for f in folds], plan, config.tta, paths, thresholds, device,
                           weights=[f.weight for f in folds], log=log)  # fmt: skip
     path = working / "submission.csv"

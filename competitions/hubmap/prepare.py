@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
-from functools import partial
 from pathlib import Path
 
 import pandas as pd
@@ -31,6 +30,7 @@ import pandas as pd
 from common.atomic import write_text_atomic, write_text_if_changed
 from common.cache import Entry, Table, refresh, source_key
 from common.config import Config, load_run_config
+from common.folds import group_folds
 from common.images import resize_mask, write_mask, write_png
 from common.paths import check_id
 from common.rle import rle_decode_window, rle_runs
@@ -136,7 +136,7 @@ def prepare(config: Config, *, n_jobs: int = 2, log=print) -> Path:
         key = source_key(VERSION, [tiff], digest, sorted(settings.items()))
         entries.append(Entry(image_id, SLIDES.name, key, (f"tiles/{image_id}.csv",),
                              (str(tiff), encoding, settings)))  # fmt: skip
-    result = refresh(out, [SLIDES], entries, partial(_work), n_jobs=n_jobs, chunk=1,
+    result = refresh(out, [SLIDES], entries, _work, n_jobs=n_jobs, chunk=1,
                      desc="hubmap tiles")  # fmt: skip
     stamp = {"root": str(src.root), "synthetic": src.synthetic} | settings
     write_text_if_changed(out / "source.json", json.dumps(stamp) + "\n")
@@ -151,8 +151,6 @@ def prepare(config: Config, *, n_jobs: int = 2, log=print) -> Path:
 def read_tiles(config: Config) -> tuple[Path, pd.DataFrame, pd.DataFrame]:
     """The prepared folder, its slides (with ``fold``, grouped by slide) and every tile (with
     its slide's ``fold`` and ``has_mask``)."""
-    from common.folds import group_folds
-
     out = folder(config)
     if not (out / "slides.csv").is_file():
         raise ValueError(f"{out}/slides.csv not found: run `python -m competitions.hubmap.prepare`")
