@@ -149,3 +149,20 @@ def test_real_geojson_mixed_geometries():
             assert filled == pytest.approx(area, rel=0.1, abs=200)
     assert total == 171 + 2 * 12  # Polygons, and both parts of each MultiPolygon
     assert len(messages) == 1 and "(LineString)" in messages[0]
+
+
+def test_bad_geojson_names_the_file(tmp_path):
+    broken = tmp_path / "broken.json"
+    broken.write_text("{not json")
+    with pytest.raises(ValueError, match=r"broken\.json: cannot read GeoJSON"):
+        read_geojson(broken)
+    short = tmp_path / "short.json"
+    short.write_text(json.dumps([_feature({"type": "Polygon", "coordinates": [[[0, 0], [1, 1]]]})]))
+    with pytest.raises(
+        ValueError, match=r"short\.json: feature 0: ring 0 is not a list of at least 3"
+    ):
+        read_geojson(short)
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"type": "Topology"}))
+    with pytest.raises(ValueError, match=r"other\.json: not GeoJSON features"):
+        read_geojson(other)

@@ -78,6 +78,14 @@ def test_tiles_folds_and_bad_input(synthetic, tmp_path):
     first.assign(encoding="5 10 999999999 3").to_csv(raw / "train.csv", index=False)
     with pytest.raises(ValueError, match=rf"train.csv, id {first.id[0]} .*past the end"):
         prepare(config, log=lambda _: None)
+    first.assign(id="0000absent").to_csv(raw / "train.csv", index=False)
+    with pytest.raises(ValueError, match=r"train.csv line 2: .*0000absent\.tiff not found"):
+        prepare(config, log=lambda _: None)
+    first.rename(columns={"encoding": "rle"}).to_csv(raw / "train.csv", index=False)
+    with pytest.raises(
+        ValueError, match=r"train.csv: columns \['id', 'rle'\], expected id,encoding"
+    ):
+        prepare(config, log=lambda _: None)
     first.assign(id="../escape").to_csv(raw / "train.csv", index=False)
     with pytest.raises(ValueError, match=r"train.csv line 2: image id '../escape'"):
         prepare(config, log=lambda _: None)
@@ -103,6 +111,14 @@ def test_fold_filter_ensemble_and_bundle(synthetic, tmp_path, monkeypatch):
     filtered = _config("filtered.yaml", tmp_path, synthetic, "data.tile_filter.min_dice=0.0")
     with pytest.raises(ValueError, match="would drop every tile"):
         train.make_loaders(filtered, 0, 1)
+    missing = _config("filtered.yaml", tmp_path, synthetic, "data.tile_filter.run=never_trained")
+    with pytest.raises(
+        ValueError, match=r"tile_filter.run 'never_trained': .*tile_filter.csv not found"
+    ):
+        train.make_loaders(missing, 0, 1)
+    other = _config("unet_1536_256.yaml", tmp_path, synthetic, "data.window=384")
+    with pytest.raises(ValueError, match=r"members tile differently \[\(256, 64\), \(384, 64\)\]"):
+        ensemble.tile_plan(load_run_config(CONFIGS / "ensembles" / "default.yaml"), [first, other])
     kept = _config("filtered.yaml", tmp_path, synthetic, "data.tile_filter.min_dice=1.01")
     loader, _ = train.make_loaders(kept, 0, 1)
     assert len(loader.dataset) == stats["tiles"]
@@ -135,6 +151,12 @@ def test_test_slides_are_shared_out_across_ranks(synthetic, monkeypatch):
     from competitions.hubmap import ensemble
 
     ids, paths = ensemble.test_slides(synthetic)
+    (synthetic.parent / "incomplete" / "test").mkdir(parents=True)
+    (synthetic.parent / "incomplete" / "sample_submission.csv").write_text(
+        "id,predicted\nabsent01,\n"
+    )
+    with pytest.raises(ValueError, match=r"sample_submission.csv names slides that are absent"):
+        ensemble.test_slides(synthetic.parent / "incomplete")
     paths = {i: paths[i] for i in ids} | {"copy": paths[ids[0]]}  # three slides, two ranks
     plan = TilePlan(tile=64, scale=8, overlap=8)
     seen = {}
