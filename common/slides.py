@@ -46,8 +46,16 @@ def _pages(series) -> list:
     return [page for level in series.levels[:1] for page in level.pages if page is not None]
 
 
+def shrink(rgb: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """``rgb`` resized to ``shape`` (height, width) by area averaging (unchanged at its size)."""
+    if tuple(shape) == rgb.shape[:2]:
+        return rgb
+    return cv2.resize(rgb, (shape[1], shape[0]), interpolation=cv2.INTER_AREA)
+
+
 class Slide:
-    """An open TIFF; use as a context manager or call ``close``."""
+    """An open TIFF; use as a context manager or call ``close``. ``row_chunk`` is the height of
+    the file's strips or tiles: a read of whole chunk rows decodes nothing twice."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
@@ -97,6 +105,8 @@ class Slide:
                 "expected (H, W, 3), (..., 3, H, W) or three (H, W) pages"
             )
         _check_complete(self.path, [p for s in used for p in _pages(s)])
+        chunks = self._arrays[0].chunks
+        self.row_chunk = int(chunks[-3] if self.layout == "interleaved" else chunks[-2])
 
     def _array(self, series):
         return zarr.open(series.aszarr(level=0), mode="r")
@@ -135,9 +145,7 @@ class Slide:
             raise SlideError(f"{self.path}: window y {y0}:{y1}, x {x0}:{x1}: {error}") from None
         if shape is None and scale != 1:
             shape = (max(1, round((y1 - y0) / scale)), max(1, round((x1 - x0) / scale)))
-        if shape is not None and tuple(shape) != rgb.shape[:2]:
-            rgb = cv2.resize(rgb, (shape[1], shape[0]), interpolation=cv2.INTER_AREA)
-        return rgb
+        return rgb if shape is None else shrink(rgb, shape)
 
     def close(self) -> None:
         self._tiff.close()

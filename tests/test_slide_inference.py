@@ -14,7 +14,9 @@ from common.metrics import dice_of_runs, dice_per_image
 from common.postprocess import RowComponentFilter, remove_small_components
 from common.rle import rle_decode, rle_encode, rle_runs
 from common.slide_inference import (
+    RowBuffer,
     TilePlan,
+    full_window,
     mask_rows,
     predict_slide,
     read_map,
@@ -93,8 +95,6 @@ def test_tiled_prediction_equals_the_whole_image_steps(tmp_path):
     weights = blend_weights(64, "gaussian")
     whole = []
     for tile in tile_grid(*model_shape, 64, 16):
-        from common.slide_inference import full_window
-
         y0, y1, x0, x1 = full_window(tile, model_shape, image.shape[:2])
         view = cv2.resize(image[y0:y1, x0:x1], tile.shape[::-1], interpolation=cv2.INTER_AREA)
         whole += stitcher.add(tile, _brightness(view[None])[0], weights)
@@ -121,6 +121,29 @@ def test_tiled_prediction_equals_the_whole_image_steps(tmp_path):
     )
     rows = list(mask_rows(iter(stored), model_shape, image.shape[:2], threshold=0.55, min_size=500))
     assert sum(len(block) for _, block in rows) == image.shape[0]
+
+
+def test_row_buffer_reads_each_chunk_once(tmp_path):
+    path, image = _slide(tmp_path)  # 64 px TIFF tiles
+    plan = TilePlan(tile=64, scale=3, overlap=16, batch_size=5)
+    with open_slide(path) as slide:
+        reads = []
+        real = slide.read
+        slide.read = lambda *window, **kw: reads.append(window) or real(*window, **kw)
+        rows = RowBuffer(slide)
+        model_shape = plan.model_shape(slide.shape)
+        for tile in tile_grid(*model_shape, 64, 16):
+            y0, y1, x0, x1 = full_window(tile, model_shape, slide.shape)
+            np.testing.assert_array_equal(rows.window(y0, y1, x0, x1), image[y0:y1, x0:x1])
+        assert all(x0 == 0 and x1 == 455 for _, _, x0, x1 in reads)  # full-width strips
+        assert [r[0] for r in reads[1:]] == [r[1] for r in reads[:-1]]  # each row once
+        assert reads[-1][1] == 701 and all(y1 % 64 == 0 for _, y1, _, _ in reads[:-1])
+        with pytest.raises(ValueError, match="moved on"):
+            rows.window(0, 10, 0, 10)
+    with open_slide(path) as slide:  # windows that skip rows, and a window of a whole chunk
+        rows = RowBuffer(slide)
+        for y0, y1 in ((5, 70), (60, 120), (300, 400), (410, 420), (640, 701)):
+            np.testing.assert_array_equal(rows.window(y0, y1, 7, 99), image[y0:y1, 7:99])
 
 
 def test_tile_predictor_averages_views_and_models():

@@ -61,6 +61,8 @@ def test_every_layout_reads_the_same_windows(tmp_path, layout):
         expected = cv2.resize(IMAGE[30:270, 60:300], (80, 80), interpolation=cv2.INTER_AREA)
         np.testing.assert_array_equal(small, expected)
         assert slide.read(0, 10, 0, 10, shape=(4, 5)).shape == (4, 5, 3)
+        chunk = {"tiled": 64, "pyramid": 64, "striped": 32}.get(layout)
+        assert slide.row_chunk == chunk if chunk else 1 <= slide.row_chunk <= 300
 
 
 def test_bad_slides_name_the_file(tmp_path):
