@@ -136,3 +136,23 @@ def grid_heatmap(table, x: str, y: str, value: str, path: str | os.PathLike, tit
         ax.plot(col, row, marker="*", color="red", markersize=12)
     ax.set_title(title, fontsize=8)
     _save(fig, path)
+
+
+def table_figure(frame, path: str | os.PathLike, title: str, width: int = 48) -> None:
+    """A table as a PNG (cells cut to ``width`` characters, floats to 4 decimals)."""
+
+    def cell(value) -> str:
+        if isinstance(value, float):
+            return "" if np.isnan(value) else f"{value:.4f}"
+        text = str(value)
+        return text if len(text) <= width else text[: width - 3] + "..."
+
+    rows = [[cell(v) for v in row] for row in frame.itertuples(False)] or [[""] * frame.shape[1]]
+    fig, ax = plt.subplots(figsize=(min(30, 2.2 * frame.shape[1] + 4), 0.4 * len(rows) + 1.2))
+    ax.axis("off")
+    table = ax.table(cellText=rows, colLabels=list(frame.columns), loc="upper left", cellLoc="left")
+    table.auto_set_font_size(False)
+    table.set_fontsize(8)
+    table.auto_set_column_width(list(range(frame.shape[1])))
+    ax.set_title(title, loc="left")
+    _save(fig, path)

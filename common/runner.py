@@ -9,6 +9,11 @@ training and validation loaders) and, for a multi-label task, its mask channel n
                                                     last.pt, log.csv, curves.png, done.json
     models/<competition>/<name>/fold<k>/part<i>/    the same per part; fold<k>/final.pt is the
                                                     last part's
+    models/<competition>/<name>/fold<k>/error.json  the error when training raised (removed when
+                                                    the fold starts again)
+    models/<competition>/<name>/fold<k>/metrics.json  the competition's figures; ``write_fold_score``
+                                                    adds ``score``, ``metric`` and ``thresholds``
+                                                    (read by ``common.leaderboard``)
 """
 
 from __future__ import annotations
@@ -32,6 +37,8 @@ from common.optim import Stepper, build_optimiser
 from common.training import Settings, Trainer
 
 DONE = "done.json"  # written once a part has its final.pt: a resumed run skips the part
+ERROR = "error.json"  # written when a fold's training raises
+METRICS = "metrics.json"
 
 LoaderFactory = Callable[[Config, int, int], tuple]  # (config, fold, seed) -> (train, validation)
 
@@ -168,6 +175,19 @@ def train_fold(
 ) -> tuple[Trainer, Config]:
     """Every part of one fold; returns the last part's trainer (its model holds the fold's final
     weights) and config. ``fold_dir/final.pt`` is the fold's model whatever the part count."""
+    if distributed.is_main():
+        (fold_dir / ERROR).unlink(missing_ok=True)
+    try:
+        return _train_parts(config, fold, fold_dir, make_loaders, channel_names, resume, log)
+    except BaseException as error:  # interrupted or failed: the leaderboard shows it as crashed
+        if distributed.is_main():
+            fold_dir.mkdir(parents=True, exist_ok=True)
+            text = f"{type(error).__name__}: {error}".strip().splitlines()[0][:300]
+            write_text_atomic(fold_dir / ERROR, json.dumps({"error": text}) + "\n")
+        raise
+
+
+def _train_parts(config, fold, fold_dir, make_loaders, channel_names, resume, log):
     configs = part_configs(config)
     trainer = None
     out = fold_dir
@@ -188,6 +208,18 @@ def train_fold(
             tmp.write_bytes((out / "final.pt").read_bytes())
         save_config(config, fold_dir / "config.yaml")
     return trainer, configs[-1]
+
+
+def write_fold_score(
+    fold_dir: Path, *, metric: str, score: float, thresholds: dict | None = None, **extra
+) -> dict:
+    """Add the fold's headline figure (``score``, the ``metric`` it is, the ``thresholds`` that
+    gave it, and ``extra`` keys) to its ``metrics.json``, atomically; returns the whole file."""
+    path = Path(fold_dir) / METRICS
+    metrics = json.loads(path.read_text()) if path.is_file() else {}
+    metrics |= {"metric": metric, "score": float(score), "thresholds": thresholds} | extra
+    write_text_atomic(path, json.dumps(metrics, indent=2) + "\n")
+    return metrics
 
 
 def parse_folds(text: str) -> list[int]:

@@ -186,7 +186,8 @@ def run(config: Config, *, log=print) -> dict:
     shapes = {image_id: slide_shape(path) for image_id, path in paths.items()}
     counts = validate_submission(csv, ids, FORMAT, shapes.__getitem__)
     summary = {"members": [m.__dict__ | {"folds": list(m.folds)} for m in members], "tta": list(config.tta),
-               "thresholds": thresholds, "rows": counts, "source": str(source.root)}  # fmt: skip
+               "thresholds": thresholds, "rows": counts, "source": str(source.root),
+               "cv": thresholds.get("oof_dice"), "cv_metric": "OOF Dice (full resolution, mean over slides)"}  # fmt: skip
     truth = source.root / "test_truth.csv"
     if truth.is_file():
         summary["test_dice"] = round(score(csv, truth, shapes), 4)

@@ -25,6 +25,7 @@ import yaml
 from common.atomic import write_text_atomic
 from common.config import Config
 from common.plots import mask_overlays
+from common.runner import write_fold_score
 from common.slide_search import score_maps, search_maps, truth_at_scale
 from common.slides import open_slide, thumbnail
 from common.submission import write_rows
@@ -101,6 +102,12 @@ def evaluate(config: Config, *, log=print) -> dict:
         "per_slide": {k: round(v, 4) for k, v in scores.items()},
     }
     write_text_atomic(out / "oof.json", json.dumps(summary, indent=2) + "\n")
+    for fold in summary["folds"]:
+        held_out = {s["id"]: scores[s["id"]] for s in slides if s["fold"] == fold}
+        write_fold_score(fold_dir(config, fold), metric="OOF Dice (full resolution, mean over slides)",
+                         score=float(np.mean(list(held_out.values()))),
+                         thresholds={"threshold": threshold, "min_size": min_size},
+                         per_slide={k: round(v, 4) for k, v in held_out.items()})  # fmt: skip
     thresholds = {
         key: summary[key] for key in ("threshold", "min_size", "oof_dice", "empty_dice", "folds")
     }

@@ -36,7 +36,7 @@ from common.metrics import dice_jaccard
 from common.plots import mask_overlays
 from common.postprocess import binarize, clean_mask
 from common.rle import rle_decode, rle_encode
-from common.runner import parse_folds
+from common.runner import parse_folds, write_fold_score
 from common.submission import write_rows
 from common.threshold_search import cross_fitted_thresholds, reduce_pairs
 from competitions.lung.loaders import items, read_cases, tta_policy
@@ -173,6 +173,11 @@ def evaluate(config: Config, folds: list[int], *, name: str | None = None, log=p
             panels.append((case, image, np.stack(truths), np.stack(preds)))
     table = pd.DataFrame(scores)
     report = _report(config, table, thresholds, folds)
+    for fold in folds:
+        _, groups = summarise(table[table["fold"] == fold])
+        write_fold_score(fold_dir(config, fold), metric=CV_METRIC, score=_cv(groups),
+                         thresholds=thresholds[fold],
+                         held_out_jaccard={g: round(v["jaccard"], 4) for g, v in groups.items()})  # fmt: skip
     report["synthetic"] = bool(json.loads((root / "source.json").read_text()).get("synthetic"))
     name = name or _default_name(config, folds)
     out = Path(config.submissions)
@@ -204,9 +209,18 @@ def summarise(table: pd.DataFrame) -> tuple[dict, dict]:
     return structures, groups
 
 
+CV_METRIC = "Jaccard, mean of lungs, heart, clavicles"
+
+
+def _cv(groups: dict) -> float:
+    return float(np.mean([values["jaccard"] for values in groups.values()]))
+
+
 def _report(config: Config, table: pd.DataFrame, thresholds: dict, folds: list[int]) -> dict:
     per_structure, groups = summarise(table)
     return {
+        "cv": _cv(groups),
+        "cv_metric": CV_METRIC,
         "name": config.name,
         "folds": folds,
         "n_cases": int(table["case"].nunique()),

@@ -23,7 +23,7 @@ from pathlib import Path
 from common import distributed
 from common.atomic import write_text_atomic
 from common.config import Config, load_run_config
-from common.runner import parse_folds, train_fold, train_parser
+from common.runner import METRICS, parse_folds, train_fold, train_parser, write_fold_score
 from competitions.siim.loaders import make_loaders
 from competitions.siim.oof import predict_oof
 
@@ -39,8 +39,13 @@ def run_fold(config: Config, fold: int, *, resume: bool = False, log=print) -> d
     metrics = predict_oof(trainer, last, fold, fold_dir)
     metrics["wall_seconds"] = round(time.perf_counter() - start, 1)
     metrics["epochs_run"] = len(trainer.history)
-    write_text_atomic(fold_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
-    return metrics
+    write_text_atomic(fold_dir / METRICS, json.dumps(metrics, indent=2) + "\n")
+    if "oof_dice" in metrics:
+        score = {"metric": "OOF Dice (mean per image, searched triplet)",
+                 "score": metrics["oof_dice"], "thresholds": metrics["best_triplet"]}  # fmt: skip
+    else:
+        score = {"metric": "OOF AUC (classifier)", "score": metrics["auc"]}
+    return write_fold_score(fold_dir, **score)
 
 
 def main(argv=None) -> None:

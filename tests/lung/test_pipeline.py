@@ -12,6 +12,7 @@ import pytest
 
 from common.config import load_run_config
 from common.images import read_png
+from common.leaderboard import write_leaderboard
 from competitions.lung import evaluate as lung_evaluate
 from competitions.lung.ablation import ablate
 from competitions.lung.loaders import assign_folds, transforms, tta_policy
@@ -71,6 +72,16 @@ def test_both_folds_and_the_csv_round_trip(workspace, monkeypatch):
     assert report["n_cases"] == 40 and report["threshold_search"] == "cross"
     assert report["tta"] == ["none", "hflip"]
     assert csv.with_suffix(".png").is_file()
+    runs, subs, _ = write_leaderboard("lung")  # under the workspace, as `make leaderboard`
+    row = runs.set_index("experiment").loc["unet_resnet18_cpu"]
+    folds = [
+        json.loads((lung_evaluate.fold_dir(config, f) / "metrics.json").read_text()) for f in (0, 1)
+    ]
+    assert row["status"] == "done" and row["folds"] == "0,1" and "Jaccard" in row["metric"]
+    assert row["cv"] == pytest.approx(np.mean([f["score"] for f in folds]))
+    assert "predict.tta" in row["changes"] and folds[0]["thresholds"] == report["thresholds"]["0"]
+    sub = subs.set_index("submission").loc["unet_resnet18_cpu"]
+    assert sub["cv"] == pytest.approx(report["cv"]) and sub["rows"] == 200
     lines = csv.read_text().splitlines()
     assert lines[0] == "id,structure,rle" and len(lines) == 1 + 40 * 5
     masks = lung_evaluate.read_submission(csv, 256)

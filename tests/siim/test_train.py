@@ -56,6 +56,9 @@ def test_segmentation_fold_writes_every_file(workspace, tmp_path):
     assert json.loads((fold / "metrics.json").read_text()) == metrics
     assert {"oof_dice", "empty_dice", "dice_at_0.5", "best_triplet", "wall_seconds"} <= set(metrics)
     assert metrics["oof_dice"] >= metrics["empty_dice"] - 1e-12  # the grid contains "all empty"
+    assert (
+        metrics["score"] == metrics["oof_dice"] and metrics["thresholds"] == metrics["best_triplet"]
+    )
     val = pd.read_csv(workspace / "folds.csv").query("fold == 1")
     assert sorted(p.stem for p in (fold / "oof").iterdir()) == sorted(val["ImageId"])
     saved = yaml.safe_load((fold / "config.yaml").read_text())
@@ -71,6 +74,7 @@ def test_classification_fold(workspace, tmp_path):
     oof = pd.read_csv(tmp_path / "models" / "tiny" / "fold0" / "oof.csv")
     assert list(oof.columns) == ["ImageId", "prob", "has_mask"] and oof["prob"].between(0, 1).all()
     assert 0 <= metrics["auc"] <= 1 and "oof_dice" not in metrics
+    assert metrics["score"] == metrics["auc"] and "AUC" in metrics["metric"]
 
 
 def test_multi_part_run_chains_weights(workspace, tmp_path):
