@@ -107,7 +107,10 @@ def test_fold_filter_ensemble_and_bundle(synthetic, tmp_path, monkeypatch):
     assert (run / "fold0" / "oof").is_dir()
     fold = json.loads((run / "fold0" / "metrics.json").read_text())  # what the leaderboard reads
     assert fold["score"] == pytest.approx(np.mean(list(summary["per_slide"].values())))
-    assert fold["thresholds"] == {"threshold": summary["threshold"], "min_size": summary["min_size"]}
+    assert fold["thresholds"] == {
+        "threshold": summary["threshold"],
+        "min_size": summary["min_size"],
+    }
     stats = tile_filter.score_fold(first, 0, log=lambda _: None)
     scores = pd.read_csv(run / "fold0" / "tile_filter.csv")
     assert len(scores) == stats["tiles"] and scores["dice"].between(0, 1).all()

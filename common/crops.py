@@ -1,0 +1,167 @@
+"""Crop-then-segment cascades: a first model finds a region, a second works on a crop of it at a
+higher effective resolution, and its prediction goes back into the full frame.
+
+    masks of the first model --find_box--> Box (margin, square, the whole image as fallback)
+    image --crop_image / crop_mask(box, size)--> size x size crop --second model--> crop map
+    crop map --paste(box, shape)--> full-frame map, zero outside the box
+
+A ``Box`` is half-open pixel bounds ``[y0, y1) x [x0, x1)`` of an image of ``shape``; ``scaled``
+moves it to the same image at another size (the first model's 256 px masks -> the 1024 px
+DICOM). ``fallback`` says why a box is the whole image (a required structure missing): the
+cascade then costs nothing but resolution, and callers count the fallbacks. Boxes are kept per
+image in a CSV (``write_boxes`` / ``read_boxes``, checked row by row). Used by the SIIM lung crop
+(both lungs, 3rd place) and by refinement stages around thin structures (the clavicles).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+import cv2
+import numpy as np
+import pandas as pd
+
+from common.atomic import atomic_path
+from common.images import resize_image, resize_mask
+
+BOX_COLUMNS = ("id", "y0", "y1", "x0", "x1", "height", "width", "fallback")
+
+
+@dataclass(frozen=True)
+class Box:
+    y0: int
+    y1: int
+    x0: int
+    x1: int
+    shape: tuple[int, int]  # (height, width) of the image the bounds refer to
+    fallback: str = ""  # why this is the whole image; "" for a found box
+
+    def __post_init__(self):
+        h, w = self.shape
+        if not (0 <= self.y0 < self.y1 <= h and 0 <= self.x0 < self.x1 <= w):
+            raise ValueError(
+                f"box y {self.y0}:{self.y1}, x {self.x0}:{self.x1} is not inside {h}x{w}"
+            )
+
+    @property
+    def height(self) -> int:
+        return self.y1 - self.y0
+
+    @property
+    def width(self) -> int:
+        return self.x1 - self.x0
+
+    def kept(self) -> float:
+        """The share of the image's pixels inside the box."""
+        return self.height * self.width / (self.shape[0] * self.shape[1])
+
+    def scaled(self, shape: tuple[int, int]) -> Box:
+        """The same region of the image resized to ``shape`` (bounds rounded outwards)."""
+        fy, fx = shape[0] / self.shape[0], shape[1] / self.shape[1]
+        return replace(self, y0=math.floor(self.y0 * fy + 1e-9), y1=min(shape[0], math.ceil(self.y1 * fy - 1e-9)),
+                       x0=math.floor(self.x0 * fx + 1e-9), x1=min(shape[1], math.ceil(self.x1 * fx - 1e-9)),
+                       shape=tuple(shape))  # fmt: skip
+
+
+def whole(shape: tuple[int, int], why: str = "") -> Box:
+    return Box(0, shape[0], 0, shape[1], tuple(shape), why)
+
+
+def _grow(low: int, high: int, size: int, limit: int) -> tuple[int, int]:
+    """``[low, high)`` widened about its centre to ``size`` (at most ``limit``), shifted inside."""
+    size = min(size, limit)
+    centre = (low + high) / 2
+    low = round(centre - size / 2)
+    low = min(max(low, 0), limit - size)
+    return low, low + size
+
+
+def find_box(
+    masks: np.ndarray,
+    *,
+    threshold: float = 0.5,
+    required: Sequence[int] = (),
+    min_area: int = 1,
+    margin: float = 0.1,
+    square: bool = True,
+) -> Box:
+    """The box around every channel of ``masks`` ((C, H, W) or (H, W); probabilities or 0/1)
+    above ``threshold``, widened by ``margin`` of its side on each side and, with ``square``, to
+    a square (as far as the image allows). The whole image, with the reason in ``fallback``,
+    when a channel in ``required`` has fewer than ``min_area`` pixels or nothing is found."""
+    masks = np.asarray(masks)
+    masks = masks[None] if masks.ndim == 2 else masks
+    shape = masks.shape[1:]
+    found = masks > threshold
+    for channel in required:
+        area = int(found[channel].sum())
+        if area < min_area:
+            return whole(shape, f"channel {channel}: {area} px < {min_area}")
+    union = found.any(axis=0)
+    rows, cols = np.flatnonzero(union.any(axis=1)), np.flatnonzero(union.any(axis=0))
+    if not len(rows):
+        return whole(shape, "nothing found")
+    y0, y1, x0, x1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+    height = y1 - y0 + 2 * math.ceil(margin * (y1 - y0))
+    width = x1 - x0 + 2 * math.ceil(margin * (x1 - x0))
+    if square:
+        height = width = max(height, width)
+    y0, y1 = _grow(y0, y1, height, shape[0])
+    x0, x1 = _grow(x0, x1, width, shape[1])
+    return Box(y0, y1, x0, x1, tuple(shape))
+
+
+def _check(array: np.ndarray, box: Box) -> None:
+    if tuple(array.shape[:2]) != box.shape:
+        raise ValueError(f"an image of {array.shape[:2]} with a box for {box.shape}")
+
+
+def crop_image(image: np.ndarray, box: Box, size: int) -> np.ndarray:
+    """The box of a (H, W) or (H, W, C) image resized to ``size`` x ``size``."""
+    _check(image, box)
+    return resize_image(np.ascontiguousarray(image[box.y0 : box.y1, box.x0 : box.x1]), size)
+
+
+def crop_mask(mask: np.ndarray, box: Box, size: int) -> np.ndarray:
+    """The box of a {0, 1} mask resized to ``size`` x ``size`` (areas kept, ``resize_mask``)."""
+    _check(mask, box)
+    return resize_mask(mask[box.y0 : box.y1, box.x0 : box.x1], size)
+
+
+def paste(crop: np.ndarray, box: Box, dtype=np.float32) -> np.ndarray:
+    """A crop's map ((h, w) or (C, h, w)) back in the full frame of ``box.shape``: resized
+    bilinearly to the box, zero outside it."""
+    crop = np.asarray(crop)
+    channels = crop[None] if crop.ndim == 2 else crop
+    out = np.zeros((len(channels), *box.shape), dtype)
+    for index, channel in enumerate(channels):
+        if channel.shape != (box.height, box.width):
+            channel = cv2.resize(channel.astype(np.float32), (box.width, box.height),
+                                 interpolation=cv2.INTER_LINEAR)  # fmt: skip
+        out[index, box.y0 : box.y1, box.x0 : box.x1] = channel
+    return out[0] if crop.ndim == 2 else out
+
+
+def write_boxes(path: str | os.PathLike, boxes: dict[str, Box]) -> None:
+    rows = [(i, b.y0, b.y1, b.x0, b.x1, *b.shape, b.fallback) for i, b in boxes.items()]
+    with atomic_path(path) as tmp:
+        pd.DataFrame(rows, columns=BOX_COLUMNS).to_csv(tmp, index=False)
+
+
+def read_boxes(path: str | os.PathLike) -> dict[str, Box]:
+    """Boxes by id from ``write_boxes``' CSV; one ``ValueError`` naming the file and row."""
+    frame = pd.read_csv(path, dtype={"id": str, "fallback": str}, keep_default_na=False)
+    missing = [c for c in BOX_COLUMNS if c not in frame.columns]
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {', '.join(missing)}")
+    boxes = {}
+    for line, row in enumerate(frame.itertuples(index=False), start=2):
+        try:
+            bounds = [int(getattr(row, k)) for k in ("y0", "y1", "x0", "x1", "height", "width")]
+            boxes[row.id] = Box(*bounds[:4], (bounds[4], bounds[5]), row.fallback)
+        except (ValueError, TypeError) as error:
+            raise ValueError(f"{path}, line {line} ({row.id}): {error}") from None
+    return boxes
