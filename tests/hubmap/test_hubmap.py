@@ -106,7 +106,7 @@ def test_fold_filter_ensemble_and_bundle(synthetic, tmp_path, monkeypatch):
     assert 0 <= summary["oof_dice"] <= 1 and summary["empty_dice"] == 0
     assert (run / "fold0" / "oof").is_dir()
     fold = json.loads((run / "fold0" / "metrics.json").read_text())  # what the leaderboard reads
-    assert fold["score"] == pytest.approx(np.mean(list(summary["per_slide"].values())))
+    assert fold["score"] == pytest.approx(np.mean(list(summary["per_slide"].values())), abs=1e-4)
     assert fold["thresholds"] == {
         "threshold": summary["threshold"],
         "min_size": summary["min_size"],
