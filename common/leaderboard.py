@@ -184,7 +184,7 @@ def read_run(run_dir: Path, base: dict | None) -> dict | None:
             f"{f.fold}: {_thresholds_text(f.thresholds)}" for f in folds if f.thresholds
         ),
         "epochs": ",".join(str(f.epochs) if f.epochs is not None else "-" for f in folds),
-        "wall_minutes": sum(seconds) / 60 if seconds else math.nan,
+        "wall_minutes": round(sum(seconds) / 60, 1) if seconds else math.nan,
     }
 
 
@@ -265,7 +265,7 @@ def read_runs(folder: Path, base: dict | None) -> pd.DataFrame:
 
 def _cell(value) -> str:
     if isinstance(value, float):
-        return "" if math.isnan(value) else f"{value:.4f}"
+        return "" if math.isnan(value) else f"{value:.4g}"
     return str(value).replace("|", "\\|")
 
 

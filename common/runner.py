@@ -180,8 +180,7 @@ def train_fold(
     try:
         return _train_parts(config, fold, fold_dir, make_loaders, channel_names, resume, log)
     except BaseException as error:  # interrupted or failed: the leaderboard shows it as crashed
-        if distributed.is_main():
-            fold_dir.mkdir(parents=True, exist_ok=True)
+        if distributed.is_main() and fold_dir.is_dir():  # not for a run that never started
             text = f"{type(error).__name__}: {error}".strip().splitlines()[0][:300]
             write_text_atomic(fold_dir / ERROR, json.dumps({"error": text}) + "\n")
         raise

@@ -78,7 +78,7 @@ def test_every_run_and_submission_in_one_table(workspace):
     assert (blend["rows"], blend["predicted_positive"], blend["cv"]) == (4, 2, 0.85)
     assert subs.set_index("submission").loc["old", "note"] == "no provenance .json"
     text = path.read_text()
-    assert "| resnet34 | run | done | 0.8200 |" in text and "## Submissions" in text
+    assert "| resnet34 | run | done | 0.82 | 0.02 |" in text and "## Submissions" in text
     models = workspace / "models" / "siim"
     assert (models / "leaderboard.png").stat().st_size > 0
     assert pd.read_csv(models / "leaderboard.csv")["experiment"].tolist() == list(
@@ -109,6 +109,10 @@ def test_a_fold_that_raises_is_recorded_and_cleared(tmp_path):
         raise RuntimeError("no images\nsecond line")
 
     folder = tmp_path / "x" / "fold0"
+    with pytest.raises(RuntimeError):  # before the run wrote anything: no run, no folder
+        train_fold(config, 0, folder, loaders, log=lambda _: None)
+    assert not folder.exists()
+    folder.mkdir(parents=True)  # a run under way (or resumed) that fails
     with pytest.raises(RuntimeError):
         train_fold(config, 0, folder, loaders, log=lambda _: None)
     assert json.loads((folder / ERROR).read_text()) == {"error": "RuntimeError: no images"}
