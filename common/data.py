@@ -250,6 +250,32 @@ class NonEmptyRateSampler(Sampler[int]):
         return -(-self.epoch_size // self.num_replicas)
 
 
+class WithExtraSampler(NonEmptyRateSampler):
+    """``base``'s epoch (its rate or weights over the first ``len(base)`` items) plus extra items
+    (indices after them, e.g. pseudo-labelled images) making up ``share`` of the epoch, drawn
+    without replacement while they last; shuffled together and split across replicas alike."""
+
+    def __init__(self, base: NonEmptyRateSampler, n_extra: int, share: float):
+        if not 0 < share < 1 or n_extra <= 0:
+            raise ValueError(
+                f"extra items: need 0 < share < 1 and some items, got {share}, {n_extra}"
+            )
+        self.__dict__.update(base.__dict__)
+        self.base, self.n_extra, self.share = base, n_extra, share
+        self.n_base = len(base.has_mask)
+        self.extra_size = round(base.epoch_size * share / (1 - share))
+        self.epoch_size = base.epoch_size + self.extra_size
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.base.set_epoch(epoch)
+
+    def epoch_indices(self) -> np.ndarray:
+        rng = np.random.default_rng([self.seed, self.epoch, 1])
+        extra = self.n_base + _draw(rng, np.arange(self.n_extra), self.extra_size)
+        return rng.permutation(np.concatenate([self.base.epoch_indices(), extra]))
+
+
 def _draw(rng: np.random.Generator, pool: np.ndarray, n: int) -> np.ndarray:
     """``n`` items of ``pool``: whole shuffled passes, then a partial one without repeats."""
     if n <= 0:

@@ -219,7 +219,7 @@ def apply_thresholds(
     return np.stack(masks)
 
 
-def _fold_models(config: Config, task: EnsembleTask, members, fold=None) -> list[FoldModel]:
+def fold_models(config: Config, task: EnsembleTask, members, fold=None) -> list[FoldModel]:
     """Every fold model of ``members`` (each member counting by its weight, not its folds), or
     only those of ``fold``."""
     from common.runner import resolve_device
@@ -243,7 +243,7 @@ def _fold_models(config: Config, task: EnsembleTask, members, fold=None) -> list
     return models
 
 
-def _options(config: Config, task: EnsembleTask) -> PredictOptions:
+def predict_options(config: Config, task: EnsembleTask) -> PredictOptions:
     from common.runner import resolve_device
 
     return PredictOptions(
@@ -282,9 +282,9 @@ def search_oof(config: Config, task: EnsembleTask, members, classifiers, out: Pa
             predictions = predict_with(
                 ids,
                 shapes,
-                _fold_models(config, task, members, fold),
-                _fold_models(config, task, classifiers, fold),
-                _options(config, task),
+                fold_models(config, task, members, fold),
+                fold_models(config, task, classifiers, fold),
+                predict_options(config, task),
             )
             log(f"ensemble: out-of-fold maps of fold {fold} ({len(ids)} items)")
             for pred in tqdm(predictions, total=len(ids), desc=f"oof fold {fold}", disable=None):
@@ -344,13 +344,15 @@ def predict_test(
     """Predict the test items, apply the thresholds and post-processing, encode the rows;
     returns (rows, overlay panels)."""
     ids = task.test["id"].astype(str).tolist()
-    segmenters = _fold_models(config, task, members)
-    gates = _fold_models(config, task, classifiers)
+    segmenters = fold_models(config, task, members)
+    gates = fold_models(config, task, classifiers)
     log(f"ensemble: test items ({len(ids)}) x {len(segmenters) + len(gates)} fold models")
     panels: list = []
     rows: list = []
     channels = len(task.channels)
-    predictions = predict_with(ids, _shapes(task.test), segmenters, gates, _options(config, task))
+    predictions = predict_with(
+        ids, _shapes(task.test), segmenters, gates, predict_options(config, task)
+    )
     for pred in tqdm(predictions, total=len(ids), desc="test", disable=None):
         for c, name in enumerate(task.channels):
             write_png(_map_path(out / "test", name, pred.image_id, channels), pred.mask[c])

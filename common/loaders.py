@@ -22,13 +22,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import ConcatDataset, DataLoader
 
 from common import distributed
 from common.config import Config
 from common.data import (
     NonEmptyRateSampler,
     SegmentationDataset,
+    WithExtraSampler,
     linear_rate,
     load_transforms,
     seed_worker,
@@ -61,6 +62,14 @@ class Items:
         """The items at positions start, start + step, ... (a rank's shard)."""
         frame = self.frame.iloc[start::step].reset_index(drop=True)
         return Items(frame, self.images, self.masks, self.mask_channels)
+
+
+@dataclass(frozen=True)
+class Extra:
+    """Training-only items (pseudo-labels) and the share of every epoch they fill."""
+
+    items: Items
+    share: float
 
 
 def load_pipeline(config: Config, folder: str | Path, *, forbidden: dict[str, str] | None = None):
@@ -128,16 +137,23 @@ def _loader_args(config: Config) -> dict:
     }
 
 
-def train_loader(config: Config, items: Items, seed: int, transform=None) -> DataLoader:
-    """Augmented training batches drawn by ``data.sample_rate``, this rank's share under DDP."""
+def train_loader(
+    config: Config, items: Items, seed: int, transform=None, extra: Extra | None = None
+) -> DataLoader:
+    """Augmented training batches drawn by ``data.sample_rate``, this rank's share under DDP;
+    with ``extra``, its items (pseudo-labelled images) fill ``extra.share`` of every epoch."""
     world, rank = distributed.world_size(), distributed.rank()
     batch_size = config.data.batch_size
     if batch_size % world:
         raise ValueError(f"data.batch_size {batch_size} is not divisible by {world} processes")
     draw = sampler(config, items, seed)
+    data = dataset(config, items, transform)
+    if extra is not None and len(extra.items.frame):
+        draw = WithExtraSampler(draw, len(extra.items.frame), extra.share)
+        data = ConcatDataset([data, dataset(config, extra.items, transform)])
     per_rank = batch_size // world
     return DataLoader(
-        dataset(config, items, transform),
+        data,
         batch_size=per_rank,
         sampler=draw,
         drop_last=len(draw) > per_rank,
@@ -160,7 +176,12 @@ def eval_loader(config: Config, items: Items, *, shard: bool = False) -> DataLoa
 
 
 def make_loaders(
-    config: Config, train: Items, validation: Items, seed: int, transform=None
-) -> tuple[DataLoader, DataLoader]:
-    """The training loader and this rank's shard of the validation loader."""
-    return train_loader(config, train, seed, transform), eval_loader(config, validation, shard=True)
+    config: Config, train: Items, validation: Items, seed: int, transform=None,
+    extra: Extra | None = None,
+) -> tuple[DataLoader, DataLoader]:  # fmt: skip
+    """The training loader (with ``extra`` training-only items) and this rank's shard of the
+    validation loader; ``extra`` never reaches validation."""
+    return (
+        train_loader(config, train, seed, transform, extra),
+        eval_loader(config, validation, shard=True),
+    )

@@ -51,7 +51,7 @@ def ensure_trained(config: Config, log=print) -> None:
     train_missing(config, train, log)
 
 
-def _tables(config: Config) -> tuple[Path, pd.DataFrame, pd.DataFrame, Config]:
+def tables(config: Config) -> tuple[Path, pd.DataFrame, pd.DataFrame, Config]:
     """The prepared folder, train and test tables (``id``, native ``height``/``width``) of the
     first member's data, and that data section."""
     members, _ = ensemble_members(config)
@@ -67,7 +67,7 @@ def _tables(config: Config) -> tuple[Path, pd.DataFrame, pd.DataFrame, Config]:
 
 def task(config: Config, sample: Path | None, *, with_train: bool = True) -> EnsembleTask:
     """SIIM's data for ``common.ensemble``."""
-    root, train, test, data = _tables(config)
+    root, train, test, data = tables(config)
     if with_train:
         folds = read_folds(data.folds).set_index("ImageId")["fold"]
         train = train.assign(fold=train["ImageId"].map(folds))

@@ -9,8 +9,9 @@ import pandas as pd
 
 from common.config import Config
 from common.folds import read_folds
-from common.loaders import Items, load_pipeline
+from common.loaders import Extra, Items, load_pipeline
 from common.loaders import make_loaders as common_loaders
+from common.pseudo import read_pseudo_set
 
 TRANSFORMS = Path(__file__).resolve().parent / "transforms"
 
@@ -44,8 +45,24 @@ def items(root: Path, frame: pd.DataFrame) -> Items:
     return Items(frame, root / "images", root / "masks")
 
 
+def pseudo_items(config: Config, labelled: set[str]) -> Extra | None:
+    """``data.pseudo``'s set at the training size, or None; an id that is a labelled image is
+    refused (its pseudo-label could come from a model that validated on it)."""
+    folder = config.data.pseudo.folder
+    if not folder:
+        return None
+    table = read_pseudo_set(Path(folder), config.data.size)
+    leaking = sorted(set(table["id"]) & labelled)
+    if leaking:
+        raise ValueError(f"{folder}: pseudo-labelled images are training images, e.g. {leaking[0]}")
+    root = Path(folder) / str(config.data.size)
+    return Extra(Items(table, root / "images", root / "masks"), config.data.pseudo.share)
+
+
 def make_loaders(config: Config, fold: int, seed: int):
-    """The fold's training loader and this rank's share of its validation images."""
+    """The fold's training loader (with ``data.pseudo``'s images, training only) and this
+    rank's share of its validation images."""
     root, train, val = fold_frames(config, fold)
     transform = load_pipeline(config, TRANSFORMS)
-    return common_loaders(config, items(root, train), items(root, val), seed, transform)
+    extra = pseudo_items(config, set(train["id"]) | set(val["id"]))
+    return common_loaders(config, items(root, train), items(root, val), seed, transform, extra)

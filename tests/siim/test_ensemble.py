@@ -111,3 +111,79 @@ def test_other_combinations(workspace, combine):
 def test_bad_ensembles(workspace, extra, message):
     with pytest.raises(ValueError, match=message):
         run_ensemble(_ensemble(workspace, "bad", *extra), sample=None)
+
+
+def test_pseudo_labels_from_the_ensemble_and_leakage(workspace, monkeypatch):
+    from common.data import WithExtraSampler
+    from common.pseudo import read_pseudo_set
+    from competitions.siim.loaders import make_loaders
+    from competitions.siim.pseudo import make_pseudo, pseudo_folder
+
+    monkeypatch.setenv("KSEG_WORKSPACE", str(workspace))  # data/siim/pseudo/ lands here
+    rules = ["pseudo.positive_above=0.02", "pseudo.negative_below=0.01", "classifiers=[]"]
+    config = _ensemble(workspace, "tiny_pl", *rules)
+    run_ensemble(config, sample=None)
+    found = workspace / "models" / "tiny_pl" / "thresholds.yaml"  # a 2-epoch model's search keeps
+    searched = yaml.safe_load(found.read_text())  # nothing; the stage reads the file: widen it
+    found.write_text(yaml.safe_dump(searched | {"top": 0.3, "min_area": 1, "bottom": 0.3}))
+    record = make_pseudo(config, log=lambda _: None)
+    out = pseudo_folder(config)
+    table = read_pseudo_set(out, 48)
+    counts = record["counts"]
+    assert counts["kept"] + counts["left_out_unsure"] + counts["left_out_leakage"] == 8
+    assert counts["kept"] == len(table) > 0 and counts["left_out_leakage"] == 0
+    test_ids = set(pd.read_csv(workspace / "prepared" / "48" / "test.csv")["ImageId"].astype(str))
+    assert set(table["id"]) <= test_ids  # never a training image
+    for row in table.itertuples():
+        mask = read_png(out / "48" / "masks" / f"{row.id}.png") > 0
+        assert mask.any() == bool(row.has_mask) and mask.sum() == row.mask_area
+        image = read_png(out / "48" / "images" / f"{row.id}.png")
+        np.testing.assert_array_equal(
+            image, read_png(workspace / "prepared" / "48" / "images" / f"{row.id}.png")
+        )
+    saved = json.loads((out / "provenance.json").read_text())
+    assert saved["ensemble"] == "tiny_pl" and saved["thresholds"]["combine"] == "triplet"
+    assert (
+        saved["members"][0]["experiment"] == "tiny_seg" and saved["rules"]["positive_above"] == 0.02
+    )
+
+    # an outside folder holding a training image (brighter, another name) and a training id
+    extra = workspace / "extra"
+    extra.mkdir()
+    train_id = pd.read_csv(workspace / "prepared" / "48" / "train.csv")["ImageId"].astype(str)[0]
+    train_image = read_png(workspace / "prepared" / "48" / "images" / f"{train_id}.png")
+    from common.images import write_png
+
+    write_png(
+        extra / "copy.png",
+        (train_image * 0.8 + 20).astype(np.uint8),  # another window
+    )
+    write_png(extra / f"{train_id}.png", np.full((48, 48), 7, np.uint8))
+    first_test = sorted(test_ids)[0]
+    write_png(
+        extra / "new.png", read_png(workspace / "prepared" / "48" / "images" / f"{first_test}.png")
+    )
+    outside = _ensemble(workspace, "tiny_pl", *rules, f"pseudo.images={extra}")
+    record = make_pseudo(outside, log=lambda _: None)
+    assert (
+        set(record["excluded"]) == {"copy", train_id} and record["counts"]["left_out_leakage"] == 2
+    )
+    assert (
+        "near duplicate" in record["excluded"]["copy"]
+        and "training image id" in record["excluded"][train_id]
+    )
+
+    # training adds the set to the training items only; a pseudo id that is a training id is refused
+    experiment = load_config(workspace / "configs" / "tiny_seg.yaml",
+                             [f"data.pseudo.folder={out}", "data.pseudo.share=0.25"])  # fmt: skip
+    train_loader, val_loader = make_loaders(experiment, 0, 0)
+    assert isinstance(train_loader.sampler, WithExtraSampler)
+    n_real = len(train_loader.dataset.datasets[0])
+    indices = train_loader.sampler.epoch_indices()
+    assert (indices >= n_real).sum() == round(n_real * 0.25 / 0.75)
+    assert not set(val_loader.dataset.ids) & set(table["id"])
+    table.assign(id=train_id).to_csv(out / "48" / "train.csv", index=False)
+    with pytest.raises(
+        ValueError, match=f"pseudo-labelled images are training images, e.g. {train_id}"
+    ):
+        make_loaders(experiment, 0, 0)
