@@ -28,7 +28,7 @@ HUBMAP_FILTERED ?= competitions/hubmap/configs/filtered.yaml
 HUBMAP_TRAIN = $(LAUNCH) -m competitions.hubmap.train $(if $(RESUME),--resume)
 
 .DEFAULT_GOAL := help
-.PHONY: help venv test test-all fixup lint bench clean siim-synthetic siim-prepare siim-fold0 siim-folds ensemble submit kaggle-bundle kaggle-push lung-prepare lung-fold0 lung-folds hubmap-prepare hubmap-fold0 hubmap-folds hubmap-filter leaderboard
+.PHONY: help venv test test-all fixup lint bench clean siim-synthetic siim-prepare siim-fold0 siim-folds ensemble submit kaggle-bundle kaggle-push lung-prepare lung-fold0 lung-folds hubmap-prepare hubmap-fold0 hubmap-folds hubmap-filter leaderboard siim-pseudo
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -110,3 +110,6 @@ clean:  ## remove caches (keeps .venv, data, models)
 
 leaderboard: $(STAMP)  ## every run and submission in one table, by CV; COMPETITION=, PUBLIC="name=0.861", KAGGLE=<slug>
 	$(PY) -m common.leaderboard $(if $(COMPETITION),--competition $(COMPETITION)) $(if $(PUBLIC),--record $(PUBLIC)) $(if $(KAGGLE),--kaggle $(KAGGLE))
+
+siim-pseudo: $(STAMP)  ## pseudo-labels from ENSEMBLE's confident test predictions -> data/siim/pseudo/<ensemble>/ (train with configs/pseudo.yaml)
+	$(PY) -m competitions.siim.pseudo --config $(ENSEMBLE) $(ARGS)
