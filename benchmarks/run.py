@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from benchmarks import (
     bench_inference,
+    bench_lung_crop,
     bench_metrics,
     bench_prepare,
     bench_rle,
@@ -23,6 +24,7 @@ def main() -> None:
         bench_prepare,
         bench_trainer,
         bench_slides,
+        bench_lung_crop,
     )
     for bench in (*benches, bench_inference):
         bench.main()

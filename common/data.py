@@ -160,19 +160,26 @@ class SegmentationDataset(Dataset):
         return np.stack(channels, axis=-1)
 
     def _normalise(self, image: np.ndarray) -> np.ndarray:
-        if image.ndim == 3 and image.shape[2] == 1:  # a transform may hand back (H, W, 1)
-            image = image[..., 0]
-        scaled = image.astype(np.float32) / 255.0
-        if scaled.ndim == 3:
-            if scaled.shape[2] != self.in_channels:
-                raise ValueError(
-                    f"{self.image_dir}: images have {scaled.shape[2]} channels, "
-                    f"data.in_channels is {self.in_channels}"
-                )
-            stacked = scaled.transpose(2, 0, 1)
-        else:
-            stacked = np.broadcast_to(scaled, (self.in_channels, *scaled.shape))
-        return np.ascontiguousarray((stacked - self.mean) / self.std, dtype=np.float32)
+        return normalise(image, self.mean, self.std, where=str(self.image_dir))
+
+
+def normalise(image: np.ndarray, mean: np.ndarray, std: np.ndarray, where: str = "") -> np.ndarray:
+    """A uint8 (H, W) or (H, W, C) image as the model's float32 (C, H, W) input: / 255, a grey
+    image repeated over the ``len(mean)`` channels, then (x - mean) / std per channel (``mean``
+    and ``std`` shaped (C, 1, 1))."""
+    channels = len(mean)
+    if image.ndim == 3 and image.shape[2] == 1:  # a transform may hand back (H, W, 1)
+        image = image[..., 0]
+    scaled = image.astype(np.float32) / 255.0
+    if scaled.ndim == 3:
+        if scaled.shape[2] != channels:
+            raise ValueError(
+                f"{where}: images have {scaled.shape[2]} channels, data.in_channels is {channels}"
+            )
+        stacked = scaled.transpose(2, 0, 1)
+    else:
+        stacked = np.broadcast_to(scaled, (channels, *scaled.shape))
+    return np.ascontiguousarray((stacked - mean) / std, dtype=np.float32)
 
 
 def linear_rate(start: float, end: float, epochs: int) -> Callable[[int], float]:

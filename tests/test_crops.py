@@ -101,3 +101,39 @@ def test_box_files_round_trip_and_bad_rows(tmp_path):
         read_boxes(tmp_path / "cols.csv")
     with pytest.raises(ValueError, match="not inside"):
         Box(0, 0, 0, 5, (10, 10))
+
+
+def test_a_crop_stage_from_fold_checkpoints(tmp_path):
+    import torch
+
+    from common.cascade import load_stage, predict_boxes
+    from common.checkpoints import save_checkpoint
+    from common.config import load_config
+    from common.models import build_model
+    from tests.conftest import REPO
+
+    config = load_config(REPO / "competitions" / "lung" / "configs" / "lungs_only.yaml",
+                         ["data.size=64"]).to_dict()  # fmt: skip
+    model = build_model(
+        task="segmentation",
+        arch="Unet",
+        encoder="resnet18",
+        in_channels=config["data"]["in_channels"],
+        classes=2,
+    )
+    head = model.net.segmentation_head[0]
+    torch.nn.init.zeros_(head.weight)
+    head.bias.data = torch.tensor([10.0, -10.0])  # channel 0 everywhere, channel 1 nowhere
+    (tmp_path / "run" / "fold0").mkdir(parents=True)
+    save_checkpoint(
+        tmp_path / "run" / "fold0" / "final.pt", {"model": model.state_dict(), "config": config}
+    )
+    stage = load_stage(tmp_path, "run", [0], torch.device("cpu"))
+    assert stage.size == 64 and stage.models[0].model.net.segmentation_head[0].out_channels == 2
+    images = [("wide", np.zeros((300, 200), np.uint8)), ("rgb", np.zeros((50, 50, 3), np.uint8))]
+    boxes = dict(predict_boxes(stage, images, required=(0, 1), batch_size=1))
+    assert boxes["wide"] == whole((300, 200), "channel 1: 0 px < 41")  # 1% of 64 x 64
+    found = dict(predict_boxes(stage, images[:1], required=(0,)))["wide"]
+    assert (found.y0, found.y1, found.x0, found.x1, found.fallback) == (0, 300, 0, 200, "")
+    with pytest.raises(ValueError, match=r"fold1/final\.pt not found: train run fold 1 first"):
+        load_stage(tmp_path, "run", [1], torch.device("cpu"))
