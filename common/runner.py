@@ -21,8 +21,10 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -40,6 +42,7 @@ DONE = "done.json"  # written once a part has its final.pt: a resumed run skips 
 ERROR = "error.json"  # written when a fold's training raises
 METRICS = "metrics.json"
 
+T = TypeVar("T")
 LoaderFactory = Callable[[Config, int, int], tuple]  # (config, fold, seed) -> (train, validation)
 
 
@@ -236,6 +239,21 @@ def config_parser(doc: str, what: str = "experiment YAML") -> argparse.ArgumentP
     parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     parser.add_argument("--config", required=True, help=what)
     return parser
+
+
+def config_main(doc: str, argv, run: Callable[[Config], T], *, label: str,
+                what: str = "experiment YAML") -> T:  # fmt: skip
+    """An entry point that reads one config: ``--config`` and overrides parsed, the config
+    loaded and given to ``run``; a config or data error exits with one line ``label: error``."""
+    from common.config import load_run_config
+
+    parser = config_parser(doc, what)
+    parser.add_argument("overrides", nargs="*", help="key.sub=value overrides")
+    args = parser.parse_args(argv)
+    try:
+        return run(load_run_config(args.config, args.overrides))
+    except (ValueError, FloatingPointError, FileNotFoundError) as error:
+        sys.exit(f"{label}: {error}")
 
 
 def train_parser(doc: str, folds_example: str = "0,1,2,3,4") -> argparse.ArgumentParser:

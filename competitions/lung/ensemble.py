@@ -12,21 +12,20 @@ synthetic set), Dice and Jaccard per structure on the test cases.
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from common.checkpoints import load_checkpoint
-from common.config import Config, load_config, load_run_config, to_config
+from common.config import Config, load_config, to_config
 from common.ensemble import EnsembleTask, check_trained, ensemble_members, train_missing
 from common.ensemble import run_ensemble as run_common
 from common.metrics import dice_jaccard
 from common.predict import final_path
 from common.rle import rle_encode
+from common.runner import config_main
 from competitions.lung.evaluate import (
     HEADER,
     read_submission,
@@ -149,15 +148,8 @@ def run_ensemble(config: Config, *, log=print) -> dict:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", required=True, help="ensemble YAML")
-    parser.add_argument("overrides", nargs="*", help="key.sub=value overrides")
-    args = parser.parse_args(argv)
-    try:
-        config = load_run_config(args.config, args.overrides)
-        report = run_ensemble(config)
-    except (ValueError, FloatingPointError) as error:
-        sys.exit(f"lung ensemble: {error}")
+    config, report = config_main(__doc__, argv, lambda c: (c, run_ensemble(c)),
+                                 label="lung ensemble", what="ensemble YAML")  # fmt: skip
     line = f"lung ensemble {config.name}: held-out Dice {report['oof_dice']:.4f} (per structure, thresholds searched on them)"
     if "test_dice" in report:
         groups = ", ".join(f"{g} {v['jaccard']:.4f}" for g, v in report["test_groups"].items())

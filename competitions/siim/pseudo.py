@@ -14,17 +14,16 @@ fold's training images, never its validation.
 
 from __future__ import annotations
 
-import argparse
-import sys
 from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
 
-from common.config import Config, load_run_config
+from common.config import Config
 from common.images import read_png, resize_image, write_png
 from common.paths import check_id, data_dir
 from common.pseudo import build_pseudo
+from common.runner import config_main
 from competitions.siim.ensemble import tables, task
 
 
@@ -62,14 +61,7 @@ def make_pseudo(config: Config, *, log=print) -> dict:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", required=True, help="ensemble YAML")
-    parser.add_argument("overrides", nargs="*", help="key.sub=value overrides")
-    args = parser.parse_args(argv)
-    try:
-        make_pseudo(load_run_config(args.config, args.overrides))
-    except (ValueError, FileNotFoundError) as error:
-        sys.exit(f"siim pseudo: {error}")
+    config_main(__doc__, argv, make_pseudo, label="siim pseudo", what="ensemble YAML")
 
 
 if __name__ == "__main__":
