@@ -72,3 +72,14 @@ def barrier() -> None:
 
 def backend() -> str:
     return dist.get_backend() if active() else "none"
+
+
+def average_gradients(parameters) -> None:
+    """Average the gradients of ``parameters`` that DDP does not own (e.g. learned loss
+    weights) across the processes; nothing without DDP."""
+    if not active():
+        return
+    for p in parameters:
+        if p.grad is not None:
+            dist.all_reduce(p.grad)
+            p.grad /= world_size()

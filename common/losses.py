@@ -16,6 +16,8 @@ import torch.nn.functional as F
 from segmentation_models_pytorch.losses import DiceLoss, FocalLoss, LovaszLoss
 from torch import nn
 
+from common.distance_losses import BoundaryLoss, HausdorffLoss
+
 
 class WeightedBCE(nn.Module):
     """BCE averaged separately over positive and negative pixels, then mixed
@@ -63,6 +65,8 @@ SEGMENTATION_LOSSES: dict[str, Callable[..., nn.Module]] = {
     "dice": lambda **kw: DiceLoss(mode="multilabel", from_logits=True, **kw),
     "lovasz": lambda per_image=True: LovaszLoss(mode="binary", per_image=per_image),
     "symmetric_lovasz": SymmetricLovasz,
+    "boundary": BoundaryLoss,
+    "hausdorff": HausdorffLoss,
 }
 CLASSIFICATION_LOSSES: dict[str, Callable[..., nn.Module]] = {
     "bce": BCE,
@@ -91,6 +95,12 @@ class CombinedLoss(nn.Module):
 
     ``channel_weights`` (multi-label tasks) computes every term on each mask channel alone and
     takes the weighted mean over channels, so a thin structure can weigh more than a large one.
+
+    ``learned_weights`` (uncertainty weighting, Kendall et al. 2018) learns one log-variance
+    ``s`` per mask term: the term counts ``exp(-s) * weight * value + s``, so each settles near
+    ``1 / (weight * value)``; the effective weights ``exp(-s)`` are returned as ``weight_<name>``
+    parts, logged per epoch. The parameters are the module's: give them to the optimiser
+    (``common.runner`` does).
     """
 
     def __init__(
@@ -100,6 +110,7 @@ class CombinedLoss(nn.Module):
         cls_weight: float = 0.0,
         cls_loss: dict | None = None,
         channel_weights: list[float] | None = None,
+        learned_weights: bool = False,
     ):
         super().__init__()
         weights = [float(w) for w in channel_weights or []]
@@ -110,6 +121,7 @@ class CombinedLoss(nn.Module):
         self.names = [name for name, _, _ in built]
         self.weights = [weight for _, weight, _ in built]
         self.terms = nn.ModuleList(module for _, _, module in built)
+        self.log_vars = nn.Parameter(torch.zeros(len(built))) if learned_weights and built else None
         self.cls_weight = cls_weight
         self.cls = None
         if cls_weight > 0:
@@ -127,9 +139,16 @@ class CombinedLoss(nn.Module):
                     f"loss.channel_weights has {len(self.channel_weights)} values for "
                     f"{logits.shape[1]} mask channels"
                 )
-            for name, weight, term in zip(self.names, self.weights, self.terms, strict=True):
+            for index, (name, weight, term) in enumerate(
+                zip(self.names, self.weights, self.terms, strict=True)
+            ):
                 parts[name] = self._term(term, logits, target)
-                total = weight * parts[name] if total is None else total + weight * parts[name]
+                value = weight * parts[name]
+                if self.log_vars is not None:
+                    s = self.log_vars[index]
+                    value = torch.exp(-s) * value + s
+                    parts[f"weight_{name}"] = torch.exp(-s.detach())
+                total = value if total is None else total + value
         if self.cls is not None:
             parts["cls"] = self.cls(outputs["label"].float(), batch["label"])
             term = self.cls_weight * parts["cls"]

@@ -106,8 +106,12 @@ def train_part(
         cls_weight=loss_config.cls_weight,
         cls_loss=dict(loss_config.cls_loss) or None,
         channel_weights=list(loss_config.get("channel_weights") or []) or None,
+        learned_weights=bool(loss_config.get("learned_weights")),
     )
     optimiser = build_optimiser(model, **config.optim)
+    if any(True for _ in loss.parameters()):  # learned loss weights: no weight decay
+        optimiser.add_param_group({"params": list(loss.parameters()), "lr": config.optim.lr,
+                                   "weight_decay": 0.0, "name": "loss"})  # fmt: skip
     steps = len(loader) if not config.train.max_steps else config.train.max_steps
     steps = -(-min(steps, len(loader)) // config.train.accumulate)
     stepper = Stepper(optimiser, epochs=config.train.epochs, steps_per_epoch=steps, **config.sched)

@@ -194,6 +194,7 @@ class Trainer:
         return means | {"images": seen * distributed.world_size()}
 
     def _optimiser_step(self) -> None:
+        distributed.average_gradients(self.loss.parameters())  # learned loss weights
         if self.settings.clip_grad > 0:
             self.scaler.unscale_(self.optimiser)
             nn.utils.clip_grad_norm_(self.model.parameters(), self.settings.clip_grad)
@@ -297,6 +298,7 @@ class Trainer:
                 "epoch": epoch,
                 "model": self.model.state_dict(),
                 "optimiser": self.optimiser.state_dict(),
+                "loss": self.loss.state_dict(),  # learned loss weights, if any
                 "stepper": self.stepper.state_dict(),
                 "scaler": self.scaler.state_dict(),
                 "ema": self.ema.model.state_dict() if self.ema is not None else None,
@@ -318,6 +320,8 @@ class Trainer:
         state = load_checkpoint(path)
         self.model.load_state_dict(state["model"])
         self.optimiser.load_state_dict(state["optimiser"])
+        if state.get("loss"):
+            self.loss.load_state_dict(state["loss"])
         self.stepper.load_state_dict(state["stepper"])
         self.scaler.load_state_dict(state["scaler"])
         if self.ema is not None and state["ema"] is not None:

@@ -177,3 +177,21 @@ def test_resume_skips_finished_parts(workspace, tmp_path):
     run_fold(config, 0, resume=True, log=messages.append)
     assert sum("is finished" in m for m in messages) == 2
     assert stamps == {p: p.stat().st_mtime_ns for p in fold.glob("part*/final.pt")}
+
+
+def test_distance_losses_with_learned_weights_train_and_log(workspace, tmp_path):
+    terms = "loss.terms=[{name: dice, weight: 1}, {name: boundary, weight: 1}, {name: hausdorff, weight: 1}]"
+    config = _config(workspace, tmp_path, terms, "loss.learned_weights=true")
+    run_fold(config, 0, log=lambda _: None)
+    fold = tmp_path / "models" / "tiny" / "fold0"
+    log = pd.read_csv(fold / "log.csv")
+    assert {
+        "train_boundary",
+        "train_hausdorff",
+        "train_weight_dice",
+        "train_weight_hausdorff",
+    } <= set(log.columns)
+    assert (log["train_weight_boundary"] > 0).all()
+    state = torch.load(fold / "last.pt", weights_only=True)
+    assert state["loss"]["log_vars"].shape == (3,)  # kept for a resumed run
+    assert state["loss"]["log_vars"].abs().sum() > 0  # they were trained
