@@ -23,7 +23,7 @@ import torch
 
 from common.checkpoints import load_checkpoint
 from common.crops import Box, find_box
-from common.data import IMAGENET_MEAN, IMAGENET_STD, normalise
+from common.data import IMAGENET_MEAN, IMAGENET_STD, normalise, preprocess
 from common.images import resize_image
 from common.inference import predict_tensor
 from common.predict import FoldModel, final_path, load_fold_model
@@ -78,7 +78,8 @@ def stage_masks(stage: Stage, images: Sequence[np.ndarray]) -> np.ndarray:
         c = m.config.data.in_channels
         batches.append(
             torch.from_numpy(np.stack([
-                normalise(resize_image(_grey(image) if c == 1 else image, stage.size),
+                normalise(preprocess(resize_image(_grey(image) if c == 1 else image, stage.size),
+                                     m.config.data.get("preprocess")),
                           mean[:c, None, None], std[:c, None, None])
                 for image in images
             ]))

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import albumentations as A
+import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
@@ -25,6 +26,39 @@ from common.images import read_mask, read_png
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+PREPROCESS = ("none", "clahe", "equalize")
+
+
+def check_preprocess(spec) -> dict:
+    """``data.preprocess`` as a dict with a known ``name`` (None or {} = none)."""
+    spec = dict(spec or {})
+    name = spec.get("name", "none")
+    if name not in PREPROCESS:
+        raise ValueError(
+            f"data.preprocess.name {name!r} is unknown; valid: {', '.join(PREPROCESS)}"
+        )
+    return spec | {"name": name}
+
+
+def preprocess(image: np.ndarray, spec) -> np.ndarray:
+    """Histogram equalisation of a uint8 grey (H, W) or RGB (H, W, 3) image, the same in
+    training, prediction and the Kaggle notebook (every reader of the prepared images calls it
+    with the run's ``data.preprocess``): ``clahe`` (``clip_limit``, ``tiles`` x ``tiles`` grid)
+    or global ``equalize``; an RGB image is equalised on its LAB lightness only."""
+    spec = check_preprocess(spec)
+    if spec["name"] == "none":
+        return image
+    if spec["name"] == "clahe":
+        clahe = cv2.createCLAHE(clipLimit=float(spec.get("clip_limit", 2.0)),
+                                tileGridSize=(int(spec.get("tiles", 8)),) * 2)  # fmt: skip
+        equalise = clahe.apply
+    else:
+        equalise = cv2.equalizeHist
+    if image.ndim == 2:
+        return equalise(image)
+    lab = cv2.cvtColor(image, cv2.COLOR_RGB2LAB)
+    lab[..., 0] = equalise(np.ascontiguousarray(lab[..., 0]))
+    return cv2.cvtColor(lab, cv2.COLOR_LAB2RGB)
 
 
 def load_transforms(path: str | os.PathLike, size: int, crop: int = 0) -> A.Compose:
@@ -116,8 +150,10 @@ class SegmentationDataset(Dataset):
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
         mask_channels: Sequence[str] | None = None,
+        preprocess: dict | None = None,
     ):
         self.ids = list(ids)
+        self.preprocess = check_preprocess(preprocess)
         self.mask_channels = list(mask_channels) if mask_channels else None
         self.image_dir = Path(image_dir)
         self.mask_dir = Path(mask_dir) if mask_dir is not None else None
@@ -135,7 +171,9 @@ class SegmentationDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         image_id = self.ids[index]
         shape = (self.size, self.size)
-        image = read_png(self.image_dir / f"{image_id}.png", shape, channels=0)
+        image = preprocess(
+            read_png(self.image_dir / f"{image_id}.png", shape, channels=0), self.preprocess
+        )
         mask = None
         if self.mask_dir is not None:
             mask = self._read_mask(image_id, shape)

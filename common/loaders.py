@@ -96,6 +96,7 @@ def dataset(config: Config, items: Items, transform=None) -> SegmentationDataset
         transform=transform,
         in_channels=config.data.in_channels,
         mask_channels=list(items.mask_channels) if items.mask_channels else None,
+        preprocess=config.data.get("preprocess"),
     )
 
 

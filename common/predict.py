@@ -9,6 +9,7 @@ image's native (height, width) before averaging, then quantised to uint8.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,6 +108,14 @@ class PredictOptions:
     num_workers: int = 0
 
 
+def _preprocess_key(m: FoldModel) -> str:
+    """The run's ``data.preprocess`` as a hashable key (models sharing it share a loader)."""
+    spec = m.config.data.get("preprocess")
+    return json.dumps(
+        spec.to_dict() if hasattr(spec, "to_dict") else dict(spec or {}), sort_keys=True
+    )
+
+
 def predict_ids(
     ids: list[str],
     shapes: dict[str, tuple[int, int]],
@@ -120,15 +129,18 @@ def predict_ids(
         raise ValueError("an ensemble needs at least one model")
     groups: dict[tuple, list[FoldModel]] = {}
     for m in models:
-        groups.setdefault((str(m.images), m.size, m.config.data.in_channels), []).append(m)
+        key = (str(m.images), m.size, m.config.data.in_channels, _preprocess_key(m))
+        groups.setdefault(key, []).append(m)
     loaders = [
         DataLoader(
-            SegmentationDataset(ids, images, size=size, in_channels=channels),
+            SegmentationDataset(
+                ids, images, size=size, in_channels=channels, preprocess=dict(json.loads(spec))
+            ),
             batch_size=options.batch_size,
             shuffle=False,
             num_workers=options.num_workers,
         )
-        for images, size, channels in groups
+        for images, size, channels, spec in groups
     ]
     forward = {"device": options.device, "tta": options.tta, "scales": options.scales}
     forward["policy"] = options.policy

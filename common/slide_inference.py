@@ -28,7 +28,8 @@ import torch
 import zarr
 
 from common.atomic import atomic_path
-from common.data import IMAGENET_MEAN, IMAGENET_STD
+from common.data import IMAGENET_MEAN, IMAGENET_STD, check_preprocess
+from common.data import preprocess as equalise
 from common.inference import predict_tensor
 from common.postprocess import PROB_SCALE, RowComponentFilter, binarize, quantise
 from common.rle import ColumnRunWriter
@@ -261,14 +262,19 @@ def tile_predictor(
     channel: int = 0,
     mean=IMAGENET_MEAN,
     std=IMAGENET_STD,
+    preprocess: dict | None = None,
 ) -> Predictor:
     """A ``Predictor`` averaging ``models`` (with ``weights``) and their TTA views on one mask
-    channel, with the training loaders' normalisation."""
+    channel, with the training loaders' ``preprocess`` and normalisation."""
     weights = list(weights) if weights is not None else [1.0] * len(models)
     mean_t = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
     std_t = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
 
+    spec = check_preprocess(preprocess)
+
     def predict(images: np.ndarray) -> np.ndarray:
+        if spec["name"] != "none":  # the runs' data.preprocess, as in training
+            images = np.stack([equalise(image, spec) for image in images])
         x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255.0)
         x = (x - mean_t) / std_t
         total = None

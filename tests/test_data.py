@@ -273,3 +273,36 @@ def test_loader_config_errors_name_the_key(tmp_path):
         sampler(
             load_config(base, ["data.sample_rate.kind=fixed"]), Items(frame[["id"]], tmp_path), 0
         )
+
+
+def test_histogram_equalisation_preprocess(tmp_path):
+    import cv2
+
+    from common.data import SegmentationDataset, normalise, preprocess
+    from common.images import write_png
+
+    rng = np.random.default_rng(0)
+    grey = np.clip(rng.normal(100, 10, (64, 64)), 0, 255).astype(np.uint8)  # a narrow histogram
+    flat = preprocess(grey, {"name": "equalize"})
+    np.testing.assert_array_equal(flat, cv2.equalizeHist(grey))
+    assert flat.std() > 3 * grey.std()
+    local = preprocess(grey, {"name": "clahe", "clip_limit": 2.0, "tiles": 4})
+    assert local.std() > grey.std() and not np.array_equal(local, flat)
+    assert preprocess(grey, {"name": "none"}) is grey and preprocess(grey, None) is grey
+    rgb = np.stack([grey, grey // 2, np.full_like(grey, 200)], axis=-1)
+    out = preprocess(rgb, {"name": "clahe"})
+    assert out.shape == rgb.shape and out.dtype == np.uint8
+    lab_in, lab_out = (cv2.cvtColor(a, cv2.COLOR_RGB2LAB) for a in (rgb, out))
+    assert np.abs(lab_in[..., 1:].astype(int) - lab_out[..., 1:]).mean() < 3  # colour kept
+    with pytest.raises(
+        ValueError, match=r"data\.preprocess\.name 'hist' is unknown; valid: none, clahe, equalize"
+    ):
+        preprocess(grey, {"name": "hist"})
+    write_png(tmp_path / "a.png", grey)
+    data = SegmentationDataset(
+        ["a"], tmp_path, size=64, in_channels=1, preprocess={"name": "clahe"}
+    )
+    mean, std = np.array([[[0.485]]], np.float32), np.array([[[0.229]]], np.float32)
+    np.testing.assert_allclose(
+        data[0]["image"].numpy(), normalise(preprocess(grey, {"name": "clahe"}), mean, std)
+    )

@@ -65,6 +65,8 @@ def tile_plan(config: Config, configs: Sequence[Config]) -> TilePlan:
         raise ValueError(
             f"members tile differently {sorted(grids)}: an ensemble needs one data.window/data.size"
         )
+    if len({str(preprocess_of(c)) for c in configs}) != 1:
+        raise ValueError("members preprocess differently (data.preprocess): an ensemble needs one")
     (window, size), = grids  # fmt: skip
     return TilePlan(tile=size, scale=window / size, overlap=config.overlap, blend=config.blend,
                     batch_size=config.batch_size)  # fmt: skip
@@ -102,11 +104,19 @@ def search_oof(config: Config, members, configs, plan: TilePlan, out: Path, log=
     return result
 
 
+def preprocess_of(config: Config) -> dict:
+    """A member's ``data.preprocess`` (none for runs from before it existed)."""
+    spec = config.data.get("preprocess")
+    return spec.to_dict() if hasattr(spec, "to_dict") else dict(spec or {})
+
+
 def predict_slides(models, plan: TilePlan, tta, paths: dict[str, Path], thresholds: dict, device,
-                   *, weights=None, log=print) -> list[tuple[str, str]]:  # fmt: skip
+                   *, weights=None, preprocess=None, log=print) -> list[tuple[str, str]]:  # fmt: skip
     """(id, RLE) of this rank's share of the slides, in bounded memory; gathered on rank 0 in
     the order of ``paths``."""
-    predictor = tile_predictor(models, device=device, weights=weights, tta=tta)
+    predictor = tile_predictor(
+        models, device=device, weights=weights, tta=tta, preprocess=preprocess
+    )
     ids = list(paths)[distributed.rank() :: distributed.world_size()]
     rows = []
     for image_id in ids:
@@ -178,7 +188,8 @@ def run(config: Config, *, log=print) -> dict:
         for k in m.folds
     ]
     rows = predict_slides([f.model for f in folds], plan, config.tta, paths, thresholds, device,
-                          weights=[f.weight for f in folds], log=log)  # fmt: skip
+                          weights=[f.weight for f in folds], preprocess=preprocess_of(configs[0]),
+                          log=log)  # fmt: skip
     if not distributed.is_main():
         return {}
     csv = Path(config.submissions) / f"{config.name}.csv"

@@ -23,6 +23,7 @@ from competitions.hubmap.ensemble import (
     FORMAT,
     member_config,
     predict_slides,
+    preprocess_of,
     test_slides,
     tile_plan,
 )
@@ -42,9 +43,11 @@ def predict_submission(
         for m in members
         for k in m.folds
     ]
-    plan = tile_plan(config, [member_config(config, m) for m in members])
+    configs = [member_config(config, m) for m in members]
+    plan = tile_plan(config, configs)
     rows = predict_slides([f.model for f in folds], plan, config.tta, paths, thresholds, device,
-                          weights=[f.weight for f in folds], log=log)  # fmt: skip
+                          weights=[f.weight for f in folds], preprocess=preprocess_of(configs[0]),
+                          log=log)  # fmt: skip
     path = working / "submission.csv"
     write_rows(rows, path, HEADER)
     counts = validate_submission(path, ids, FORMAT, lambda i: slide_shape(paths[i]))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -195,3 +196,18 @@ def test_distance_losses_with_learned_weights_train_and_log(workspace, tmp_path)
     state = torch.load(fold / "last.pt", weights_only=True)
     assert state["loss"]["log_vars"].shape == (3,)  # kept for a resumed run
     assert state["loss"]["log_vars"].abs().sum() > 0  # they were trained
+
+
+def test_preprocess_is_the_same_in_training_and_ensemble_prediction(workspace, tmp_path):
+    from common.images import read_png
+    from common.predict import PredictOptions, load_fold_model, predict_ids
+
+    config = _config(workspace, tmp_path, "data.preprocess.name=clahe")
+    run_fold(config, 1, log=lambda _: None)
+    model = load_fold_model(tmp_path / "models", "tiny", 1, 1.0, torch.device("cpu"))
+    assert model.config.data.preprocess.name == "clahe"  # carried by the checkpoint
+    image_id = sorted(p.stem for p in (tmp_path / "models" / "tiny" / "fold1" / "oof").iterdir())[0]
+    options = PredictOptions(device=torch.device("cpu"), tta=tuple(config.predict.tta))
+    (pred,) = predict_ids([image_id], {image_id: (64, 64)}, [model], [], options)
+    oof = read_png(tmp_path / "models" / "tiny" / "fold1" / "oof" / f"{image_id}.png")
+    assert np.abs(pred.mask[0].astype(int) - oof).max() <= 1  # the ensemble sees what training saw
