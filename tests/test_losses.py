@@ -149,7 +149,7 @@ def test_learned_loss_weights():
     batch = {"mask": target}
     outputs = {"mask": torch.zeros(1, 1, 12, 12)}
     total, parts = learned(outputs, batch)  # s = 0: the plain weighted sum
-    assert float(total) == pytest.approx(float(plain(outputs, batch)[0]))
+    assert float(total.detach()) == pytest.approx(float(plain(outputs, batch)[0]))
     assert parts["weight_bce"] == 1.0 and parts["weight_dice"] == 1.0
     optimiser = torch.optim.SGD(learned.parameters(), lr=0.5)
     for _ in range(20):
