@@ -12,6 +12,7 @@ that size, then ``scaled`` back to the image's own size. A required channel unde
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import islice
@@ -21,9 +22,8 @@ import cv2
 import numpy as np
 import torch
 
-from common.checkpoints import load_checkpoint
 from common.crops import Box, find_box
-from common.data import IMAGENET_MEAN, IMAGENET_STD, normalise, preprocess
+from common.data import IMAGENET_MEAN, IMAGENET_STD, check_preprocess, normalise, preprocess
 from common.images import resize_image
 from common.inference import predict_tensor
 from common.predict import FoldModel, final_path, load_fold_model
@@ -39,15 +39,6 @@ class Stage:
         return self.models[0].size
 
 
-def _classes(path: Path) -> int:
-    """Mask channels of a checkpoint, read off its segmentation head."""
-    state = load_checkpoint(path)["model"]
-    heads = [v for k, v in state.items() if k.endswith("segmentation_head.0.weight")]
-    if not heads:
-        raise ValueError(f"{path}: not a segmentation model (no segmentation head)")
-    return int(heads[0].shape[0])
-
-
 def load_stage(output: str | Path, experiment: str, folds: Sequence[int], device) -> Stage:
     """The fold models of run ``output/experiment`` (``fold<k>/final.pt``), one size."""
     if not folds:
@@ -57,9 +48,7 @@ def load_stage(output: str | Path, experiment: str, folds: Sequence[int], device
         path = final_path(output, experiment, fold)
         if not path.is_file():
             raise ValueError(f"crop stage: {path} not found: train {experiment} fold {fold} first")
-        models.append(
-            load_fold_model(output, experiment, fold, 1.0, device, classes=_classes(path))
-        )
+        models.append(load_fold_model(output, experiment, fold, 1.0, device, classes=None))
     if len({m.size for m in models}) != 1:
         raise ValueError(f"crop stage {experiment}: folds trained at different sizes")
     return Stage(tuple(models), device)
@@ -70,23 +59,22 @@ def _grey(image: np.ndarray) -> np.ndarray:
 
 
 def stage_masks(stage: Stage, images: Sequence[np.ndarray]) -> np.ndarray:
-    """(N, C, size, size) float32 probabilities of the stage's models (their mean)."""
+    """(N, C, size, size) float32 probabilities of the stage's models (their mean); the input
+    batch is made once for the models that share input channels and preprocessing."""
     mean = np.asarray(IMAGENET_MEAN, np.float32)
     std = np.asarray(IMAGENET_STD, np.float32)
-    batches = []
+    inputs: dict[tuple, torch.Tensor] = {}
+    total = None
     for m in stage.models:
-        c = m.config.data.in_channels
-        batches.append(
-            torch.from_numpy(np.stack([
-                normalise(preprocess(resize_image(_grey(image) if c == 1 else image, stage.size),
-                                     m.config.data.get("preprocess")),
+        c, spec = m.config.data.in_channels, check_preprocess(m.config.data.get("preprocess"))
+        key = (c, json.dumps(spec, sort_keys=True))
+        if key not in inputs:
+            inputs[key] = torch.from_numpy(np.stack([
+                normalise(preprocess(resize_image(_grey(image) if c == 1 else image, stage.size), spec),
                           mean[:c, None, None], std[:c, None, None])
                 for image in images
-            ]))
-        )  # fmt: skip
-    total = None
-    for m, x in zip(stage.models, batches, strict=True):
-        probs = predict_tensor(m.model, x, device=stage.device)["mask"]
+            ]))  # fmt: skip
+        probs = predict_tensor(m.model, inputs[key], device=stage.device)["mask"]
         total = probs if total is None else total + probs
     return total / len(stage.models)
 

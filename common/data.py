@@ -305,7 +305,9 @@ class WithExtraSampler(NonEmptyRateSampler):
             raise ValueError(
                 f"extra items: need 0 < share < 1 and some items, got {share}, {n_extra}"
             )
-        self.__dict__.update(base.__dict__)
+        # no super().__init__: the draws are base's; __iter__ and __len__ need only these
+        self.seed, self.epoch = base.seed, base.epoch
+        self.num_replicas, self.rank = base.num_replicas, base.rank
         self.base, self.n_extra, self.share = base, n_extra, share
         self.n_base = len(base.has_mask)
         self.extra_size = round(base.epoch_size * share / (1 - share))

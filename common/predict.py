@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 
 from common.checkpoints import load_checkpoint
 from common.config import Config, to_config
-from common.data import SegmentationDataset
+from common.data import SegmentationDataset, check_preprocess
 from common.inference import TtaPolicy, predict_tensor
 from common.memory import trim_heap
 from common.models import build_model
@@ -59,14 +59,19 @@ def load_fold_model(
     weight: float,
     device: torch.device,
     *,
-    classes: int = 1,
+    classes: int | None = 1,
     prepared: str | Path | None = None,
 ) -> FoldModel:
-    """A fold's ``final.pt`` with ``classes`` mask channels, rebuilt from the config stored inside
-    it (no weights downloaded). ``prepared`` replaces the prepared-data folder of that config
+    """A fold's ``final.pt`` with ``classes`` mask channels (None: as many as its segmentation
+    head has), rebuilt from the config stored inside it (no weights downloaded). ``prepared`` replaces the prepared-data folder of that config
     (e.g. in a Kaggle notebook)."""
     path = final_path(output, experiment, fold)
     state = load_checkpoint(path)
+    if classes is None:  # as many as the checkpoint's segmentation head has
+        heads = [v for k, v in state["model"].items() if k.endswith("segmentation_head.0.weight")]
+        if not heads:
+            raise ValueError(f"{path}: not a segmentation model (no segmentation head)")
+        classes = int(heads[0].shape[0])
     config = to_config(state["config"])
     if prepared:
         config["data"]["prepared"] = str(prepared)
@@ -110,10 +115,7 @@ class PredictOptions:
 
 def _preprocess_key(m: FoldModel) -> str:
     """The run's ``data.preprocess`` as a hashable key (models sharing it share a loader)."""
-    spec = m.config.data.get("preprocess")
-    return json.dumps(
-        spec.to_dict() if hasattr(spec, "to_dict") else dict(spec or {}), sort_keys=True
-    )
+    return json.dumps(check_preprocess(m.config.data.get("preprocess")), sort_keys=True)
 
 
 def predict_ids(

@@ -33,10 +33,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pandas as pd
+import yaml
+from tqdm import tqdm
 
 from common.atomic import atomic_dir, atomic_path, write_text_atomic
-from common.images import resize_image, resize_mask, write_mask, write_png
+from common.ensemble import check_trained, fold_models, predict_options
+from common.images import read_png, resize_image, resize_mask, write_mask, write_png
 from common.postprocess import PROB_SCALE, triplet
+from common.predict import predict_ids
 
 THUMB = 32
 COLUMNS = ("id", "has_mask", "max_prob", "mask_area")
@@ -177,13 +181,6 @@ def build_pseudo(config, task, *, train_images: Path, train_ids: set[str], out: 
     TTA, leave out leaking images, label the rest by the ensemble's ``pseudo`` rules and
     ``thresholds.yaml``, and write the set to ``out`` at the members' training size (the
     folder is replaced whole when the set is complete)."""
-    import yaml
-    from tqdm import tqdm
-
-    from common.ensemble import check_trained, fold_models, predict_options
-    from common.images import read_png
-    from common.predict import predict_ids
-
     if len(task.channels) != 1:
         raise ValueError(f"pseudo-labels take one mask channel, the task has {len(task.channels)}")
     found = Path(config.output) / config.name / "thresholds.yaml"

@@ -19,7 +19,6 @@ Members must share ``data.window`` and ``data.size``: their maps are on one grid
 from __future__ import annotations
 
 import json
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,11 +33,12 @@ from common import distributed
 from common.atomic import write_text_atomic
 from common.checkpoints import load_checkpoint
 from common.config import Config, load_run_config, to_config
+from common.data import check_preprocess
 from common.ensemble import check_trained, train_missing
 from common.metrics import dice_of_runs
 from common.predict import final_path, load_fold_model
 from common.rle import rle_runs
-from common.runner import config_parser, resolve_device
+from common.runner import config_main, resolve_device
 from common.slide_inference import TilePlan, predict_slide, rle_from_bands, tile_predictor
 from common.slide_search import score_maps, search_maps
 from common.slides import open_slide, slide_shape
@@ -106,8 +106,7 @@ def search_oof(config: Config, members, configs, plan: TilePlan, out: Path, log=
 
 def preprocess_of(config: Config) -> dict:
     """A member's ``data.preprocess`` (none for runs from before it existed)."""
-    spec = config.data.get("preprocess")
-    return spec.to_dict() if hasattr(spec, "to_dict") else dict(spec or {})
+    return check_preprocess(config.data.get("preprocess"))
 
 
 def predict_slides(models, plan: TilePlan, tta, paths: dict[str, Path], thresholds: dict, device,
@@ -209,17 +208,14 @@ def run(config: Config, *, log=print) -> dict:
 
 
 def main(argv=None) -> None:
-    parser = config_parser(__doc__)
-    parser.add_argument("overrides", nargs="*", help="key.sub=value overrides")
-    args = parser.parse_args(argv)
-    try:
+    def distributed_run(config: Config) -> None:
         distributed.start()
-        config = load_run_config(args.config, args.overrides)
-        run(config)
-    except ValueError as error:
-        sys.exit(f"hubmap ensemble: {error}")
-    finally:
-        distributed.stop()
+        try:
+            run(config)
+        finally:
+            distributed.stop()
+
+    config_main(__doc__, argv, distributed_run, label="hubmap ensemble", what="ensemble YAML")
 
 
 if __name__ == "__main__":

@@ -22,19 +22,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
 from pathlib import Path
 
 import pandas as pd
 
 from common.atomic import write_text_atomic, write_text_if_changed
 from common.cache import Entry, Table, refresh, source_key
-from common.config import Config, load_run_config
+from common.config import Config
 from common.folds import group_folds
 from common.images import resize_mask, write_mask, write_png
 from common.paths import check_id
 from common.rle import rle_decode_window, rle_runs
-from common.runner import config_parser
+from common.runner import config_main
 from common.slides import SlideError, open_slide
 from common.sources import Source, raw_or_synthetic
 from common.tiles import object_centres, tissue_fraction, training_windows
@@ -165,13 +164,7 @@ def read_tiles(config: Config) -> tuple[Path, pd.DataFrame, pd.DataFrame]:
 
 
 def main(argv=None) -> None:
-    parser = config_parser(__doc__)
-    parser.add_argument("overrides", nargs="*", help="key.sub=value overrides")
-    args = parser.parse_args(argv)
-    try:
-        prepare(load_run_config(args.config, args.overrides))
-    except ValueError as error:
-        sys.exit(f"hubmap prepare: {error}")
+    config_main(__doc__, argv, prepare, label="hubmap prepare")
 
 
 if __name__ == "__main__":
