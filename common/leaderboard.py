@@ -17,8 +17,9 @@ and writes ``models/<competition>/leaderboard.md``, ``.csv`` (runs) with
 folds; spread is the sample standard deviation). A run's ``changes`` are the keys of its
 resolved config that differ from the competition's ``configs/base.yaml`` resolved today. A fold
 is ``done`` (scored), ``trained`` (final.pt, not scored yet), ``crashed`` (error.json, written by
-``common.runner.train_fold`` when training raises) or ``unfinished`` (killed, or still running);
-no run is dropped.
+``common.runner.train_fold`` when training raises), ``unfinished`` (killed, or still running) or
+``unreadable`` (a corrupt metrics.json, named); no run is dropped, and a corrupt file is named
+in the row instead of stopping the table.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ _FOLD = re.compile(r"fold(\d+)")
 @dataclass(frozen=True)
 class Fold:
     fold: int
-    status: str  # done | trained | crashed | unfinished
+    status: str  # done | trained | crashed | unfinished | unreadable
     score: float | None = None
     metric: str = ""
     thresholds: dict | None = None
@@ -57,11 +58,17 @@ class Fold:
     error: str = ""
 
 
-def _json(path: Path) -> dict:
+def _read(path: Path, parse=json.loads) -> tuple[dict, str]:
+    """(the file's mapping, "") or ({}, the problem naming the file); a missing file is ({}, "")."""
+    if not path.is_file():
+        return {}, ""
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
+        data = parse(path.read_text())
+    except (OSError, ValueError, yaml.YAMLError) as error:
+        return {}, f"{path.name} unreadable: {str(error).splitlines()[0][:80]}"
+    if not isinstance(data, dict):
+        return {}, f"{path.name} unreadable: not a mapping"
+    return data, ""
 
 
 def _epochs_logged(fold_dir: Path) -> int:
@@ -77,7 +84,9 @@ def _epochs_logged(fold_dir: Path) -> int:
 def read_fold(fold_dir: Path) -> Fold:
     """The state of one fold folder from its files."""
     fold = int(_FOLD.fullmatch(fold_dir.name).group(1))
-    metrics = _json(fold_dir / METRICS)
+    metrics, problem = _read(fold_dir / METRICS)
+    if problem:
+        return Fold(fold=fold, status="unreadable", error=problem)
     epochs = metrics.get("epochs_run")
     epochs = int(epochs) if epochs is not None else _epochs_logged(fold_dir)
     common = {"fold": fold, "epochs": epochs, "seconds": metrics.get("wall_seconds")}
@@ -86,8 +95,9 @@ def read_fold(fold_dir: Path) -> Fold:
                     thresholds=metrics.get("thresholds"), **common)  # fmt: skip
     if (fold_dir / "final.pt").is_file():
         return Fold(status="trained", **common)
-    error = _json(fold_dir / ERROR)
-    if error:
+    error, problem = _read(fold_dir / ERROR)
+    if error or problem:
+        error = error or {"error": problem}
         return Fold(status="crashed", error=str(error.get("error", ""))[:120], **common)
     return Fold(status="unfinished", **common)
 
@@ -147,10 +157,10 @@ def read_run(run_dir: Path, base: dict | None) -> dict | None:
         path = run_dir / "thresholds.yaml"
         if not path.is_file():
             return None
-        found = yaml.safe_load(path.read_text()) or {}
+        found, problem = _read(path, yaml.safe_load)
         cv = found.get("oof_dice")
         return {"experiment": run_dir.name, "kind": "ensemble",
-                "status": "done" if cv is not None else "unscored", "changes": "",
+                "status": problem or ("done" if cv is not None else "unscored"), "changes": "",
                 "metric": "OOF Dice", "folds": "", "fold_scores": "",
                 "cv": float(cv) if cv is not None else math.nan, "spread": math.nan,
                 "thresholds": _thresholds_text({k: v for k, v in found.items()
@@ -160,7 +170,7 @@ def read_run(run_dir: Path, base: dict | None) -> dict | None:
     config_path = next(
         (d / "config.yaml" for d in fold_dirs if (d / "config.yaml").is_file()), None
     )
-    config = yaml.safe_load(config_path.read_text()) if config_path else None
+    config, problem = _read(config_path, yaml.safe_load) if config_path else (None, "")
     scores = [f.score for f in folds if f.score is not None]
     statuses = {f.status for f in folds}
     status = "done" if statuses == {"done"} else ", ".join(
@@ -172,7 +182,7 @@ def read_run(run_dir: Path, base: dict | None) -> dict | None:
         "experiment": run_dir.name,
         "kind": "run",
         "status": status,
-        "changes": config_changes(config, base) if config else "(no config.yaml)",
+        "changes": problem or (config_changes(config, base) if config else "(no config.yaml)"),
         "metric": next((f.metric for f in folds if f.metric), ""),
         "folds": ",".join(str(f.fold) for f in folds),
         "fold_scores": ", ".join(
@@ -232,7 +242,9 @@ def read_submissions(folder: Path) -> pd.DataFrame:
     for csv in sorted(folder.glob("*.csv")) if folder.is_dir() else []:
         if csv.name == PUBLIC:
             continue
-        info = _json(csv.with_suffix(".json"))
+        info, problem = _read(csv.with_suffix(".json"))
+        if problem:
+            info = {"problem": problem}
         cv = info.get("cv", info.get("oof_dice"))
         try:
             n_rows, positives = _positives(csv)

@@ -125,3 +125,18 @@ def test_a_fold_that_raises_is_recorded_and_cleared(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         train_fold(config, 0, folder, loaders_later, log=lambda _: None)
     assert json.loads((folder / ERROR).read_text())["error"] == "KeyboardInterrupt:"
+
+
+def test_corrupt_files_are_named_in_their_row(workspace):
+    models = workspace / "models" / "siim"
+    (models / "resnet34" / "fold1" / "metrics.json").write_text("{not json")
+    (models / "killed" / "fold0" / "config.yaml").write_text("a: [unclosed")
+    (models / "blend" / "thresholds.yaml").write_text("- a list\n")
+    (workspace / "submissions" / "siim" / "blend.json").write_text("{")
+    runs, subs, _ = leaderboard.write_leaderboard("siim")
+    row = runs.set_index("experiment")
+    assert row.loc["resnet34", "status"].startswith("fold 1 unreadable (metrics.json unreadable: ")
+    assert row.loc["resnet34", "cv"] == pytest.approx(0.81)  # the readable folds still count
+    assert row.loc["killed", "changes"].startswith("config.yaml unreadable: ")
+    assert row.loc["blend", "status"] == "thresholds.yaml unreadable: not a mapping"
+    assert subs.set_index("submission").loc["blend", "note"].startswith("blend.json unreadable: ")

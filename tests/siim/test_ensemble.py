@@ -187,3 +187,28 @@ def test_pseudo_labels_from_the_ensemble_and_leakage(workspace, monkeypatch):
         ValueError, match=f"pseudo-labelled images are training images, e.g. {train_id}"
     ):
         make_loaders(experiment, 0, 0)
+
+
+def test_pseudo_inputs_that_are_refused(workspace, tmp_path, monkeypatch):
+    from common.images import write_png
+    from competitions.siim.loaders import make_loaders
+    from competitions.siim.pseudo import _stage_folder
+
+    with pytest.raises(ValueError, match=r"pseudo\.images .*empty: no PNG images"):
+        (tmp_path / "empty").mkdir()
+        _stage_folder(tmp_path / "empty", 48, tmp_path / "staged")
+    (tmp_path / "bad").mkdir()
+    write_png(tmp_path / "bad" / ".hidden.png", np.zeros((8, 8), np.uint8))
+    write_png(tmp_path / "bad" / "ok.png", np.zeros((8, 8), np.uint8))
+    with pytest.raises(
+        ValueError, match=r"\.hidden\.png: image id '\.hidden' is not a plain file name"
+    ):
+        _stage_folder(tmp_path / "bad", 48, tmp_path / "staged")
+    monkeypatch.setenv("KSEG_WORKSPACE", str(workspace))
+    missing = load_config(
+        workspace / "configs" / "tiny_seg.yaml", [f"data.pseudo.folder={tmp_path / 'none'}"]
+    )
+    with pytest.raises(
+        ValueError, match=r"none/48/train\.csv not found: build the pseudo set at size 48"
+    ):
+        make_loaders(missing, 0, 0)
