@@ -40,7 +40,7 @@ EXTENSIBLE = ("data", "predict")  # generic sections a competition's base may ad
 PATH_KEYS = (
     "output", "submissions", "test_truth", "prepared",
     "data.raw", "data.synthetic", "data.prepared", "data.folds", "model.weights",
-    "data.pseudo.folder", "pseudo.images",
+    "data.pseudo.folder", "pseudo.images", "data.crop_stage.run",
 )  # fmt: skip
 _MAX_DEPTH = 16  # base chains deeper than this are a cycle or a mistake
 

@@ -15,10 +15,13 @@ image in a CSV (``write_boxes`` / ``read_boxes``, checked row by row). Used by t
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -26,6 +29,7 @@ import pandas as pd
 
 from common.atomic import atomic_path
 from common.images import resize_image, resize_mask
+from common.postprocess import largest_component
 
 BOX_COLUMNS = ("id", "y0", "y1", "x0", "x1", "height", "width", "fallback")
 
@@ -87,15 +91,20 @@ def find_box(
     min_area: int = 1,
     margin: float = 0.1,
     square: bool = True,
+    largest: bool = True,
 ) -> Box:
     """The box around every channel of ``masks`` ((C, H, W) or (H, W); probabilities or 0/1)
     above ``threshold``, widened by ``margin`` of its side on each side and, with ``square``, to
-    a square (as far as the image allows). The whole image, with the reason in ``fallback``,
-    when a channel in ``required`` has fewer than ``min_area`` pixels or nothing is found."""
+    a square (as far as the image allows). With ``largest``, only each channel's largest
+    connected component counts (a stray blob at the image's edge would widen the box to the
+    whole image). The whole image, with the reason in ``fallback``, when a channel in
+    ``required`` has fewer than ``min_area`` pixels or nothing is found."""
     masks = np.asarray(masks)
     masks = masks[None] if masks.ndim == 2 else masks
     shape = masks.shape[1:]
     found = masks > threshold
+    if largest:
+        found = np.stack([largest_component(channel).astype(bool) for channel in found])
     for channel in required:
         area = int(found[channel].sum())
         if area < min_area:
@@ -145,10 +154,17 @@ def paste(crop: np.ndarray, box: Box, dtype=np.float32) -> np.ndarray:
     return out[0] if crop.ndim == 2 else out
 
 
-def write_boxes(path: str | os.PathLike, boxes: dict[str, Box]) -> None:
+def write_boxes(
+    path: str | os.PathLike, boxes: dict[str, Box], keys: dict[str, str] | None = None
+) -> None:
+    """Boxes by id as a CSV (``BOX_COLUMNS``), atomically; ``keys`` adds a ``key`` column
+    (what produced each box, for a cache)."""
     rows = [(i, b.y0, b.y1, b.x0, b.x1, *b.shape, b.fallback) for i, b in boxes.items()]
+    frame = pd.DataFrame(rows, columns=BOX_COLUMNS)
+    if keys is not None:
+        frame["key"] = [keys[i] for i in boxes]
     with atomic_path(path) as tmp:
-        pd.DataFrame(rows, columns=BOX_COLUMNS).to_csv(tmp, index=False)
+        frame.to_csv(tmp, index=False)
 
 
 def read_boxes(path: str | os.PathLike) -> dict[str, Box]:
@@ -165,3 +181,90 @@ def read_boxes(path: str | os.PathLike) -> dict[str, Box]:
         except (ValueError, TypeError) as error:
             raise ValueError(f"{path}, line {line} ({row.id}): {error}") from None
     return boxes
+
+
+BOXES = "boxes.csv"
+
+
+@dataclass(frozen=True)
+class CropSpec:
+    """``data.crop_stage`` of an experiment (see ``common/configs/experiment.yaml``)."""
+
+    run: str
+    folds: tuple[int, ...]
+    required: tuple[int, ...]
+    min_area: float
+    threshold: float
+    margin: float
+    square: bool
+    largest: bool
+    frame: int
+
+    def key(self) -> str:
+        """What the crops depend on, apart from the stage's weights: the run by name (a bundle
+        moves it), its folds and the box rules."""
+        fields = asdict(self) | {"run": Path(self.run).name}
+        return hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def crop_spec(data: Mapping) -> CropSpec | None:
+    """The experiment's crop stage, or None when ``data.crop_stage.run`` is empty (or the
+    config predates the key); a wrong value is one ``ValueError`` naming it."""
+    section = data.get("crop_stage") or {}
+    if not section.get("run"):
+        return None
+    spec = CropSpec(
+        run=str(section["run"]),
+        folds=tuple(int(k) for k in section["folds"]),
+        required=tuple(int(c) for c in section["required"]),
+        min_area=float(section["min_area"]),
+        threshold=float(section["threshold"]),
+        margin=float(section["margin"]),
+        square=bool(section["square"]),
+        largest=bool(section["largest"]),
+        frame=int(section["frame"]),
+    )
+    if spec.frame < 32:
+        raise ValueError(f"data.crop_stage.frame: {spec.frame} is too small (at least 32)")
+    if not 0 <= spec.margin <= 1:
+        raise ValueError(f"data.crop_stage.margin: {spec.margin} is not a share of the box (0-1)")
+    if not spec.folds:
+        raise ValueError("data.crop_stage.folds: no folds given")
+    if data.get("pseudo", {}).get("folder"):
+        raise ValueError("data.pseudo with data.crop_stage: a pseudo-labelled set has no crops")
+    return spec
+
+
+def frame_root(data: Mapping, prepared: str | os.PathLike | None = None) -> Path:
+    """The full-frame prepared folder: ``<prepared>/<frame>`` with a crop stage, else
+    ``<prepared>/<size>``; ``prepared`` replaces ``data.prepared`` (a notebook's folder)."""
+    spec = crop_spec(data)
+    side = spec.frame if spec else int(data["size"])
+    return Path(prepared or data["prepared"]) / str(side)
+
+
+def crop_dir(data: Mapping, prepared: str | os.PathLike | None = None) -> Path | None:
+    """Where ``prepare_crops`` writes the crops at ``data.size``; None without a crop stage."""
+    spec = crop_spec(data)
+    if spec is None:
+        return None
+    return frame_root(data, prepared) / f"crops{int(data['size'])}_{spec.key()}"
+
+
+def prepared_root(data: Mapping, prepared: str | os.PathLike | None = None) -> Path:
+    """The folder a model of this experiment trains on and reads its inputs from."""
+    return crop_dir(data, prepared) or frame_root(data, prepared)
+
+
+def stage_run(spec: CropSpec, stages: str | os.PathLike | None = None) -> Path:
+    """The stage's run folder: ``spec.run``, or the folder of that name in ``stages`` (a
+    bundle's copy)."""
+    return Path(stages) / Path(spec.run).name if stages else Path(spec.run)
+
+
+def read_box_table(folder: str | os.PathLike) -> dict[str, Box]:
+    """The boxes ``prepare_crops`` wrote in ``folder``, by id."""
+    path = Path(folder) / BOXES
+    if not path.is_file():
+        raise ValueError(f"{path} not found: prepare the crops first (the competition's prepare)")
+    return read_boxes(path)

@@ -6,6 +6,8 @@ the authenticated ``kaggle`` API (submit, push) with one-line failures, for any 
     dataset/src/              common/ and competitions/ (code, configs, transforms): the notebook
                               puts this folder first on sys.path, nothing to install
     dataset/models/<experiment>/fold<k>/final.pt   the ensemble's weights, nothing else of models/
+    dataset/stages/<run>/fold<k>/final.pt     the crop stages of members trained on crops
+                              (``data.crop_stage``, e.g. the SIIM lung crop), by run name
     dataset/ensemble.yaml     the resolved ensemble;  dataset/thresholds.yaml  its searched thresholds
     dataset/wheels/           wheels of the pinned packages Kaggle's image may lack, installed by the
                               notebook with pip --no-index only when an import fails
@@ -39,13 +41,16 @@ from typing import Any, TypeVar
 import yaml
 
 from common.atomic import write_text_atomic
+from common.checkpoints import load_checkpoint
 from common.config import Config
+from common.crops import crop_spec
 from common.ensemble import parse_members
 from common.paths import REPO
 from common.predict import final_path
 
 T = TypeVar("T")
 CODE = ("common", "competitions")
+STAGES = "stages"  # the bundle's folder of crop-stage runs
 CODE_SUFFIXES = {".py", ".json", ".yaml"}
 # packages every notebook needs that Kaggle's image may lack or hold in another major version:
 # distribution name -> import name
@@ -167,12 +172,24 @@ def build(
         shutil.rmtree(root)
     dataset, kernel = root / "dataset", root / "kernel"
     copy_code(dataset / "src")
+    stages = {}  # the crop stages of members trained on crops: run folder -> folds
     for member in members:
         for fold in member.folds:
             source = final_path(config.output, member.experiment, fold)
             if not source.is_file():
                 raise ValueError(f"{source} not found: the ensemble's member is not trained")
             target = final_path(dataset / "models", member.experiment, fold)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
+            stage = crop_spec(load_checkpoint(source)["config"]["data"])
+            if stage:
+                stages.setdefault(Path(stage.run), set()).update(stage.folds)
+    for run, folds in stages.items():
+        for fold in sorted(folds):
+            source = final_path(run.parent, run.name, fold)
+            if not source.is_file():
+                raise ValueError(f"{source} not found: the crop stage is not trained")
+            target = final_path(dataset / STAGES, run.name, fold)
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, target)
     shutil.copy2(thresholds, dataset / "thresholds.yaml")

@@ -1,5 +1,6 @@
 """Ensemble prediction for any competition: trained fold models averaged with weights, image by
-image, at each image's native (or scoring) size, over every mask channel.
+image, at each image's native (or scoring) size, over every mask channel. A model trained on
+crops (``data.crop_stage``) reads its crops and its map is pasted back into the whole image.
 
 Each fold model reads the prepared images at its own training size; models that share a size
 share one loader, and the loaders run in lockstep over the same ids, so at any time only one
@@ -12,6 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import cv2
@@ -22,6 +24,7 @@ from torch.utils.data import DataLoader
 
 from common.checkpoints import load_checkpoint
 from common.config import Config, to_config
+from common.crops import Box, crop_dir, paste, prepared_root, read_box_table
 from common.data import SegmentationDataset, check_preprocess
 from common.inference import TtaPolicy, predict_tensor
 from common.memory import trim_heap
@@ -45,7 +48,14 @@ class FoldModel:
 
     @property
     def images(self) -> Path:
-        return Path(self.config.data.prepared) / str(self.size) / "images"
+        return prepared_root(self.config.data) / "images"
+
+    @cached_property
+    def boxes(self) -> dict[str, Box] | None:
+        """Each image's crop box in its full frame, for a model trained on crops (a crop
+        stage, ``common.cascade``); None for a model of whole images."""
+        folder = crop_dir(self.config.data)
+        return None if folder is None else read_box_table(folder)
 
 
 def final_path(output: str | Path, experiment: str, fold: int) -> Path:
@@ -165,7 +175,11 @@ def predict_ids(
                     cls += m.weight * probs["label"]
                     continue
                 for k, prob in enumerate(probs["mask"]):
-                    native = _resize_channels(prob, shapes[batch_ids[k]]) * m.weight
+                    shape = shapes[batch_ids[k]]
+                    if m.boxes is None:
+                        native = _resize_channels(prob, shape) * m.weight
+                    else:  # a crop's map back in the whole image, zero outside its box
+                        native = paste(prob, m.boxes[batch_ids[k]].scaled(shape)) * m.weight
                     maps[k] = native if maps[k] is None else maps[k] + native
                 head = head + m.weight * probs["label"] if "label" in probs else None
         for k, image_id in enumerate(batch_ids):

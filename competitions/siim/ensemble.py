@@ -19,6 +19,7 @@ import pandas as pd
 
 from common.checkpoints import load_checkpoint
 from common.config import Config, load_config, load_run_config, to_config
+from common.crops import frame_root, prepared_root
 from common.ensemble import (
     EnsembleTask,
     check_trained,
@@ -44,7 +45,7 @@ def ensure_trained(config: Config, log=print) -> None:
 
     def train(path: Path, fold: int) -> None:
         experiment = load_config(path, [f"output={config.output}", f"name={path.stem}"])
-        if not (Path(experiment.data.prepared) / str(experiment.data.size) / "train.csv").is_file():
+        if not (prepared_root(experiment.data) / "train.csv").is_file():
             prepare_main(["--config", str(path)])
         run_fold(experiment, fold, log=log)
 
@@ -58,7 +59,7 @@ def tables(config: Config) -> tuple[Path, pd.DataFrame, pd.DataFrame, Config]:
     first = members[0]
     state = load_checkpoint(final_path(config.output, first.experiment, first.folds[0]))
     data = to_config(state["config"]).data
-    root = Path(config.prepared or data.prepared) / str(data.size)
+    root = frame_root(data, config.prepared or None)  # whole images, also for crop members
     train = pd.read_csv(root / "train.csv", dtype={"ImageId": str})
     test = pd.read_csv(root / "test.csv", dtype={"ImageId": str})
     train, test = train.assign(id=train["ImageId"]), test.assign(id=test["ImageId"])
@@ -83,7 +84,9 @@ def task(config: Config, sample: Path | None, *, with_train: bool = True) -> Ens
         channels=("mask",),
         test=test,
         train=train,
-        truth=lambda i, shape: read_mask(full_mask_path(root, i, shape, data.size), shape)[None],
+        truth=lambda i, shape: read_mask(full_mask_path(root, i, shape, int(root.name)), shape)[
+            None
+        ],
         encode=lambda i, masks: [(i, siim_rle_encode(masks[0]))],
         header=(submission.FORMAT.id_column, submission.FORMAT.value_column),
         validate=(lambda csv: submission.validate(csv, sample, root / "test.csv"))

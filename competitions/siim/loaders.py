@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from common.config import Config
+from common.crops import prepared_root
 from common.folds import read_folds
 from common.loaders import Extra, Items, load_pipeline
 from common.loaders import make_loaders as common_loaders
@@ -18,7 +19,7 @@ TRANSFORMS = Path(__file__).resolve().parent / "transforms"
 
 def fold_frames(config: Config, fold: int) -> tuple[Path, pd.DataFrame, pd.DataFrame]:
     """The prepared folder and the (train, validation) rows of train.csv for ``fold``."""
-    root = Path(config.data.prepared) / str(config.data.size)
+    root = prepared_root(config.data)  # the crops, with a crop stage (common.cascade)
     if not (root / "train.csv").is_file():
         raise ValueError(
             f"{root}/train.csv not found: run `make siim-prepare CONFIG=...` (or "

@@ -6,7 +6,9 @@ folder (test DICOMs found anywhere below it, the sample submission), and writes 
 folder. The steps are those of ``make ensemble``'s test stage, so for the same ensemble and data
 the CSV is byte-identical: DICOMs decoded and resized by the prepare stage at each member's
 size, the same weighted prediction, the thresholds from the file. A test image whose DICOM is
-missing or cannot be decoded is reported and gets an empty mask (``-1``).
+missing or cannot be decoded is reported and gets an empty mask (``-1``). A member trained on
+crops (``data.crop_stage``) gets its crops from the bundle's copy of the crop stage
+(``stages/<run>/``), cut as prepare cuts them.
 """
 
 from __future__ import annotations
@@ -16,8 +18,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from common.cascade import prepare_crops
 from common.checkpoints import load_checkpoint
+from common.crops import crop_dir, crop_spec, frame_root
 from common.ensemble import frozen_ensemble, predict_test
+from common.kaggle import STAGES
 from common.predict import final_path
 from common.submission import write_submission
 from competitions.siim.ensemble import task
@@ -52,17 +57,19 @@ def predict_submission(
     bundle, competition, working = Path(bundle), Path(competition), Path(working)
     config, thresholds, members, classifiers = frozen_ensemble(bundle, working)
     inputs = test_inputs(competition)
-    sizes = {
-        int(load_checkpoint(final_path(config.output, m.experiment, k))["config"]["data"]["size"])
+    datas = [
+        load_checkpoint(final_path(config.output, m.experiment, k))["config"]["data"]
         for m in members + classifiers
         for k in m.folds
-    }
-    for size in sorted(sizes):
-        counts = prepare(
-            inputs, working / "prepared" / str(size), size, n_jobs=n_jobs, skip_bad=True
-        )
+    ]
+    prepared = working / "prepared"
+    for size in sorted({int(frame_root(data, prepared).name) for data in datas}):
+        counts = prepare(inputs, prepared / str(size), size, n_jobs=n_jobs, skip_bad=True)
         if counts["bad"]:
             log(f"{counts['bad']} test image(s) could not be read; they are submitted empty")
+    crops = {crop_dir(data, prepared): data for data in datas if crop_spec(data)}
+    for data in crops.values():  # the lung crops, by the bundle's copy of the crop stage
+        prepare_crops(data, ["test.csv"], prepared=prepared, stages=bundle / STAGES, log=log)
     siim = task(config, None, with_train=False)
     rows, _ = predict_test(config, siim, members, classifiers, thresholds, working / "maps", log)
     predicted = dict(rows)

@@ -1,5 +1,7 @@
 """Out-of-fold prediction for a trained SIIM fold: uint8 maps with TTA, the threshold search on
-them, the overlays picture and the fold's metrics."""
+them, the overlays picture and the fold's metrics. A model trained on crops (``data.crop_stage``)
+has its maps pasted back into the whole frame first, so the search and the Dice are those of
+whole images."""
 
 from __future__ import annotations
 
@@ -9,7 +11,9 @@ import numpy as np
 import pandas as pd
 
 from common.atomic import atomic_path
+from common.cascade import paste_batches
 from common.config import Config
+from common.crops import crop_spec, frame_root, read_box_table
 from common.images import read_mask, read_png
 from common.inference import predict_batches, roc_auc, write_maps
 from common.loaders import eval_loader
@@ -47,15 +51,18 @@ def predict_oof(trainer: Trainer, config: Config, fold: int, fold_dir: Path) -> 
             "accuracy": float(np.mean((scores > 0.5) == labels)),
             "tta": list(tta),
         }
-    oof = fold_dir / "oof"
+    oof, whole = fold_dir / "oof", frame_root(config.data)
+    spec = crop_spec(config.data)
+    if spec:  # maps of crops back in the whole frame before scoring
+        batches = paste_batches(batches, ids, read_box_table(root), spec.frame)
     maps = write_maps(batches, ids, ["mask"], lambda i, _: oof / f"{i}.png")
-    truths = (read_mask(root / "masks" / f"{i}.png") for i in ids)
+    truths = (read_mask(whole / "masks" / f"{i}.png") for i in ids)
     result = search_triplets((m[0] for _, m in maps), truths)
     result.to_csv(fold_dir / "search.csv")
     result.heatmap(fold_dir / "search.png")
     dice_05 = search_triplets_from_stats(result.stats, [0.5], [0], [0.5]).best["dice"]
     best = result.best
-    _overlays(config, root, val, oof, best, fold_dir / "overlays.png")
+    _overlays(config, whole, val, oof, best, fold_dir / "overlays.png")
     return {
         "fold": fold,
         "n_images": len(ids),
@@ -63,7 +70,7 @@ def predict_oof(trainer: Trainer, config: Config, fold: int, fold_dir: Path) -> 
         "empty_dice": result.empty_dice,
         "dice_at_0.5": dice_05,
         "best_triplet": {k: best[k] for k in ("top", "min_area", "bottom")},
-        "map_size": config.data.size,
+        "map_size": int(whole.name),
         "tta": list(tta),
     }
 

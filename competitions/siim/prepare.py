@@ -12,6 +12,10 @@ reads ``data/siim/raw/`` (or the synthetic set when it is absent) and writes
     data/siim/prepared/<size>/bad_ids.csv            id, table, reason (when any were bad)
     data/siim/folds.csv                              ImageId, fold (kept while the ids are the same)
 
+With ``--config`` of an experiment that has a crop stage (``data.crop_stage``), the images are
+prepared at the stage's ``frame`` side and then cropped (``common.cascade.prepare_crops``) to
+``<prepared>/<frame>/crops<size>_<key>/``: the lung boxes, the crops and their masks.
+
 The files are a ``common.cache``: each row carries a ``key`` hashing what produced it (DICOM path,
 size and mtime, the RLE rows, the training size, the code version), so a re-run redoes only what
 changed and, when nothing did, only stats the files; the work is spread over processes.
@@ -30,7 +34,9 @@ import numpy as np
 import pandas as pd
 
 from common.cache import BAD_IDS, Entry, Table, bad_report, refresh, source_key
+from common.cascade import prepare_crops
 from common.config import load_config
+from common.crops import crop_spec
 from common.dicom import read_dicom_with_tags
 from common.folds import make_folds, read_folds, write_folds
 from common.images import resize_image, resize_mask, write_mask, write_png
@@ -163,15 +169,25 @@ def main(argv=None) -> None:
     parser.add_argument(
         "--skip-bad", action="store_true", help="report bad images and go on without them"
     )
+    parser.add_argument(
+        "overrides", nargs="*", help="key.sub=value overrides of --config (as training takes them)"
+    )
     args = parser.parse_args(argv)
+    if args.overrides and not args.config:
+        parser.error("overrides need --config")
     try:
         sizes = [args.size] if args.size else [256]
+        crops = []  # (data section, size) of each crop set to cut after the frames
         if args.config:
-            config = load_config(args.config)
+            config = load_config(args.config, args.overrides)
             args.out, args.folds = config.data.prepared, config.data.folds
             if not args.size:  # every size the experiment trains at, parts included
                 part_sizes = [p.get("data", {}).get("size") for p in config.train.parts]
                 sizes = sorted({config.data.size, *filter(None, part_sizes)})
+            spec = crop_spec(config.data)
+            if spec:  # the frame is prepared; the model's sizes are crops of it
+                crops = [config.data | {"size": size} for size in sizes]
+                sizes = [spec.frame]
         spec = SyntheticSpec(
             size=args.synthetic_size, n_train=args.synthetic_train, n_test=args.synthetic_test
         )
@@ -192,6 +208,8 @@ def main(argv=None) -> None:
             )
         train = pd.read_csv(out / "train.csv", dtype={"ImageId": str})
         print(ensure_folds(train, args.folds, args.n_folds, args.fold_seed))
+        for data in crops:
+            prepare_crops(data, [table.name for table in TABLES], n_jobs=args.jobs)
     except ValueError as error:
         sys.exit(f"siim prepare: {error}")
 

@@ -22,3 +22,26 @@ def tiny_siim(root: Path, *, n_train: int, n_test: int, size: int = 64, n_folds:
     train = pd.read_csv(prepared / "train.csv", dtype={"ImageId": str})
     ensure_folds(train, root / "folds.csv", n_folds=n_folds, seed=0)
     return synthetic
+
+
+def constant_stage(run: Path, size: int, biases=(10.0, 10.0)) -> Path:
+    """A two-channel lung-stage checkpoint ``run/fold0/final.pt`` (the lungs-only config at
+    ``size``) whose head outputs the constant logits ``biases`` everywhere: a stage that finds
+    each channel everywhere (positive bias) or nowhere (negative), without training."""
+    import torch
+
+    from common.checkpoints import save_checkpoint
+    from common.config import load_config
+    from common.models import build_model
+    from tests.conftest import REPO
+
+    lungs = REPO / "competitions" / "lung" / "configs" / "lungs_only.yaml"
+    config = load_config(lungs, [f"data.size={size}"]).to_dict()
+    model = build_model(task="segmentation", arch="Unet", encoder="resnet18",
+                        in_channels=config["data"]["in_channels"], classes=len(biases))  # fmt: skip
+    head = model.net.segmentation_head[0]
+    torch.nn.init.zeros_(head.weight)
+    head.bias.data = torch.tensor(list(biases))
+    (run / "fold0").mkdir(parents=True, exist_ok=True)
+    save_checkpoint(run / "fold0" / "final.pt", {"model": model.state_dict(), "config": config})
+    return run
