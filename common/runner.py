@@ -34,6 +34,7 @@ from common.atomic import atomic_path, write_text_atomic
 from common.checkpoints import load_checkpoint
 from common.config import Config, ConfigError, merge, save_config, to_config
 from common.losses import CombinedLoss
+from common.mixing import batch_mix
 from common.models import build_model
 from common.optim import Stepper, build_optimiser
 from common.training import Settings, Trainer
@@ -138,6 +139,8 @@ def train_part(
         device=device,
         log=log,
         channel_names=list(channel_names) if channel_names else None,
+        mix=batch_mix(config.data),
+        seed=seed,
     )
     if resume and (out / DONE).is_file():
         trainer.model.load_state_dict(load_checkpoint(out / "final.pt")["model"])

@@ -44,6 +44,7 @@ from common.checkpoints import (
 from common.config import common_schema
 from common.data import reseed_main_process
 from common.inference import autocast, collect_validation, validation_metrics
+from common.mixing import BatchMix, apply_mix, mix_generator
 from common.optim import Stepper
 
 AMP_MODES = ("none", "fp16", "bf16")
@@ -118,9 +119,12 @@ class Trainer:
         device: torch.device,
         log: Callable[[str], None] = print,
         channel_names: list[str] | None = None,
+        mix: BatchMix | None = None,
+        seed: int = 0,
     ):
         self.loss, self.optimiser, self.stepper = loss, optimiser, stepper
         self.channel_names = channel_names
+        self.mix, self.seed = mix, seed  # CutMix / Cutout on each training batch (common.mixing)
         self.train_loader, self.val_loader = train_loader, val_loader
         self.settings, self.out, self.config, self.device = settings, Path(out), config, device
         self.log = log if distributed.is_main() else (lambda _: None)
@@ -165,10 +169,13 @@ class Trainer:
         self.optimiser.zero_grad(set_to_none=True)
         show = None if distributed.is_main() else True
         bar = tqdm(total=steps, desc=f"epoch {epoch}", unit="batch", leave=False, disable=show)
+        rng = mix_generator(self.seed, epoch, distributed.rank()) if self.mix else None
         for step, batch in enumerate(self.train_loader):
             if step >= steps:
                 break
             batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+            if self.mix:
+                batch = apply_mix(batch, self.mix, rng)
             x = batch["image"]
             if self.settings.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)

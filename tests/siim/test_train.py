@@ -211,3 +211,20 @@ def test_preprocess_is_the_same_in_training_and_ensemble_prediction(workspace, t
     (pred,) = predict_ids([image_id], {image_id: (64, 64)}, [model], [], options)
     oof = read_png(tmp_path / "models" / "tiny" / "fold1" / "oof" / f"{image_id}.png")
     assert np.abs(pred.mask[0].astype(int) - oof).max() <= 1  # the ensemble sees what training saw
+
+
+def test_cutmix_and_cutout_reach_the_training_batches(workspace, tmp_path, monkeypatch):
+    import common.training
+
+    calls = []
+    real = common.training.apply_mix
+
+    def spy(batch, mix, rng):
+        calls.append(mix)
+        return real(batch, mix, rng)
+
+    monkeypatch.setattr(common.training, "apply_mix", spy)
+    mix = ["data.mix.cutmix.p=0.5", "data.mix.cutout.p=0.5", "data.mix.cutout.mask=erase"]
+    run_fold(_config(workspace, tmp_path, *mix), 0, log=lambda _: None)
+    assert len(calls) == 4  # 2 epochs x 2 steps, training only
+    assert calls[0].cutmix_p == 0.5 and calls[0].cutout_mask == "erase"
