@@ -135,18 +135,25 @@ BOX_FIELDS = ("box_y0", "box_y1", "box_x0", "box_x1", "fallback")  # added to ea
 
 
 def _cut(entry: Entry, out: Path, size: int) -> dict:
-    """One image's crop (and its mask's, when it has one) at ``size``; its table row."""
+    """One image's crop (and its masks', the ``masks/...`` among its files) at ``size``; its
+    table row."""
     source, row, box = entry.source
     image = read_png(source / "images" / f"{entry.id}.png", channels=0)
     write_png(out / "images" / f"{entry.id}.png", crop_image(image, box, size))
-    if f"masks/{entry.id}.png" in entry.files:
-        mask = read_mask(source / "masks" / f"{entry.id}.png")
-        write_mask(out / "masks" / f"{entry.id}.png", crop_mask(mask, box, size))
+    for name in entry.files[1:]:
+        write_mask(out / name, crop_mask(read_mask(source / name), box, size))
     return row | dict(zip(BOX_FIELDS, (box.y0, box.y1, box.x0, box.x1, box.fallback), strict=True))
 
 
 def _update_boxes(
-    spec: CropSpec, run: Path, source: Path, out: Path, keys: dict[str, str], device, batch_size
+    spec: CropSpec,
+    folds,
+    run: Path,
+    source: Path,
+    out: Path,
+    keys: dict[str, str],
+    device,
+    batch_size,
 ) -> tuple[dict[str, Box], int]:
     """Every id's box in frame pixels: kept from ``boxes.csv`` where its key is the same,
     predicted for the rest; written back (atomically) when any was predicted. Returns the
@@ -162,7 +169,7 @@ def _update_boxes(
     boxes = {i: previous[i] for i, key in keys.items() if i in previous and old_keys.get(i) == key}
     todo = [i for i in keys if i not in boxes]
     if todo:
-        stage = load_stage(run.parent, run.name, spec.folds, device or torch.device("cpu"))
+        stage = load_stage(run.parent, run.name, folds, device or torch.device("cpu"))
         images = ((i, read_png(source / "images" / f"{i}.png", channels=0)) for i in todo)
         found = predict_boxes(stage, images, required=spec.required, margin=spec.margin,
                               threshold=spec.threshold, min_area=spec.min_area,
@@ -182,6 +189,8 @@ def prepare_crops(
     prepared: str | os.PathLike | None = None,
     stages: str | os.PathLike | None = None,
     device=None,
+    fold: int | None = None,
+    channels: Sequence[str] = (),
     n_jobs: int = 2,
     batch_size: int = 8,
     log=print,
@@ -189,20 +198,23 @@ def prepare_crops(
     """Bring ``crop_dir(data)`` up to date with the frame's ``tables`` (CSV names whose first
     column is the id, with the ``key`` column ``common.cache`` writes): boxes for the images
     that are new or changed (the stage's fold models, batched), then the crops of the images
-    whose box or frame image changed, each table's rows with their box. A ``masks/`` file of
-    the frame is cropped too. Returns counts (``images``, ``predicted``, ``fallbacks``,
-    ``cut``)."""
+    whose box or frame image changed, each table's rows with their box. An image's masks are
+    cropped too: ``masks/<id>.png``, or ``masks/<channel>/<id>.png`` for each of ``channels``
+    (multi-label), where the frame has them. ``fold``: the training fold, for a stage with
+    ``same_fold``. Returns counts (``images``, ``predicted``, ``fallbacks``, ``cut``,
+    ``kept``)."""
     spec = crop_spec(data)
     if spec is None:
         raise ValueError("prepare_crops: the experiment has no data.crop_stage.run")
-    source, out = frame_root(data, prepared), crop_dir(data, prepared)
+    source, out = frame_root(data, prepared), crop_dir(data, prepared, fold)
     size = int(data["size"])
     run = stage_run(spec, stages)
-    weights = [run / f"fold{k}" / "final.pt" for k in spec.folds]
+    folds = spec.stage_folds(fold)
+    weights = [run / f"fold{k}" / "final.pt" for k in folds]
     missing = [str(w) for w in weights if not w.is_file()]
     if missing:
         raise ValueError(f"crop stage: {missing[0]} not found: train {run.name} first")
-    stage_key = source_key(CROP_VERSION, weights, spec.key())
+    stage_key = source_key(CROP_VERSION, weights, spec.key(fold))
     frames = {}
     for name in tables:
         path = source / name
@@ -215,7 +227,7 @@ def prepare_crops(
     for frame in frames.values():
         for image_id, key in zip(frame.iloc[:, 0], frame["key"], strict=True):
             keys[image_id] = source_key(CROP_VERSION, (), stage_key, key)
-    boxes, predicted = _update_boxes(spec, run, source, out, keys, device, batch_size)
+    boxes, predicted = _update_boxes(spec, folds, run, source, out, keys, device, batch_size)
     entries, specs = [], []
     for name, frame in frames.items():
         columns = [c for c in frame.columns if c != "key"]
@@ -223,9 +235,10 @@ def prepare_crops(
         for row in frame[columns].to_dict("records"):
             image_id = row[columns[0]]
             box = boxes[image_id]
-            masked = (source / "masks" / f"{image_id}.png").is_file()
-            files = (f"images/{image_id}.png",) + ((f"masks/{image_id}.png",) if masked else ())
-            key = source_key(CROP_VERSION, (), keys[image_id], size, masked, _box_fields(box))
+            masks = [f"masks/{c}/{image_id}.png" for c in channels] or [f"masks/{image_id}.png"]
+            masks = [name for name in masks if (source / name).is_file()]
+            files = (f"images/{image_id}.png", *masks)
+            key = source_key(CROP_VERSION, (), keys[image_id], size, masks, _box_fields(box))
             entries.append(Entry(image_id, name, key, files, (source, row, box)))
     result = refresh(out, specs, entries, partial(_cut, size=size), n_jobs=n_jobs,
                      desc=f"crops {size}px")  # fmt: skip

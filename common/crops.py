@@ -199,11 +199,22 @@ class CropSpec:
     square: bool
     largest: bool
     frame: int
+    same_fold: bool = False
 
-    def key(self) -> str:
+    def stage_folds(self, fold: int | None) -> tuple[int, ...]:
+        """The stage's folds that find the boxes for training fold ``fold``: that same fold
+        with ``same_fold`` (a stage trained on the same split: each held-out image's box comes
+        from a model that did not see it), else ``folds``."""
+        if not self.same_fold:
+            return self.folds
+        if fold is None:
+            raise ValueError("data.crop_stage.same_fold: the crops depend on the training fold")
+        return (int(fold),)
+
+    def key(self, fold: int | None = None) -> str:
         """What the crops depend on, apart from the stage's weights: the run by name (a bundle
         moves it), its folds and the box rules."""
-        fields = asdict(self) | {"run": Path(self.run).name}
+        fields = asdict(self) | {"run": Path(self.run).name, "folds": self.stage_folds(fold)}
         return hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:8]
 
 
@@ -223,6 +234,7 @@ def crop_spec(data: Mapping) -> CropSpec | None:
         square=bool(section["square"]),
         largest=bool(section["largest"]),
         frame=int(section["frame"]),
+        same_fold=bool(section.get("same_fold", False)),
     )
     if spec.frame < 32:
         raise ValueError(f"data.crop_stage.frame: {spec.frame} is too small (at least 32)")
@@ -243,17 +255,24 @@ def frame_root(data: Mapping, prepared: str | os.PathLike | None = None) -> Path
     return Path(prepared or data["prepared"]) / str(side)
 
 
-def crop_dir(data: Mapping, prepared: str | os.PathLike | None = None) -> Path | None:
-    """Where ``prepare_crops`` writes the crops at ``data.size``; None without a crop stage."""
+def crop_dir(
+    data: Mapping, prepared: str | os.PathLike | None = None, fold: int | None = None
+) -> Path | None:
+    """Where ``prepare_crops`` writes the crops at ``data.size`` (for training fold ``fold``
+    with ``same_fold``); None without a crop stage."""
     spec = crop_spec(data)
     if spec is None:
         return None
-    return frame_root(data, prepared) / f"crops{int(data['size'])}_{spec.key()}"
+    suffix = f"_fold{spec.stage_folds(fold)[0]}" if spec.same_fold else ""
+    return frame_root(data, prepared) / f"crops{int(data['size'])}_{spec.key(fold)}{suffix}"
 
 
-def prepared_root(data: Mapping, prepared: str | os.PathLike | None = None) -> Path:
-    """The folder a model of this experiment trains on and reads its inputs from."""
-    return crop_dir(data, prepared) or frame_root(data, prepared)
+def prepared_root(
+    data: Mapping, prepared: str | os.PathLike | None = None, fold: int | None = None
+) -> Path:
+    """The folder a model of this experiment (training fold ``fold``) trains on and reads its
+    inputs from."""
+    return crop_dir(data, prepared, fold) or frame_root(data, prepared)
 
 
 def stage_run(spec: CropSpec, stages: str | os.PathLike | None = None) -> Path:

@@ -183,7 +183,7 @@ def build(
             shutil.copy2(source, target)
             stage = crop_spec(load_checkpoint(source)["config"]["data"])
             if stage:
-                stages.setdefault(Path(stage.run), set()).update(stage.folds)
+                stages.setdefault(Path(stage.run), set()).update(stage.stage_folds(fold))
     for run, folds in stages.items():
         for fold in sorted(folds):
             source = final_path(run.parent, run.name, fold)

@@ -48,13 +48,13 @@ class FoldModel:
 
     @property
     def images(self) -> Path:
-        return prepared_root(self.config.data) / "images"
+        return prepared_root(self.config.data, fold=self.fold) / "images"
 
     @cached_property
     def boxes(self) -> dict[str, Box] | None:
         """Each image's crop box in its full frame, for a model trained on crops (a crop
         stage, ``common.cascade``); None for a model of whole images."""
-        folder = crop_dir(self.config.data)
+        folder = crop_dir(self.config.data, fold=self.fold)
         return None if folder is None else read_box_table(folder)
 
 

@@ -26,9 +26,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import yaml
 
 from common.atomic import write_text_atomic
+from common.cascade import paste_batches
 from common.config import Config, load_run_config
+from common.crops import crop_spec, read_box_table
 from common.images import read_mask, read_png
 from common.inference import predict_batches, write_maps
 from common.loaders import eval_loader
@@ -39,7 +42,7 @@ from common.rle import rle_decode, rle_encode
 from common.runner import parse_folds, write_fold_score
 from common.submission import write_rows
 from common.threshold_search import cross_fitted_thresholds, reduce_pairs
-from competitions.lung.loaders import items, read_cases, tta_policy
+from competitions.lung.loaders import fold_cases, items, read_cases, tta_policy
 
 HEADER = ("id", "structure", "rle")
 GROUPS = {  # the literature reports these three figures
@@ -62,8 +65,29 @@ def fold_dir(config: Config, fold: int) -> Path:
 
 
 def map_path(config: Config, fold: int, structure: str, case: str) -> Path:
-    """Where fold ``fold`` keeps its held-out probability map of ``structure`` for ``case``."""
+    """Where fold ``fold`` keeps its held-out probability map of ``structure`` for ``case``; for
+    a refinement stage (``data.crop_stage``: a second model on crops around some structures),
+    the first stage's map of each structure it does not refine."""
+    spec = crop_spec(config.data)
+    if spec is not None and structure not in config.data.structures:
+        return Path(spec.run) / f"fold{fold}" / "oof" / structure / f"{case}.png"
     return fold_dir(config, fold) / "oof" / structure / f"{case}.png"
+
+
+def scored_structures(config: Config) -> list[str]:
+    """The structures a run is scored on: its own, or for a refinement stage, the first stage's
+    (the refined ones from this run, the others from the first stage)."""
+    spec = crop_spec(config.data)
+    if spec is None:
+        return list(config.data.structures)
+    path = Path(spec.run) / f"fold{spec.stage_folds(0)[0]}" / "config.yaml"
+    if not path.is_file():
+        raise ValueError(f"refinement stage: {path} not found: train {Path(spec.run).name} first")
+    first = list(yaml.safe_load(path.read_text())["data"]["structures"])
+    missing = [s for s in config.data.structures if s not in first]
+    if missing:
+        raise ValueError(f"refinement stage: {missing} are not structures of {spec.run}")
+    return first
 
 
 def reference_mask(root: Path, structure: str, case: str, size: int) -> np.ndarray:
@@ -74,8 +98,7 @@ def reference_mask(root: Path, structure: str, case: str, size: int) -> np.ndarr
 def predict_held_out(model, config: Config, fold: int, *, device, amp="none", channels_last=False):
     """Predict fold ``fold``'s held-out cases with the config's TTA; writes each structure's
     uint8 map at the scoring size to ``oof/<structure>/<case>.png``. Returns the case ids."""
-    root, cases = read_cases(config)
-    held_out = cases[cases["fold"] == fold].reset_index(drop=True)
+    root, _, held_out = fold_cases(config, fold)
     structures = list(config.data.structures)
     batches = predict_batches(
         model,
@@ -87,6 +110,8 @@ def predict_held_out(model, config: Config, fold: int, *, device, amp="none", ch
         policy=tta_policy(structures),
     )
     ids = held_out["case"].tolist()
+    if crop_spec(config.data):  # crops' maps back in the whole image, zero outside the box
+        batches = paste_batches(batches, ids, read_box_table(root), config.data.score_size)
 
     def path(case: str, structure: str) -> Path:
         return map_path(config, fold, structure, case)
@@ -100,7 +125,7 @@ def _held_out_maps(config: Config, folds: list[int]) -> tuple[Path, pd.DataFrame
     """The prepared folder and the held-out cases of ``folds`` whose maps exist (fold column)."""
     root, cases = read_cases(config)
     cases = cases[cases["fold"].isin(folds)].reset_index(drop=True)
-    first = config.data.structures[0]
+    first = scored_structures(config)[0]
     for fold in folds:
         ids = cases.loc[cases["fold"] == fold, "case"]
         missing = [i for i in ids if not map_path(config, fold, first, i).is_file()]
@@ -119,7 +144,7 @@ def _map(config: Config, fold: int, structure: str, case: str) -> np.ndarray:
 
 def fold_thresholds(config: Config, root: Path, cases: pd.DataFrame, folds: list[int]) -> dict:
     """{fold: {structure: threshold}}: cross-fitted on the other folds, or the fixed default."""
-    structures, size = config.data.structures, config.data.score_size
+    structures, size = scored_structures(config), config.data.score_size
     if config.predict.search not in ("cross", "fixed"):
         raise ValueError(f"predict.search {config.predict.search!r}: valid: cross, fixed")
     if config.predict.search == "fixed" or len(folds) < 2:
@@ -145,7 +170,7 @@ def final_mask(config: Config, prob: np.ndarray, structure: str, threshold: floa
 def evaluate(config: Config, folds: list[int], *, name: str | None = None, log=print) -> dict:
     """Score the held-out cases of ``folds`` and write the submission files; returns the report."""
     root, cases = _held_out_maps(config, folds)
-    structures = list(config.data.structures)
+    structures = scored_structures(config)
     size = config.data.score_size
     thresholds = fold_thresholds(config, root, cases, folds)
     rows, scores, panels = [], [], []

@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from common.config import Config
+from common.crops import frame_root, prepared_root
 from common.folds import make_folds
 from common.inference import ORIENTING, TtaPolicy, side_swap
 from common.loaders import Items, load_pipeline
@@ -56,7 +57,7 @@ def assign_folds(cases: pd.DataFrame, split: str, n_folds: int = 5, seed: int = 
 def read_cases(config: Config) -> tuple[Path, pd.DataFrame]:
     """The prepared folder and its cases.csv with ``fold`` (the fold that holds each case out),
     ``id`` (the case) and ``has_mask`` (every case has lungs)."""
-    root = Path(config.data.prepared) / str(config.data.size)
+    root = frame_root(config.data)  # whole images (a refinement stage's crops: prepared_root)
     if not (root / "cases.csv").is_file():
         raise ValueError(
             f"{root}/cases.csv not found: run `python -m competitions.lung.prepare --config ...`"
@@ -70,11 +71,13 @@ def read_cases(config: Config) -> tuple[Path, pd.DataFrame]:
 
 
 def fold_cases(config: Config, fold: int) -> tuple[Path, pd.DataFrame, pd.DataFrame]:
-    """The prepared folder and the (train, held-out) cases of ``fold``."""
-    root, cases = read_cases(config)
+    """The folder the fold's model reads (the whole images, or with a crop stage the fold's
+    crops) and the (train, held-out) cases of ``fold``."""
+    _, cases = read_cases(config)
     if fold not in set(cases["fold"]):
         raise ValueError(f"fold {fold} does not exist for data.split={config.data.split}")
     train, held_out = cases[cases["fold"] != fold], cases[cases["fold"] == fold]
+    root = prepared_root(config.data, fold=fold)
     return root, train.reset_index(drop=True), held_out.reset_index(drop=True)
 
 

@@ -17,26 +17,59 @@ from __future__ import annotations
 import json
 import sys
 import time
+from pathlib import Path
 
 from common import distributed
 from common.atomic import write_text_atomic
+from common.cascade import prepare_crops
 from common.config import Config, load_run_config
+from common.crops import crop_spec
 from common.runner import parse_folds, part_configs, train_fold, train_parser
 from competitions.lung.evaluate import evaluate, fold_dir, predict_held_out
 from competitions.lung.loaders import make_loaders, tta_policy
 from competitions.lung.prepare import prepare
 
+CONFIGS = Path(__file__).resolve().parent / "configs"
 
-def prepare_sizes(config: Config) -> None:
-    """Prepare the data at every size the experiment's parts train at."""
-    for size in sorted({part.data.size for part in part_configs(config)}):
-        prepare(
-            size,
-            config.data.score_size,
-            raw=config.data.raw,
-            synthetic=config.data.synthetic,
-            prepared=config.data.prepared,
-        )
+
+def prepare_sizes(config: Config, folds: list[int] = (0, 1)) -> None:
+    """Prepare the data at every size the experiment's parts train at. A refinement stage
+    (``data.crop_stage``) prepares the whole images at its ``frame`` side, trains the first
+    stage's missing folds (``configs/<run name>.yaml``), then cuts each fold's crops."""
+    data = config.data
+    spec = crop_spec(data)
+    sizes = sorted({part.data.size for part in part_configs(config)})
+    for size in [spec.frame] if spec else sizes:
+        prepare(size, data.score_size, raw=data.raw, synthetic=data.synthetic,
+                prepared=data.prepared)  # fmt: skip
+    if spec is None:
+        return
+    train_first_stage(config, spec, folds)
+    for part in part_configs(config):
+        for fold in folds if spec.same_fold else [None]:
+            prepare_crops(part.data, ["cases.csv", "test.csv"], fold=fold,
+                          channels=list(part.data.structures))  # fmt: skip
+
+
+def train_first_stage(config: Config, spec, folds: list[int]) -> None:
+    """Train the folds of the crop stage's run that ``folds`` need and that have no
+    ``final.pt`` yet, from ``competitions/lung/configs/<run name>.yaml`` on the same data."""
+    run = Path(spec.run)
+    needed = sorted({k for fold in folds for k in spec.stage_folds(fold)})
+    missing = [k for k in needed if not (run / f"fold{k}" / "final.pt").is_file()]
+    if not missing:
+        return
+    path = CONFIGS / f"{run.name}.yaml"
+    if not path.is_file():
+        raise ValueError(f"crop stage {run}: fold(s) {missing} not trained and no {path}")
+    data = config.data
+    first = load_run_config(path, [f"output={run.parent}", f"name={run.name}",
+                                   f"data.raw={data.raw}", f"data.synthetic={data.synthetic}",
+                                   f"data.prepared={data.prepared}"])  # fmt: skip
+    prepare_sizes(first, missing)
+    for fold in missing:
+        print(f"crop stage: training {run.name} fold {fold} first")
+        run_fold(first, fold)
 
 
 def run_fold(config: Config, fold: int, *, resume: bool = False, log=print) -> dict | None:
@@ -83,7 +116,7 @@ def main(argv=None) -> None:
         folds = parse_folds(args.folds)
         start = time.perf_counter()
         if distributed.is_main():  # one process prepares; the others wait for its files
-            prepare_sizes(config)
+            prepare_sizes(config, folds)
         distributed.barrier()
         for fold in folds:
             metrics = run_fold(config, fold, resume=args.resume)

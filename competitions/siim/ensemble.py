@@ -45,7 +45,7 @@ def ensure_trained(config: Config, log=print) -> None:
 
     def train(path: Path, fold: int) -> None:
         experiment = load_config(path, [f"output={config.output}", f"name={path.stem}"])
-        if not (prepared_root(experiment.data) / "train.csv").is_file():
+        if not (prepared_root(experiment.data, fold=fold) / "train.csv").is_file():
             prepare_main(["--config", str(path)])
         run_fold(experiment, fold, log=log)
 

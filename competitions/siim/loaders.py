@@ -19,7 +19,7 @@ TRANSFORMS = Path(__file__).resolve().parent / "transforms"
 
 def fold_frames(config: Config, fold: int) -> tuple[Path, pd.DataFrame, pd.DataFrame]:
     """The prepared folder and the (train, validation) rows of train.csv for ``fold``."""
-    root = prepared_root(config.data)  # the crops, with a crop stage (common.cascade)
+    root = prepared_root(config.data, fold=fold)  # the crops, with a crop stage (common.cascade)
     if not (root / "train.csv").is_file():
         raise ValueError(
             f"{root}/train.csv not found: run `make siim-prepare CONFIG=...` (or "

@@ -58,18 +58,19 @@ def predict_submission(
     config, thresholds, members, classifiers = frozen_ensemble(bundle, working)
     inputs = test_inputs(competition)
     datas = [
-        load_checkpoint(final_path(config.output, m.experiment, k))["config"]["data"]
+        (load_checkpoint(final_path(config.output, m.experiment, k))["config"]["data"], k)
         for m in members + classifiers
         for k in m.folds
     ]
     prepared = working / "prepared"
-    for size in sorted({int(frame_root(data, prepared).name) for data in datas}):
+    for size in sorted({int(frame_root(data, prepared).name) for data, _ in datas}):
         counts = prepare(inputs, prepared / str(size), size, n_jobs=n_jobs, skip_bad=True)
         if counts["bad"]:
             log(f"{counts['bad']} test image(s) could not be read; they are submitted empty")
-    crops = {crop_dir(data, prepared): data for data in datas if crop_spec(data)}
-    for data in crops.values():  # the lung crops, by the bundle's copy of the crop stage
-        prepare_crops(data, ["test.csv"], prepared=prepared, stages=bundle / STAGES, log=log)
+    crops = {crop_dir(data, prepared, k): (data, k) for data, k in datas if crop_spec(data)}
+    for data, fold in crops.values():  # the lung crops, by the bundle's copy of the crop stage
+        prepare_crops(data, ["test.csv"], prepared=prepared, stages=bundle / STAGES, fold=fold,
+                      log=log)  # fmt: skip
     siim = task(config, None, with_train=False)
     rows, _ = predict_test(config, siim, members, classifiers, thresholds, working / "maps", log)
     predicted = dict(rows)

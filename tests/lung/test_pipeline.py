@@ -189,3 +189,52 @@ def test_report_shows_the_published_figures_only_for_real_data():
     report["synthetic"] = True
     text = lung_evaluate.format_report(report)
     assert "human observer" not in text and "SYNTHETIC" in text
+
+
+def test_refinement_stage_on_crops_around_the_clavicles(workspace, monkeypatch, capsys):
+    """A second model on crops around the first stage's clavicles (its own fold's boxes), its
+    maps pasted back; the cascade is scored on all five structures, lungs and heart from the
+    first stage."""
+    from common.crops import crop_dir, read_box_table
+    from competitions.lung import train as lung_train
+
+    monkeypatch.setenv("KSEG_WORKSPACE", str(workspace))
+    stage = ["name=stage"]
+    main(["--config", str(CONFIGS / "unet_resnet18_cpu.yaml"), "--folds", "0,1", *FAST, *stage])
+    refine = [*FAST, "data.size=64", "data.crop=0", "data.crop_stage.frame=256",
+              "data.crop_stage.run=models/lung/stage"]  # fmt: skip
+    main(["--config", str(CONFIGS / "clavicles_refine.yaml"), "--folds", "0,1", *refine])
+    config = _config("clavicles_refine.yaml", *refine)
+    report = json.loads((Path(config.submissions) / "clavicles_refine.json").read_text())
+    assert list(report["structures"]) == [
+        "left_lung", "right_lung", "heart", "left_clavicle", "right_clavicle",
+    ]  # fmt: skip
+    first = json.loads((Path(config.submissions) / "stage.json").read_text())
+    assert report["groups"]["lungs"] == first["groups"]["lungs"]  # from the first stage
+    assert report["n_cases"] == 40
+    for fold in (0, 1):
+        folder = crop_dir(config.data, fold=fold)
+        assert folder.name.endswith(f"_fold{fold}")
+        boxes = read_box_table(folder)
+        assert len(boxes) == 48  # 40 cases + 8 test images
+        assert {p.name for p in (folder / "masks").iterdir()} == set(config.data.structures)
+        assert read_png(folder / "images" / f"{next(iter(boxes))}.png").shape == (64, 64)
+        held_out = lung_evaluate.fold_cases(config, fold)[2]["case"]
+        for case in held_out[:5]:  # zero outside the fold's box, at the scoring size
+            box = boxes[case].scaled((256, 256))
+            oof = read_png(
+                lung_evaluate.fold_dir(config, fold) / "oof" / "left_clavicle" / f"{case}.png"
+            )
+            outside = oof.copy()
+            outside[box.y0 : box.y1, box.x0 : box.x1] = 0
+            assert oof.shape == (256, 256) and not outside.any()
+
+    trained = []
+    monkeypatch.setattr(lung_train, "run_fold", lambda c, k, **_: trained.append((c.name, k)))
+    monkeypatch.setattr(lung_train, "prepare_crops", lambda *a, **k: None)
+    lung_train.prepare_sizes(_config("clavicles_refine.yaml", *FAST,
+                                     "data.crop_stage.run=models/lung/lungs_only"), [1])  # fmt: skip
+    assert trained == [("lungs_only", 1)]  # the first stage's missing fold, from its config
+    with pytest.raises(SystemExit, match=r"fold\(s\) \[0\] not trained and no .*nowhere\.yaml"):
+        main(["--config", str(CONFIGS / "clavicles_refine.yaml"), "--folds", "0", *refine,
+              "data.crop_stage.run=models/lung/nowhere"])  # fmt: skip

@@ -1,0 +1,107 @@
+"""The seed's techniques, each on and off against one recipe, on both SCR folds (the ablation of
+docs/RESULTS.md).
+
+    python -m competitions.lung.techniques --config competitions/lung/configs/unet_resnet18_cpu.yaml \
+        --prefix abl [--variants baseline,boundary,...] [key.sub=value ...]
+
+Each variant is ``make lung-folds`` of the config with the common overrides and its own, run
+as ``<prefix>_<variant>`` in a fresh process, one after the other (so the wall times compare);
+a variant whose submission JSON already exists is not run again. The table (Jaccard and Dice per
+group over every held-out case at the scoring size, the change against ``baseline``, wall
+time) is written to ``models/lung/<prefix>_techniques.md`` and ``.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from common.atomic import write_text_atomic
+from common.config import load_run_config
+
+LOSS = "{name: bce, weight: 1.0}, {name: dice, weight: 1.0}"
+VARIANTS = {
+    "baseline": [],
+    "boundary": [f"loss.terms=[{LOSS}, {{name: boundary, weight: 1.0}}]"],
+    "hausdorff": [f"loss.terms=[{LOSS}, {{name: hausdorff, weight: 1.0, alpha: 2.0}}]"],
+    "learned_weights": ["loss.learned_weights=true"],
+    "clahe": ["data.preprocess.name=clahe"],
+    "cutmix": ["data.mix.cutmix.p=0.5"],
+    "cutout": ["data.mix.cutout.p=0.5", "data.mix.cutout.holes=2", "data.mix.cutout.size=0.15"],
+}
+GROUPS = ("lungs", "heart", "clavicles")
+
+
+def run_variant(config: str, name: str, overrides: list[str], submissions: Path) -> dict:
+    """Train and score both folds of one variant in a fresh process (skipped when its JSON
+    exists); returns its report with ``wall_seconds``."""
+    report_path = submissions / f"{name}.json"
+    timing = report_path.with_suffix(".wall")
+    if not report_path.is_file():
+        start = time.perf_counter()
+        command = [sys.executable, "-m", "competitions.lung.train", "--config", config,
+                   "--folds", "0,1", f"name={name}", *overrides]  # fmt: skip
+        result = subprocess.run(command)
+        if result.returncode != 0:
+            raise ValueError(f"variant {name} failed (exit {result.returncode})")
+        write_text_atomic(timing, f"{time.perf_counter() - start:.1f}\n")
+    report = json.loads(report_path.read_text())
+    report["wall_seconds"] = float(timing.read_text()) if timing.is_file() else None
+    return report
+
+
+def table(rows: dict[str, dict]) -> str:
+    base = rows.get("baseline")
+    lines = [
+        "| variant | lungs | heart | clavicles | mean | change of the mean | clavicles Dice | wall |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for variant, report in rows.items():
+        jaccard = [report["groups"][g]["jaccard"] for g in GROUPS]
+        mean = sum(jaccard) / len(jaccard)
+        change = "" if base is None or variant == "baseline" else f"{mean - base['cv']:+.4f}"
+        wall = report.get("wall_seconds")
+        lines.append(
+            f"| {variant} | " + " | ".join(f"{v:.4f}" for v in jaccard) + f" | {mean:.4f} | "
+            f"{change} | {report['groups']['clavicles']['dice']:.4f} | "
+            + (f"{wall / 60:.1f} min |" if wall else "? |")
+        )
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--prefix", required=True, help="run names are <prefix>_<variant>")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated")
+    parser.add_argument("overrides", nargs="*", help="key.sub=value for every variant")
+    args = parser.parse_args(argv)
+    try:
+        variants = [v for v in args.variants.split(",") if v]
+        unknown = sorted(set(variants) - set(VARIANTS))
+        if unknown:
+            raise ValueError(f"unknown variant(s) {unknown}; valid: {', '.join(VARIANTS)}")
+        config = load_run_config(args.config, args.overrides)  # fails before any training
+        rows = {}
+        for variant in variants:
+            name = f"{args.prefix}_{variant}"
+            overrides = [*args.overrides, *VARIANTS[variant]]
+            rows[variant] = run_variant(args.config, name, overrides, Path(config.submissions))
+        text = table(rows)
+        out = Path(config.output) / f"{args.prefix}_techniques"
+        write_text_atomic(out.with_suffix(".md"), text + "\n")
+        summary = {v: {"jaccard": {g: r["groups"][g]["jaccard"] for g in GROUPS},
+                       "dice": {g: r["groups"][g]["dice"] for g in GROUPS},
+                       "wall_seconds": r["wall_seconds"]} for v, r in rows.items()}  # fmt: skip
+        write_text_atomic(out.with_suffix(".json"), json.dumps(summary, indent=2) + "\n")
+        print(text)
+    except ValueError as error:
+        sys.exit(f"lung techniques: {error}")
+
+
+if __name__ == "__main__":
+    main()
