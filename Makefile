@@ -28,7 +28,7 @@ HUBMAP_FILTERED ?= competitions/hubmap/configs/filtered.yaml
 HUBMAP_TRAIN = $(LAUNCH) -m competitions.hubmap.train $(if $(RESUME),--resume)
 
 .DEFAULT_GOAL := help
-.PHONY: help venv test test-all fixup lint bench clean siim-synthetic siim-prepare siim-fold0 siim-folds ensemble submit kaggle-bundle kaggle-push lung-prepare lung-fold0 lung-folds hubmap-prepare hubmap-fold0 hubmap-folds hubmap-filter leaderboard siim-pseudo
+.PHONY: help venv test test-all fixup lint bench clean siim-synthetic siim-prepare siim-fold0 siim-folds ensemble submit kaggle-bundle kaggle-push lung-prepare lung-fold0 lung-folds hubmap-prepare hubmap-fold0 hubmap-folds hubmap-filter leaderboard siim-pseudo lung-techniques
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -69,6 +69,9 @@ siim-fold0: siim-prepare  ## prepare, train fold 0 of CONFIG, OOF maps, threshol
 
 siim-folds: siim-prepare  ## the same for every fold in FOLDS (default 0,1,2,3,4)
 	$(SIIM_TRAIN) --folds $(FOLDS) $(ARGS)
+
+lung-techniques: $(STAMP)  ## each seed technique on/off against LUNG_CONFIG on both SCR folds; PREFIX=, VARIANTS=, ARGS=
+	$(PY) -m competitions.lung.techniques --config $(LUNG_CONFIG) --prefix $(or $(PREFIX),abl) $(if $(VARIANTS),--variants $(VARIANTS)) $(ARGS)
 
 lung-prepare: $(STAMP)  ## read data/lung/raw (or the synthetic lung set) at LUNG_CONFIG's size
 	$(PY) -m competitions.lung.prepare --config $(LUNG_CONFIG)

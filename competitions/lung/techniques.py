@@ -6,6 +6,8 @@ docs/RESULTS.md).
 
 Each variant is ``make lung-folds`` of the config with the common overrides and its own, run
 as ``<prefix>_<variant>`` in a fresh process, one after the other (so the wall times compare);
+``refine`` trains ``clavicles_refine.yaml`` on ``<prefix>_baseline``'s boxes (run it after
+``baseline``; its wall time is the second stage's only);
 a variant whose submission JSON already exists is not run again. The table (Jaccard and Dice per
 group over every held-out case at the scoring size, the change against ``baseline``, wall
 time) is written to ``models/lung/<prefix>_techniques.md`` and ``.json``.
@@ -32,6 +34,8 @@ VARIANTS = {
     "clahe": ["data.preprocess.name=clahe"],
     "cutmix": ["data.mix.cutmix.p=0.5"],
     "cutout": ["data.mix.cutout.p=0.5", "data.mix.cutout.holes=2", "data.mix.cutout.size=0.15"],
+    # a second model on crops around the baseline's clavicles (@: a config of the same folder)
+    "refine": ["@clavicles_refine.yaml", "data.crop_stage.run=models/lung/{prefix}_baseline"],
 }
 GROUPS = ("lungs", "heart", "clavicles")
 
@@ -89,8 +93,12 @@ def main(argv=None) -> None:
         rows = {}
         for variant in variants:
             name = f"{args.prefix}_{variant}"
-            overrides = [*args.overrides, *VARIANTS[variant]]
-            rows[variant] = run_variant(args.config, name, overrides, Path(config.submissions))
+            own = [o.format(prefix=args.prefix) for o in VARIANTS[variant]]
+            path = args.config
+            if own and own[0].startswith("@"):
+                path, own = str(Path(args.config).parent / own[0][1:]), own[1:]
+            overrides = [*args.overrides, *own]
+            rows[variant] = run_variant(path, name, overrides, Path(config.submissions))
         text = table(rows)
         out = Path(config.output) / f"{args.prefix}_techniques"
         write_text_atomic(out.with_suffix(".md"), text + "\n")
