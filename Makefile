@@ -20,6 +20,8 @@ ENSEMBLE_PREPARE := $(if $(filter siim,$(ENSEMBLE_COMPETITION)),siim-prepare)
 # GPUS=N trains with DistributedDataParallel on N processes (torchrun); RESUME=1 continues a
 # killed run from its last finished epoch.
 LAUNCH := $(if $(GPUS),$(PY) -m torch.distributed.run --standalone --nproc_per_node=$(GPUS),$(PY))
+# training overrides (ARGS) reach prepare too (a crop stage's settings), an ensemble's do not
+PREPARE_ARGS = $(if $(filter ensemble siim-pseudo,$(MAKECMDGOALS)),,$(ARGS))
 SIIM_TRAIN = $(LAUNCH) -m competitions.siim.train --config $(CONFIG) $(if $(RESUME),--resume)
 LUNG_CONFIG ?= competitions/lung/configs/unet_resnet18_cpu.yaml
 LUNG_TRAIN = $(LAUNCH) -m competitions.lung.train --config $(LUNG_CONFIG) $(if $(RESUME),--resume)
@@ -62,7 +64,7 @@ siim-synthetic: $(STAMP)  ## write the embedded synthetic SIIM set to data/siim/
 	$(PY) -m competitions.siim.synthetic --out data/siim/synthetic --size $(or $(SIZE),256)
 
 siim-prepare: $(STAMP)  ## decode raw (or synthetic) SIIM at the CONFIG's size + folds.csv; SKIP_BAD=1
-	$(PY) -m competitions.siim.prepare --config $(CONFIG) $(if $(SIZE),--size $(SIZE)) $(if $(SKIP_BAD),--skip-bad) $(ARGS)
+	$(PY) -m competitions.siim.prepare --config $(CONFIG) $(if $(SIZE),--size $(SIZE)) $(if $(SKIP_BAD),--skip-bad) $(PREPARE_ARGS)
 
 siim-fold0: siim-prepare  ## prepare, train fold 0 of CONFIG, OOF maps, threshold search; GPUS=N, RESUME=1
 	$(SIIM_TRAIN) --folds 0 $(ARGS)

@@ -17,9 +17,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from common.cascade import prepare_crops
 from common.checkpoints import load_checkpoint
 from common.config import Config, load_config, load_run_config, to_config
-from common.crops import frame_root, prepared_root
+from common.crops import crop_spec, frame_root, prepared_root
 from common.ensemble import (
     EnsembleTask,
     check_trained,
@@ -50,6 +51,27 @@ def ensure_trained(config: Config, log=print) -> None:
         run_fold(experiment, fold, log=log)
 
     train_missing(config, train, log)
+
+
+def crop_members(config: Config) -> list[tuple[Config, int]]:
+    """(data section, fold) of each member fold trained on crops (``data.crop_stage``)."""
+    members, classifiers = ensemble_members(config)
+    found = []
+    for member in members + classifiers:
+        for fold in member.folds:
+            state = load_checkpoint(final_path(config.output, member.experiment, fold))
+            data = to_config(state["config"]).data
+            if crop_spec(data):
+                found.append((data, fold))
+    return found
+
+
+def ensure_crops(config: Config, log=print) -> None:
+    """Bring the crops of the members trained on crops up to date: a no-op that only reads
+    tables and stats files when nothing changed."""
+    for data, fold in crop_members(config):
+        prepare_crops(data, ["train.csv", "test.csv"], prepared=config.prepared or None,
+                      fold=fold, log=log)  # fmt: skip
 
 
 def tables(config: Config) -> tuple[Path, pd.DataFrame, pd.DataFrame, Config]:
@@ -107,6 +129,7 @@ def find_sample(config: Config) -> Path | None:
 def ensemble(config: Config, *, sample: Path | None, log=print) -> dict:
     ensure_trained(config, log)
     check_trained(config)
+    ensure_crops(config, log)
     report = run_ensemble(config, task(config, sample), log=log)
     report["n_test_non_empty"] = sum(
         1 for line in Path(report["csv"]).read_text().splitlines()[1:] if not line.endswith(",-1")

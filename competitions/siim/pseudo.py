@@ -24,7 +24,7 @@ from common.images import read_png, resize_image, write_png
 from common.paths import check_id, data_dir
 from common.pseudo import build_pseudo
 from common.runner import config_main
-from competitions.siim.ensemble import tables, task
+from competitions.siim.ensemble import crop_members, ensure_crops, tables, task
 
 
 def pseudo_folder(config: Config) -> Path:
@@ -51,6 +51,9 @@ def make_pseudo(config: Config, *, log=print) -> dict:
     source = task(config, None, with_train=False)
     out = pseudo_folder(config)
     where = "the competition's test set"
+    if config.pseudo.images and crop_members(config):
+        raise ValueError("pseudo.images with members trained on crops: label the test set instead")
+    ensure_crops(config, log)
     if config.pseudo.images:
         staging = data_dir("siim", "pseudo", f"{config.name}.source")  # the images at the size
         source = replace(source, test=_stage_folder(Path(config.pseudo.images), data.size, staging),

@@ -5,6 +5,7 @@ carries the crop stage to the offline notebook."""
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -176,6 +177,12 @@ def test_bundle_carries_the_crop_stage_to_the_notebook(workspace, tmp_path):
     report = run_ensemble(config, sample=workspace / "synthetic" / "sample_submission.csv",
                           log=lambda _: None)  # fmt: skip
     assert report["n_test"] == 4
+    from competitions.siim.pseudo import make_pseudo
+
+    extra = copy.deepcopy(config)
+    extra["pseudo"]["images"] = str(tmp_path)
+    with pytest.raises(ValueError, match=r"pseudo\.images with members trained on crops"):
+        make_pseudo(extra, log=lambda _: None)
     bundle = build(config, tmp_path / "dist", "someone", wheels=False, log=lambda _: None)
     dataset = bundle / "dataset"
     assert (dataset / "stages" / "everywhere" / "fold0" / "final.pt").is_file()
