@@ -169,7 +169,11 @@ def _update_boxes(
     boxes = {i: previous[i] for i, key in keys.items() if i in previous and old_keys.get(i) == key}
     todo = [i for i in keys if i not in boxes]
     if todo:
-        stage = load_stage(run.parent, run.name, folds, device or torch.device("cpu"))
+        if device is None:
+            from common.runner import resolve_device  # the runner imports the models
+
+            device = resolve_device("auto")
+        stage = load_stage(run.parent, run.name, folds, device)
         images = ((i, read_png(source / "images" / f"{i}.png", channels=0)) for i in todo)
         found = predict_boxes(stage, images, required=spec.required, margin=spec.margin,
                               threshold=spec.threshold, min_area=spec.min_area,
