@@ -238,6 +238,7 @@ def fold_models(config: Config, task: EnsembleTask, members, fold=None) -> list[
                 device,
                 classes=len(task.channels),
                 prepared=task.prepared or config.prepared or None,
+                channels=task.channels,
             )
             models.append(model)
     return models

@@ -11,7 +11,7 @@ image's native (height, width) before averaging, then quantised to uint8.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -41,6 +41,7 @@ class FoldModel:
     weight: float
     model: nn.Module
     config: Config  # the resolved config stored in the checkpoint
+    channels: tuple[int, ...] | None = None  # the ensemble's channels it predicts; None = all
 
     @property
     def size(self) -> int:
@@ -71,18 +72,27 @@ def load_fold_model(
     *,
     classes: int | None = 1,
     prepared: str | Path | None = None,
+    channels: Sequence[str] | None = None,
 ) -> FoldModel:
     """A fold's ``final.pt`` with ``classes`` mask channels (None: as many as its segmentation
     head has), rebuilt from the config stored inside it (no weights downloaded). ``prepared`` replaces the prepared-data folder of that config
     (e.g. in a Kaggle notebook)."""
     path = final_path(output, experiment, fold)
     state = load_checkpoint(path)
+    heads = [v for k, v in state["model"].items() if k.endswith("segmentation_head.0.weight")]
+    head = int(heads[0].shape[0]) if heads else None
     if classes is None:  # as many as the checkpoint's segmentation head has
-        heads = [v for k, v in state["model"].items() if k.endswith("segmentation_head.0.weight")]
-        if not heads:
+        if head is None:
             raise ValueError(f"{path}: not a segmentation model (no segmentation head)")
-        classes = int(heads[0].shape[0])
+        classes = head
     config = to_config(state["config"])
+    subset = None
+    if channels is not None and head is not None and head != len(channels):
+        names = list(config.data.get("structures") or [])  # a refinement stage's channels
+        if len(names) != head or not set(names) <= set(channels):
+            raise ValueError(f"{path}: predicts {head} channel(s) {names}, not the ensemble's "
+                             f"{list(channels)} or a subset of them")  # fmt: skip
+        subset, classes = tuple(list(channels).index(n) for n in names), head
     if prepared:
         config["data"]["prepared"] = str(prepared)
     m = config.model
@@ -99,7 +109,7 @@ def load_fold_model(
         model.load_state_dict(state["model"])
     except RuntimeError as error:
         raise ValueError(f"{path}: weights do not fit the model in its config: {error}") from None
-    return FoldModel(experiment, fold, weight, model.to(device).eval(), config)
+    return FoldModel(experiment, fold, weight, model.to(device).eval(), config, subset)
 
 
 @dataclass(frozen=True)
@@ -158,6 +168,17 @@ def predict_ids(
     forward["policy"] = options.policy
     seg_weight = sum(m.weight for m in segmenters)
     cls_weight = sum(m.weight for m in classifiers)
+    # a model of some channels only (a refinement stage) replaces the others on those channels
+    specialist = sorted({c for m in segmenters if m.channels for c in m.channels})
+    if specialist and all(m.channels for m in segmenters):
+        raise ValueError("a member of some channels only needs a member that predicts them all")
+    remaps = options.policy.remap if options.policy is not None else {}
+    if specialist and any(view in remaps for view in options.tta):
+        raise ValueError("a TTA view that remaps channels (hflip with left/right swapped back) "
+                         "cannot be applied to a member of some channels only")  # fmt: skip
+    full = sum(m.weight for m in segmenters if not m.channels)
+    special = {c: sum(m.weight for m in segmenters if m.channels and c in m.channels)
+               for c in specialist}  # fmt: skip
     start = 0
     for batches in zip(*loaders, strict=True):
         if start % TRIM_EVERY < options.batch_size:
@@ -166,6 +187,7 @@ def predict_ids(
         batch_ids = ids[start : start + n]
         start += n
         maps: list | None = [None] * n if segmenters else None
+        parts: list[list] = [[] for _ in range(n)]  # specialists' maps, added at the end
         head = np.zeros(n) if segmenters else None
         cls = np.zeros(n) if classifiers else None
         for batch, group in zip(batches, groups.values(), strict=True):
@@ -180,12 +202,23 @@ def predict_ids(
                         native = _resize_channels(prob, shape) * m.weight
                     else:  # a crop's map back in the whole image, zero outside its box
                         native = paste(prob, m.boxes[batch_ids[k]].scaled(shape)) * m.weight
+                    if m.channels:
+                        parts[k].append((list(m.channels), native))
+                        continue
+                    native[specialist] = 0
                     maps[k] = native if maps[k] is None else maps[k] + native
                 head = head + m.weight * probs["label"] if "label" in probs else None
         for k, image_id in enumerate(batch_ids):
+            if maps is not None:
+                weights = np.full(len(maps[k]), full if specialist else seg_weight, np.float32)
+                for c, w in special.items():
+                    weights[c] = w
+                for channels, native in parts[k]:
+                    maps[k][channels] += native
+                maps[k] /= weights[:, None, None]
             yield Prediction(
                 image_id,
-                quantise(maps[k] / seg_weight) if maps is not None else None,
+                quantise(maps[k]) if maps is not None else None,
                 float(head[k] / seg_weight) if head is not None else None,
                 float(cls[k] / cls_weight) if cls is not None else None,
             )

@@ -238,3 +238,47 @@ def test_refinement_stage_on_crops_around_the_clavicles(workspace, monkeypatch, 
     with pytest.raises(SystemExit, match=r"fold\(s\) \[0\] not trained and no .*nowhere\.yaml"):
         main(["--config", str(CONFIGS / "clavicles_refine.yaml"), "--folds", "0", *refine,
               "data.crop_stage.run=models/lung/nowhere"])  # fmt: skip
+
+
+def test_refinement_member_replaces_its_channels_in_the_ensemble(workspace, monkeypatch):
+    """After the refinement test: an ensemble of the first stage and the refinement stage takes
+    lungs and heart from the first and the clavicles from the second (its crops pasted back)."""
+    import torch
+
+    from common.ensemble import PredictOptions
+    from common.predict import load_fold_model, predict_ids
+    from competitions.lung.ensemble import run_ensemble
+
+    monkeypatch.setenv("KSEG_WORKSPACE", str(workspace))
+    refine = [*FAST, "data.size=64", "data.crop=0", "data.crop_stage.frame=256",
+              "data.crop_stage.run=models/lung/stage"]  # fmt: skip
+    config = _config("clavicles_refine.yaml", *refine)
+    channels = tuple(lung_evaluate.scored_structures(config))
+    cpu = torch.device("cpu")
+    output = Path(config.output)
+    stage = load_fold_model(output, "stage", 0, 1.0, cpu, classes=5, channels=channels)
+    second = load_fold_model(output, "clavicles_refine", 0, 1.0, cpu, classes=5, channels=channels)
+    assert stage.channels is None and second.channels == (3, 4)
+    cases = list(lung_evaluate.fold_cases(config, 0)[2]["case"][:3])
+    shapes = dict.fromkeys(cases, (256, 256))
+    options = PredictOptions(device=cpu, policy=tta_policy(channels))
+    both = list(predict_ids(cases, shapes, [stage, second], [], options))
+    alone = list(predict_ids(cases, shapes, [stage], [], options))
+    for mixed, first in zip(both, alone, strict=True):
+        assert np.array_equal(mixed.mask[:3], first.mask[:3])
+        for c, structure in ((3, "left_clavicle"), (4, "right_clavicle")):
+            oof = read_png(lung_evaluate.map_path(config, 0, structure, mixed.image_id))
+            assert np.abs(mixed.mask[c].astype(int) - oof).max() <= 1
+    with pytest.raises(ValueError, match="needs a member that predicts them all"):
+        list(predict_ids(cases, shapes, [second], [], options))
+    flip = PredictOptions(device=cpu, tta=("none", "hflip"), policy=tta_policy(channels))
+    with pytest.raises(ValueError, match="cannot be applied to a member of some channels"):
+        list(predict_ids(cases, shapes, [stage, second], [], flip))
+
+    ensemble = load_run_config(CONFIGS / "ensembles" / "default.yaml", [
+        "name=cascade", "num_workers=0", "tta=[none]", "members=[{experiment: stage, folds: [0, 1], "
+        "weight: 1.0}, {experiment: clavicles_refine, folds: [0, 1], weight: 1.0}]",
+    ])  # fmt: skip
+    report = run_ensemble(ensemble, log=lambda _: None)
+    masks = lung_evaluate.read_submission(report["csv"], 256)
+    assert {s for _, s in masks} == set(channels) and report["n_test"] == 8
