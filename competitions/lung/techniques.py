@@ -10,7 +10,8 @@ as ``<prefix>_<variant>`` in a fresh process, one after the other (so the wall t
 ``baseline``; its wall time is the second stage's only);
 a variant whose submission JSON already exists is not run again. The table (Jaccard and Dice per
 group over every held-out case at the scoring size, the change against ``baseline``, wall
-time) is written to ``models/lung/<prefix>_techniques.md`` and ``.json``.
+time and the median training epoch time, which other work on the machine moves less) is
+written to ``models/lung/<prefix>_techniques.md`` and ``.json``.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import pandas as pd
 
 from common.atomic import write_text_atomic
 from common.config import load_run_config
@@ -55,23 +58,35 @@ def run_variant(config: str, name: str, overrides: list[str], submissions: Path)
         write_text_atomic(timing, f"{time.perf_counter() - start:.1f}\n")
     report = json.loads(report_path.read_text())
     report["wall_seconds"] = float(timing.read_text()) if timing.is_file() else None
+    report["epoch_seconds"] = epoch_seconds(Path(load_run_config(config, overrides).output) / name)
     return report
+
+
+def epoch_seconds(run: Path) -> float | None:
+    """The median training epoch time over the run's folds (``log.csv``): a cost figure that
+    other work on the machine during a few epochs does not move, unlike the wall time."""
+    logs = sorted(run.glob("fold*/log.csv"))
+    if not logs:
+        return None
+    seconds = pd.concat([pd.read_csv(log)["seconds"] for log in logs])
+    return float(seconds.median())
 
 
 def table(rows: dict[str, dict]) -> str:
     base = rows.get("baseline")
     lines = [
-        "| variant | lungs | heart | clavicles | mean | change of the mean | clavicles Dice | wall |",
-        "|---|---|---|---|---|---|---|---|",
+        "| variant | lungs | heart | clavicles | mean | change of the mean | clavicles Dice | s/epoch | wall |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for variant, report in rows.items():
         jaccard = [report["groups"][g]["jaccard"] for g in GROUPS]
         mean = sum(jaccard) / len(jaccard)
         change = "" if base is None or variant == "baseline" else f"{mean - base['cv']:+.4f}"
-        wall = report.get("wall_seconds")
+        wall, epoch = report.get("wall_seconds"), report.get("epoch_seconds")
         lines.append(
             f"| {variant} | " + " | ".join(f"{v:.4f}" for v in jaccard) + f" | {mean:.4f} | "
             f"{change} | {report['groups']['clavicles']['dice']:.4f} | "
+            + (f"{epoch:.1f} | " if epoch else "? | ")
             + (f"{wall / 60:.1f} min |" if wall else "? |")
         )
     return "\n".join(lines)
@@ -104,7 +119,8 @@ def main(argv=None) -> None:
         write_text_atomic(out.with_suffix(".md"), text + "\n")
         summary = {v: {"jaccard": {g: r["groups"][g]["jaccard"] for g in GROUPS},
                        "dice": {g: r["groups"][g]["dice"] for g in GROUPS},
-                       "wall_seconds": r["wall_seconds"]} for v, r in rows.items()}  # fmt: skip
+                       "wall_seconds": r["wall_seconds"], "epoch_seconds": r["epoch_seconds"]}
+                   for v, r in rows.items()}  # fmt: skip
         write_text_atomic(out.with_suffix(".json"), json.dumps(summary, indent=2) + "\n")
         print(text)
     except ValueError as error:
