@@ -93,8 +93,9 @@ def find_box(
     square: bool = True,
     largest: bool = True,
 ) -> Box:
-    """The box around every channel of ``masks`` ((C, H, W) or (H, W); probabilities or 0/1)
-    above ``threshold``, widened by ``margin`` of its side on each side and, with ``square``, to
+    """The box around the ``required`` channels of ``masks`` ((C, H, W) or (H, W);
+    probabilities or 0/1; every channel when none is required) above ``threshold``, widened by
+    ``margin`` of its side on each side and, with ``square``, to
     a square (as far as the image allows). With ``largest``, only each channel's largest
     connected component counts (a stray blob at the image's edge would widen the box to the
     whole image). The whole image, with the reason in ``fallback``, when a channel in
@@ -109,7 +110,7 @@ def find_box(
         area = int(found[channel].sum())
         if area < min_area:
             return whole(shape, f"channel {channel}: {area} px < {min_area}")
-    union = found.any(axis=0)
+    union = found[list(required)].any(axis=0) if required else found.any(axis=0)
     rows, cols = np.flatnonzero(union.any(axis=1)), np.flatnonzero(union.any(axis=0))
     if not len(rows):
         return whole(shape, "nothing found")
