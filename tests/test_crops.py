@@ -37,6 +37,13 @@ def test_box_around_required_channels_with_margin_and_square():
     big = find_box(masks, required=(0, 1), margin=1.0)  # wider than the image: clipped to it
     assert (big.y0, big.y1, big.x0, big.x1) == (0, 100, 0, 120)
     assert 0 < tight.kept() < box.kept() <= 1
+    masks[2, 90:95, 100:110] = 1  # a third structure: outside the box around the two required
+    assert find_box(masks, required=(0, 1), margin=0, square=False) == tight
+    everything = find_box(masks, margin=0, square=False)  # none required: around all channels
+    assert (everything.y0, everything.y1, everything.x0, everything.x1) == (20, 95, 10, 110)
+    masks[2, 0:2, 0:2] = 1  # a stray blob: only the largest blob of a channel counts
+    assert find_box(masks, margin=0, square=False) == everything
+    assert find_box(masks, margin=0, square=False, largest=False).y0 == 0
 
 
 def test_missing_structure_falls_back_to_the_whole_image():
