@@ -108,7 +108,7 @@ def main(argv=None) -> None:
         rows = {}
         for variant in variants:
             name = f"{args.prefix}_{variant}"
-            own = [o.format(prefix=args.prefix) for o in VARIANTS[variant]]
+            own = [o.replace("{prefix}", args.prefix) for o in VARIANTS[variant]]
             path = args.config
             if own and own[0].startswith("@"):
                 path, own = str(Path(args.config).parent / own[0][1:]), own[1:]

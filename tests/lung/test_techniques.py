@@ -29,20 +29,21 @@ def test_variants_run_once_each_and_make_the_table(tmp_path, monkeypatch, capsys
     (tmp_path / "subs").mkdir()
     monkeypatch.setattr(techniques.subprocess, "run", fake_run)
     args = ["--config", str(CONFIG / "unet_resnet18_cpu.yaml"), "--prefix", "t",
-            "--variants", "baseline,refine,clahe", f"submissions={tmp_path / 'subs'}",
+            "--variants", "baseline,refine,clahe,boundary", f"submissions={tmp_path / 'subs'}",
             f"output={tmp_path / 'models'}", "train.epochs=2"]  # fmt: skip
     techniques.main(args)
-    assert len(commands) == 3 and all("train.epochs=2" in c for c in commands)
+    assert len(commands) == 4 and all("train.epochs=2" in c for c in commands)
     refine = commands[1]
     assert refine[refine.index("--config") + 1].endswith("clavicles_refine.yaml")
     assert "data.crop_stage.run=models/lung/t_baseline" in refine
     assert "data.preprocess.name=clahe" in commands[2]
+    assert any(a.startswith("loss.terms=[{name: bce") and "boundary" in a for a in commands[3])
     table = (tmp_path / "models" / "t_techniques.md").read_text()
     assert "| refine | 0.8100 | 0.8100 | 0.8100 | 0.8100 | +0.0100 | 0.9000 | ? |" in table
     summary = json.loads((tmp_path / "models" / "t_techniques.json").read_text())
     assert summary["clahe"]["jaccard"]["heart"] == 0.8
     techniques.main(args)  # every variant is done: nothing runs again
-    assert len(commands) == 3
+    assert len(commands) == 4
     capsys.readouterr()
 
 
