@@ -46,6 +46,7 @@ from common.crops import (
     find_box,
     frame_root,
     paste,
+    read_box_keys,
     read_boxes,
     stage_run,
     write_boxes,
@@ -162,9 +163,8 @@ def _update_boxes(
     previous, old_keys = {}, {}
     if path.is_file():
         try:
-            previous = read_boxes(path)
-            old_keys = pd.read_csv(path, dtype=str, keep_default_na=False).set_index("id")["key"]
-        except (ValueError, KeyError):  # unreadable or from another version: predict again
+            previous, old_keys = read_boxes(path), read_box_keys(path)
+        except ValueError:  # unreadable or from another version: predict again
             previous, old_keys = {}, {}
     boxes = {i: previous[i] for i, key in keys.items() if i in previous and old_keys.get(i) == key}
     todo = [i for i in keys if i not in boxes]
@@ -240,7 +240,7 @@ def prepare_crops(
             image_id = row[columns[0]]
             box = boxes[image_id]
             masks = [f"masks/{c}/{image_id}.png" for c in channels] or [f"masks/{image_id}.png"]
-            masks = [name for name in masks if (source / name).is_file()]
+            masks = [mask for mask in masks if (source / mask).is_file()]
             files = (f"images/{image_id}.png", *masks)
             key = source_key(CROP_VERSION, (), keys[image_id], size, masks, _box_fields(box))
             entries.append(Entry(image_id, name, key, files, (source, row, box)))

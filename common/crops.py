@@ -168,6 +168,14 @@ def write_boxes(
         frame.to_csv(tmp, index=False)
 
 
+def read_box_keys(path: str | os.PathLike) -> dict[str, str]:
+    """The ``key`` column of a box CSV written with ``keys``, by id; ``ValueError`` without it."""
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    if "key" not in frame.columns:
+        raise ValueError(f"{path}: no key column")
+    return dict(zip(frame["id"], frame["key"], strict=True))
+
+
 def read_boxes(path: str | os.PathLike) -> dict[str, Box]:
     """Boxes by id from ``write_boxes``' CSV; one ``ValueError`` naming the file and row."""
     frame = pd.read_csv(path, dtype={"id": str, "fallback": str}, keep_default_na=False)
