@@ -23,7 +23,9 @@ LAUNCH := $(if $(GPUS),$(PY) -m torch.distributed.run --standalone --nproc_per_n
 # training overrides (ARGS) reach prepare too (a crop stage's settings), an ensemble's do not
 PREPARE_ARGS = $(if $(filter ensemble siim-pseudo,$(MAKECMDGOALS)),,$(ARGS))
 SIIM_TRAIN = $(LAUNCH) -m competitions.siim.train --config $(CONFIG) $(if $(RESUME),--resume)
-LUNG_CONFIG ?= competitions/lung/configs/unet_resnet18_cpu.yaml
+# the lung default is a cascade: clavicles_refine.yaml trains its first stage (unet_resnet18_cpu)
+LUNG_CONFIG ?= competitions/lung/configs/clavicles_refine.yaml
+LUNG_STAGE_CONFIG ?= competitions/lung/configs/unet_resnet18_cpu.yaml
 LUNG_TRAIN = $(LAUNCH) -m competitions.lung.train --config $(LUNG_CONFIG) $(if $(RESUME),--resume)
 HUBMAP_CONFIG ?= competitions/hubmap/configs/unet_resnet18_cpu.yaml
 HUBMAP_FILTERED ?= competitions/hubmap/configs/filtered.yaml
@@ -72,13 +74,13 @@ siim-fold0: siim-prepare  ## prepare, train fold 0 of CONFIG, OOF maps, threshol
 siim-folds: siim-prepare  ## the same for every fold in FOLDS (default 0,1,2,3,4)
 	$(SIIM_TRAIN) --folds $(FOLDS) $(ARGS)
 
-lung-techniques: $(STAMP)  ## each seed technique on/off against LUNG_CONFIG on both SCR folds; PREFIX=, VARIANTS=, ARGS=
-	$(PY) -m competitions.lung.techniques --config $(LUNG_CONFIG) --prefix $(or $(PREFIX),abl) $(if $(VARIANTS),--variants $(VARIANTS)) $(ARGS)
+lung-techniques: $(STAMP)  ## each seed technique on/off against LUNG_STAGE_CONFIG on both SCR folds; PREFIX=, VARIANTS=, ARGS=
+	$(PY) -m competitions.lung.techniques --config $(LUNG_STAGE_CONFIG) --prefix $(or $(PREFIX),abl) $(if $(VARIANTS),--variants $(VARIANTS)) $(ARGS)
 
-lung-prepare: $(STAMP)  ## read data/lung/raw (or the synthetic lung set) at LUNG_CONFIG's size
+lung-prepare: $(STAMP)  ## read data/lung/raw (or the synthetic lung set) at LUNG_CONFIG's size (a refinement's frame)
 	$(PY) -m competitions.lung.prepare --config $(LUNG_CONFIG)
 
-lung-fold0: $(STAMP)  ## train on the odd SCR cases, predict the even ones, print Dice/Jaccard; LUNG_CONFIG=
+lung-fold0: $(STAMP)  ## train on the odd SCR cases (the default: first stage, then clavicle refinement), predict the even ones, print Dice/Jaccard; LUNG_CONFIG=
 	$(LUNG_TRAIN) --folds 0 $(ARGS)
 
 lung-folds: $(STAMP)  ## both SCR folds: every case predicted once -> submissions/lung/<name>.csv

@@ -43,7 +43,13 @@ from common.checkpoints import (
 )
 from common.config import common_schema
 from common.data import reseed_main_process
-from common.inference import autocast, collect_validation, validation_metrics
+from common.inference import (
+    autocast,
+    collect_validation,
+    cpu_has_bf16,
+    effective_amp,
+    validation_metrics,
+)
 from common.mixing import BatchMix, apply_mix, mix_generator
 from common.optim import Stepper
 
@@ -128,9 +134,14 @@ class Trainer:
         self.train_loader, self.val_loader = train_loader, val_loader
         self.settings, self.out, self.config, self.device = settings, Path(out), config, device
         self.log = log if distributed.is_main() else (lambda _: None)
-        self.amp = settings.amp if device.type == "cuda" else "none"
+        self.amp = effective_amp(device, settings.amp)
         if settings.amp != "none" and self.amp == "none":
             self.log(f"note: train.amp={settings.amp} needs CUDA; training in float32 on {device}")
+        if self.amp == "bf16" and device.type == "cpu" and not cpu_has_bf16():
+            self.log(
+                "note: this CPU has no native bfloat16 (AVX-512 BF16 / AMX): train.amp=bf16 "
+                "is emulated and slower than float32 here"
+            )
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp == "fp16")
         if settings.sync_bn and distributed.active():
             if distributed.backend() != "nccl":

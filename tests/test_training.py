@@ -140,11 +140,22 @@ def test_ema_accumulation_clipping_and_early_stop(tmp_path):
     )
 
 
-def test_amp_on_cpu_falls_back_to_float32(tmp_path):
-    messages = []
-    trainer = _trainer(tmp_path, amp="bf16", epochs=1)
-    trainer.log = messages.append
-    assert trainer.amp == "none"
+def test_bf16_trains_on_the_cpu_and_fp16_falls_back_to_float32(tmp_path):
+    trainer = _trainer(tmp_path / "bf16", amp="bf16", epochs=6)
+    assert trainer.amp == "bf16"
+    dtypes = []
+    hook = trainer.model.register_forward_hook(lambda m, i, out: dtypes.append(out["mask"].dtype))
+    trainer.fit()
+    hook.remove()
+    assert dtypes and set(dtypes) == {torch.bfloat16}  # the convolutions ran in bfloat16
+    history = pd.read_csv(tmp_path / "bf16" / "log.csv")
+    assert history["train_loss"].iloc[-1] < 0.7 * history["train_loss"].iloc[0]
+    assert history["dice_05"].max() > 0.5  # the squares are found in bfloat16 too
+    state = torch.load(tmp_path / "bf16" / "final.pt", weights_only=True)["model"]
+    assert all(v.dtype != torch.bfloat16 for v in state.values())  # weights stay float32
+
+    fallback = _trainer(tmp_path / "fp16", amp="fp16", epochs=1)
+    assert fallback.amp == "none"
     with pytest.raises(ValueError, match=r"train\.amp 'fp8'"):
         Settings(epochs=1, amp="fp8")
 

@@ -36,6 +36,7 @@ import pandas as pd
 from common.atomic import write_text_if_changed
 from common.cache import Entry, Table, refresh, source_key
 from common.config import load_run_config
+from common.crops import crop_spec
 from common.images import resize_image, resize_mask, write_mask, write_png
 from common.paths import data_dir
 from common.sources import Source, raw_or_synthetic
@@ -187,7 +188,8 @@ def main(argv=None) -> None:
         raw, synthetic, prepared = RAW, SYNTHETIC, PREPARED
         if args.config:
             config = load_run_config(args.config, [])
-            size, score_size = config.data.size, config.data.score_size
+            spec = crop_spec(config.data)  # a refinement stage cuts its crops from the frame
+            size, score_size = spec.frame if spec else config.data.size, config.data.score_size
             raw, synthetic = Path(config.data.raw), Path(config.data.synthetic)
             prepared = Path(config.data.prepared)
         if args.clean:

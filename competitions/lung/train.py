@@ -89,7 +89,7 @@ def run_fold(config: Config, fold: int, *, resume: bool = False, log=print) -> d
         last,
         fold,
         device=trainer.device,
-        amp=trainer.amp,
+        amp="none",  # float32, as the ensemble predicts the test images (common.inference)
         channels_last=trainer.settings.channels_last,
     )
     final_row = trainer.history[-1] if trainer.history else {}
@@ -122,7 +122,7 @@ def main(argv=None) -> None:
             metrics = run_fold(config, fold, resume=args.resume)
             if metrics is not None:
                 print(
-                    f"fold {fold}: {metrics['n_held_out']} held-out cases predicted in "
+                    f"fold {fold}: trained, {metrics['n_held_out']} held-out cases predicted; "
                     f"{metrics['wall_seconds']:.0f}s -> {fold_dir(config, fold)}"
                 )
         if distributed.is_main() and not args.no_evaluate:

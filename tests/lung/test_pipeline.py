@@ -275,7 +275,7 @@ def test_refinement_member_replaces_its_channels_in_the_ensemble(workspace, monk
     with pytest.raises(ValueError, match="cannot be applied to a member of some channels"):
         list(predict_ids(cases, shapes, [stage, second], [], flip))
 
-    ensemble = load_run_config(CONFIGS / "ensembles" / "default.yaml", [
+    ensemble = load_run_config(CONFIGS / "ensembles" / "cascade.yaml", [
         "name=cascade", "num_workers=0", "tta=[none]", "members=[{experiment: stage, folds: [0, 1], "
         "weight: 1.0}, {experiment: clavicles_refine, folds: [0, 1], weight: 1.0}]",
     ])  # fmt: skip
