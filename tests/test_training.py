@@ -12,6 +12,7 @@ from common.checkpoints import average_state_dicts, load_checkpoint
 from common.losses import CombinedLoss
 from common.models import build_model
 from common.optim import Stepper, build_optimiser
+from common import training
 from common.training import Settings, Trainer
 
 
@@ -35,7 +36,7 @@ class Squares(Dataset):
         return {"image": self.images[i], "mask": mask, "label": mask.amax(dim=(1, 2)), "index": i}
 
 
-def _trainer(tmp_path, *, loss=None, seed=0, **settings) -> Trainer:
+def _trainer(tmp_path, *, loss=None, seed=0, log=None, **settings) -> Trainer:
     torch.manual_seed(seed)
     model = build_model(task="segmentation", arch="Unet", encoder="resnet18", cls_head=True)
     loss = loss or CombinedLoss([{"name": "bce"}, {"name": "dice"}], cls_weight=0.1)
@@ -57,7 +58,7 @@ def _trainer(tmp_path, *, loss=None, seed=0, **settings) -> Trainer:
         tmp_path,
         config={"test": True},
         device=torch.device("cpu"),
-        log=lambda _: None,
+        log=log or (lambda _: None),
     )
 
 
@@ -140,7 +141,7 @@ def test_ema_accumulation_clipping_and_early_stop(tmp_path):
     )
 
 
-def test_bf16_trains_on_the_cpu_and_fp16_falls_back_to_float32(tmp_path):
+def test_bf16_trains_on_the_cpu_and_fp16_falls_back_to_float32(tmp_path, monkeypatch):
     trainer = _trainer(tmp_path / "bf16", amp="bf16", epochs=6)
     assert trainer.amp == "bf16"
     dtypes = []
@@ -154,8 +155,12 @@ def test_bf16_trains_on_the_cpu_and_fp16_falls_back_to_float32(tmp_path):
     state = torch.load(tmp_path / "bf16" / "final.pt", weights_only=True)["model"]
     assert all(v.dtype != torch.bfloat16 for v in state.values())  # weights stay float32
 
-    fallback = _trainer(tmp_path / "fp16", amp="fp16", epochs=1)
-    assert fallback.amp == "none"
+    notes = []
+    fallback = _trainer(tmp_path / "fp16", amp="fp16", epochs=1, log=notes.append)
+    assert fallback.amp == "none" and "training in float32" in notes[0]
+    monkeypatch.setattr(training, "cpu_has_bf16", lambda: False)  # a CPU that only emulates it
+    _trainer(tmp_path / "emulated", amp="bf16", epochs=1, log=notes.append)
+    assert "no native bfloat16" in notes[-1]
     with pytest.raises(ValueError, match=r"train\.amp 'fp8'"):
         Settings(epochs=1, amp="fp8")
 
