@@ -8,11 +8,11 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from common import training
 from common.checkpoints import average_state_dicts, load_checkpoint
 from common.losses import CombinedLoss
 from common.models import build_model
 from common.optim import Stepper, build_optimiser
-from common import training
 from common.training import Settings, Trainer
 
 
