@@ -5,9 +5,10 @@ tensors; the de-augmented probabilities are averaged. A flip is wrong for a task
 have a side (a left and a right lung swap places in a mirrored image): ``TtaPolicy`` lets a
 competition forbid a flip or remap the channels after undoing it. Masks come out as uint8 quantised maps
 (``common.postprocess.quantise``), one image at a time, so memory does not grow with the
-number of images. Maps written to disk (out-of-fold, held-out, test) are predicted in float32
-whatever the training's ``train.amp``, so the thresholds searched on out-of-fold maps meet test
-maps of the same precision.
+number of images. Prediction (``predict_tensor`` and all built on it: out-of-fold, held-out and
+test maps) runs in float32 whatever the training's ``train.amp``, so the thresholds searched on
+out-of-fold maps meet test maps of the same precision; autocast is for training and its
+validation (``forward``, ``collect_validation``).
 """
 
 from __future__ import annotations
@@ -151,7 +152,6 @@ def predict_tensor(
     device: torch.device,
     tta: tuple[str, ...] = ("none",),
     scales: tuple[int, ...] = (),
-    amp: str = "none",
     channels_last: bool = False,
     policy: TtaPolicy | None = None,
 ) -> dict[str, np.ndarray]:
@@ -159,7 +159,7 @@ def predict_tensor(
     channels) and/or ``label`` (N,) float32, each the mean over the TTA flips (de-augmented,
     remapped by ``policy``) and the input sizes: the batch's own and each of ``scales``
     (multi-scale TTA: the images are resized bilinearly to side ``s`` and the maps resized
-    back)."""
+    back). Always in float32, whatever the training's AMP (the module's docstring)."""
     model.eval()
     if policy is not None:
         policy.check(tta)
@@ -170,7 +170,7 @@ def predict_tensor(
         x = image if scale is None else F.interpolate(image, (scale, scale), mode="bilinear")
         for name in tta:
             out = forward(
-                model, tta_augment(x, name), device=device, amp=amp, channels_last=channels_last
+                model, tta_augment(x, name), device=device, amp="none", channels_last=channels_last
             )
             for key, logits in out.items():
                 prob = torch.sigmoid(logits.float())

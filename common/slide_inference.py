@@ -257,7 +257,6 @@ def tile_predictor(
     device: torch.device,
     weights: Sequence[float] | None = None,
     tta: Sequence[str] = ("none",),
-    amp: str = "none",
     channels_last: bool = False,
     channel: int = 0,
     mean=IMAGENET_MEAN,
@@ -279,7 +278,7 @@ def tile_predictor(
         x = (x - mean_t) / std_t
         total = None
         for model, weight in zip(models, weights, strict=True):
-            out = predict_tensor(model, x, device=device, tta=tuple(tta), amp=amp,
+            out = predict_tensor(model, x, device=device, tta=tuple(tta),
                                  channels_last=channels_last)["mask"][:, channel]  # fmt: skip
             total = out * weight if total is None else total + out * weight
         return total / sum(weights)

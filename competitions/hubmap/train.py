@@ -83,7 +83,7 @@ def predict_held_out(model, config: Config, fold: int, device, *, log=print) -> 
     root = source_root(config)
     plan = tile_plan(config)
     predictor = tile_predictor([model], device=device, tta=POLICY.check(config.predict.tta),
-                               amp="none", channels_last=config.train.channels_last,
+                               channels_last=config.train.channels_last,
                                preprocess=config.data.get("preprocess"))  # fmt: skip
     ids = slides.loc[slides["fold"] == fold, "id"].tolist()
     for image_id in ids:

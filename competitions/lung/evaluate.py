@@ -95,7 +95,7 @@ def reference_mask(root: Path, structure: str, case: str, size: int) -> np.ndarr
     return read_mask(root / "reference" / structure / f"{case}.png", (size, size))
 
 
-def predict_held_out(model, config: Config, fold: int, *, device, amp="none", channels_last=False):
+def predict_held_out(model, config: Config, fold: int, *, device, channels_last=False):
     """Predict fold ``fold``'s held-out cases with the config's TTA; writes each structure's
     uint8 map at the scoring size to ``oof/<structure>/<case>.png``. Returns the case ids."""
     root, _, held_out = fold_cases(config, fold)
@@ -105,7 +105,6 @@ def predict_held_out(model, config: Config, fold: int, *, device, amp="none", ch
         eval_loader(config, items(config, root, held_out)),
         device=device,
         tta=tuple(config.predict.tta),
-        amp=amp,
         channels_last=channels_last,
         policy=tta_policy(structures),
     )

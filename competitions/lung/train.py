@@ -89,7 +89,6 @@ def run_fold(config: Config, fold: int, *, resume: bool = False, log=print) -> d
         last,
         fold,
         device=trainer.device,
-        amp="none",  # float32, as the ensemble predicts the test images (common.inference)
         channels_last=trainer.settings.channels_last,
     )
     final_row = trainer.history[-1] if trainer.history else {}

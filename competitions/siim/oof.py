@@ -35,7 +35,6 @@ def predict_oof(trainer: Trainer, config: Config, fold: int, fold_dir: Path) -> 
         val_loader,
         device=trainer.device,
         tta=tta,
-        amp="none",  # float32, as the ensemble predicts the test images (common.inference)
         channels_last=trainer.settings.channels_last,
     )
     if config.model.task == "classification":
