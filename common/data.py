@@ -26,25 +26,44 @@ from common.images import read_mask, read_png
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-PREPROCESS = ("none", "clahe", "equalize")
+PREPROCESS = {  # name: its parameters
+    "none": (),
+    "clahe": ("clip_limit", "tiles"),
+    "equalize": (),
+    "stretch": ("low", "high"),
+}
 
 
 def check_preprocess(spec) -> dict:
-    """``data.preprocess`` as a dict with a known ``name`` (None or {} = none)."""
+    """``data.preprocess`` as a dict with a known ``name`` (None or {} = none) and known
+    parameters (every method's parameters may be present: the config's defaults hold them all)."""
     spec = dict(spec or {})
     name = spec.get("name", "none")
     if name not in PREPROCESS:
         raise ValueError(
             f"data.preprocess.name {name!r} is unknown; valid: {', '.join(PREPROCESS)}"
         )
+    known = {"name"}.union(*PREPROCESS.values())
+    unknown = sorted(set(spec) - known)
+    if unknown:
+        raise ValueError(f"data.preprocess: {unknown} unknown; valid: {', '.join(sorted(known))}")
+    if name == "stretch":
+        low, high = float(spec.get("low", 0.5)), float(spec.get("high", 99.5))
+        if not 0 <= low < high <= 100:
+            raise ValueError(
+                f"data.preprocess stretch: low {low} and high {high} must be percentiles, "
+                "0 <= low < high <= 100"
+            )
     return spec | {"name": name}
 
 
 def preprocess(image: np.ndarray, spec) -> np.ndarray:
-    """Histogram equalisation of a uint8 grey (H, W) or RGB (H, W, 3) image, the same in
+    """Contrast normalisation of a uint8 grey (H, W) or RGB (H, W, 3) image, the same in
     training, prediction and the Kaggle notebook (every reader of the prepared images calls it
-    with the run's ``data.preprocess``): ``clahe`` (``clip_limit``, ``tiles`` x ``tiles`` grid)
-    or global ``equalize``; an RGB image is equalised on its LAB lightness only."""
+    with the run's ``data.preprocess``): ``clahe`` (``clip_limit``, ``tiles`` x ``tiles`` grid),
+    global ``equalize``, or ``stretch``: the ``low`` and ``high`` percentiles (default 0.5 and
+    99.5) mapped linearly to 0 and 255, which leaves a well exposed image almost as it is and
+    rescues a washed-out one. An RGB image is processed on its LAB lightness only."""
     spec = check_preprocess(spec)
     if spec["name"] == "none":
         return image
@@ -52,6 +71,9 @@ def preprocess(image: np.ndarray, spec) -> np.ndarray:
         clahe = cv2.createCLAHE(clipLimit=float(spec.get("clip_limit", 2.0)),
                                 tileGridSize=(int(spec.get("tiles", 8)),) * 2)  # fmt: skip
         equalise = clahe.apply
+    elif spec["name"] == "stretch":
+        low, high = float(spec.get("low", 0.5)), float(spec.get("high", 99.5))
+        equalise = lambda grey: percentile_stretch(grey, low, high)  # noqa: E731
     else:
         equalise = cv2.equalizeHist
     if image.ndim == 2:
@@ -59,6 +81,19 @@ def preprocess(image: np.ndarray, spec) -> np.ndarray:
     lab = cv2.cvtColor(image, cv2.COLOR_RGB2LAB)
     lab[..., 0] = equalise(np.ascontiguousarray(lab[..., 0]))
     return cv2.cvtColor(lab, cv2.COLOR_LAB2RGB)
+
+
+def percentile_stretch(grey: np.ndarray, low: float, high: float) -> np.ndarray:
+    """A uint8 image's ``low`` and ``high`` percentiles (of its pixels) mapped linearly to 0 and
+    255, clipped outside; an image with a single grey level is returned as it is."""
+    cdf = np.cumsum(np.bincount(grey.ravel(), minlength=256)) / grey.size
+    lo = int(np.searchsorted(cdf, low / 100, side="right"))  # the first level above low %
+    hi = min(int(np.searchsorted(cdf, high / 100 - 1e-9)), 255)  # the first level reaching high %
+    if hi <= lo:
+        return grey
+    scale = 255.0 / (hi - lo)
+    lut = np.clip(np.rint((np.arange(256) - lo) * scale), 0, 255).astype(np.uint8)
+    return cv2.LUT(grey, lut)
 
 
 def load_transforms(path: str | os.PathLike, size: int, crop: int = 0) -> A.Compose:

@@ -295,9 +295,12 @@ def test_histogram_equalisation_preprocess(tmp_path):
     lab_in, lab_out = (cv2.cvtColor(a, cv2.COLOR_RGB2LAB) for a in (rgb, out))
     assert np.abs(lab_in[..., 1:].astype(int) - lab_out[..., 1:]).mean() < 3  # colour kept
     with pytest.raises(
-        ValueError, match=r"data\.preprocess\.name 'hist' is unknown; valid: none, clahe, equalize"
+        ValueError,
+        match=r"data\.preprocess\.name 'hist' is unknown; valid: none, clahe, equalize, stretch",
     ):
         preprocess(grey, {"name": "hist"})
+    with pytest.raises(ValueError, match=r"data\.preprocess: \['clip'\] unknown; valid: clip_li"):
+        preprocess(grey, {"name": "clahe", "clip": 2})
     write_png(tmp_path / "a.png", grey)
     data = SegmentationDataset(
         ["a"], tmp_path, size=64, in_channels=1, preprocess={"name": "clahe"}
@@ -306,3 +309,35 @@ def test_histogram_equalisation_preprocess(tmp_path):
     np.testing.assert_allclose(
         data[0]["image"].numpy(), normalise(preprocess(grey, {"name": "clahe"}), mean, std)
     )
+
+
+def test_percentile_stretch_rescues_a_washed_out_image_and_leaves_a_good_one():
+    from common.data import preprocess
+
+    rng = np.random.default_rng(0)
+    exposed = rng.integers(0, 256, (64, 64)).astype(np.uint8)
+    exposed[0, :4] = (0, 0, 255, 255)
+    # a well exposed image (its 0.5 and 99.5 percentiles at 0 and 255 or near) barely changes
+    stretched = preprocess(exposed, {"name": "stretch", "low": 0.5, "high": 99.5})
+    assert np.abs(stretched.astype(int) - exposed).max() <= 2
+    # a washed-out one (grey levels 237..255, as 7 SCR images in the shared set) spans 0..255
+    washed = (237 + exposed // 14).astype(np.uint8)
+    out = preprocess(washed, {"name": "stretch", "low": 0.0, "high": 100.0})
+    assert (washed.min(), washed.max()) == (237, 255) and (out.min(), out.max()) == (0, 255)
+    # linear and monotonic: an independent reference (float percentiles, the same mapping)
+    lo, hi = np.percentile(washed, [0, 100])
+    reference = np.clip(np.rint((washed.astype(float) - lo) * 255 / (hi - lo)), 0, 255)
+    np.testing.assert_array_equal(out, reference.astype(np.uint8))
+    # percentiles clip: on a ramp of 100 levels, the 10 below the 10th percentile's level and
+    # that level go to 0, the 90th percentile's level and the 10 above it to 255
+    ramp = np.repeat(np.arange(100, 200, dtype=np.uint8)[None], 10, axis=0)
+    out = preprocess(ramp, {"name": "stretch", "low": 10, "high": 90})
+    assert (out == 0).mean() == pytest.approx(0.11) and (out == 255).mean() == pytest.approx(0.11)
+    assert np.all(np.diff(out[0].astype(int)) >= 0)
+    flat = np.full((8, 8), 240, np.uint8)
+    np.testing.assert_array_equal(preprocess(flat, {"name": "stretch"}), flat)
+    rgb = np.stack([washed, washed - 5, washed - 10], axis=-1)
+    out = preprocess(rgb, {"name": "stretch"})
+    assert out.shape == rgb.shape and out.dtype == np.uint8 and out.std() > 5 * rgb.std()
+    with pytest.raises(ValueError, match=r"low 60\.0 and high 40\.0 must be percentiles"):
+        preprocess(washed, {"name": "stretch", "low": 60, "high": 40})

@@ -12,8 +12,10 @@ comes from a threshold chosen on it); with a single fold, or ``search: fixed``, 
 
     submissions/lung/<name>.csv   id,structure,rle: one row per (case, structure), the mask at the
                                   scoring size in the absolute RLE (column-major, 1-indexed)
-    submissions/lung/<name>.json  per-structure Dice and Jaccard (mean, and the paired figures
-                                  of the literature: lungs, heart, clavicles), thresholds, folds
+    submissions/lung/<name>.json  per-structure Dice and Jaccard, per group (lungs, heart,
+                                  clavicles: the mean of the two sides' figures) and per group
+                                  as one object ("objects": the union of left and right, the
+                                  SCR benchmark's three classes), thresholds, folds
     submissions/lung/<name>.png   predicted (red) and true (green) contours over a few cases
 """
 
@@ -172,7 +174,7 @@ def evaluate(config: Config, folds: list[int], *, name: str | None = None, log=p
     structures = scored_structures(config)
     size = config.data.score_size
     thresholds = fold_thresholds(config, root, cases, folds)
-    rows, scores, panels = [], [], []
+    rows, scores, objects, panels = [], [], [], []
     picked = set(
         cases["case"].iloc[:: max(1, len(cases) // max(1, config.predict.overlays))][
             : config.predict.overlays
@@ -192,11 +194,17 @@ def evaluate(config: Config, folds: list[int], *, name: str | None = None, log=p
             rows.append((case, structure, rle_encode(pred, order="F")))
             preds.append(pred)
             truths.append(truth)
+        objects += [{"case": case, "fold": int(fold)} | row
+                    for row in object_scores(dict(zip(structures, preds, strict=True)),
+                                             dict(zip(structures, truths, strict=True)))]  # fmt: skip
         if case in picked:
             image = read_png(root / "images" / f"{case}.png")
             panels.append((case, image, np.stack(truths), np.stack(preds)))
     table = pd.DataFrame(scores)
     report = _report(config, table, thresholds, folds)
+    if objects:  # lungs and clavicles as one object each, the benchmark's form
+        per = pd.DataFrame(objects).groupby("group", sort=False)[["dice", "jaccard"]].mean()
+        report["objects"] = {g: {k: float(v) for k, v in row.items()} for g, row in per.iterrows()}
     for fold in folds:
         _, groups = summarise(table[table["fold"] == fold])
         write_fold_score(fold_dir(config, fold), metric=CV_METRIC, score=_cv(groups),
@@ -218,6 +226,19 @@ def _default_name(config: Config, folds: list[int]) -> str:
     if sorted(folds) == sorted(set(cases["fold"])):
         return config.name
     return f"{config.name}_fold{'_'.join(map(str, folds))}"
+
+
+def object_scores(preds: dict, truths: dict) -> list[dict]:
+    """Dice and Jaccard of each two-sided group (lungs, clavicles) of one case scored as one
+    object: the union of its left and right masks, as the SCR benchmark's three classes are
+    scored (``summarise``'s groups are the mean of the two sides' figures instead)."""
+    out = []
+    for group, members in GROUPS.items():
+        if len(members) > 1 and all(m in preds for m in members):
+            pred = np.logical_or.reduce([preds[m] > 0 for m in members])
+            truth = np.logical_or.reduce([truths[m] > 0 for m in members])
+            out.append({"group": group} | dice_jaccard(pred, truth))
+    return out
 
 
 def summarise(table: pd.DataFrame) -> tuple[dict, dict]:
@@ -274,6 +295,9 @@ def format_report(report: dict) -> str:
         )
         shown = "" if report.get("synthetic") else f"   (Jaccard: {published})"
         lines.append(f"{group:<16}{values['dice']:>8.4f}{values['jaccard']:>9.4f}{shown}")
+    for group, values in report.get("objects", {}).items():
+        lines.append(f"{group + ' as one':<16}{values['dice']:>8.4f}{values['jaccard']:>9.4f}"
+                     "   (left and right scored as one object)")  # fmt: skip
     if report.get("synthetic"):
         lines.append(
             "SYNTHETIC data: these scores test the pipeline; they are not the SCR benchmark"

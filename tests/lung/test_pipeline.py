@@ -55,6 +55,7 @@ def test_every_config_runs_on_the_synthetic_set(name, workspace, monkeypatch, ca
     assert report["n_cases"] == 20 and report["folds"] == [0]
     assert list(report["structures"]) == list(config.data.structures)
     assert "lungs" in report["groups"] and "Jaccard" in out
+    assert "lungs" in report["objects"] and "lungs as one" in out  # both lungs in every config
     assert report["synthetic"] and "SYNTHETIC data" in out and "human observer" not in out
     log = pd.read_csv(Path(config.output) / config.name / "fold0" / "log.csv")
     assert {f"dice_05_{s}" for s in config.data.structures} <= set(log.columns)
@@ -282,3 +283,22 @@ def test_refinement_member_replaces_its_channels_in_the_ensemble(workspace, monk
     report = run_ensemble(ensemble, log=lambda _: None)
     masks = lung_evaluate.read_submission(report["csv"], 256)
     assert {s for _, s in masks} == set(channels) and report["n_test"] == 8
+
+
+def test_two_sided_groups_are_also_scored_as_one_object():
+    from competitions.lung.evaluate import object_scores
+
+    truth = {s: np.zeros((10, 10), np.uint8) for s in ("left_lung", "right_lung", "heart")}
+    truth["left_lung"][:, 6:] = 1  # 40 px
+    truth["right_lung"][:, :2] = 1  # 20 px
+    pred = {s: m.copy() for s, m in truth.items()}
+    pred["left_lung"][:, 8:] = 0  # 20 of 40 found
+    pred["right_lung"][:, 2] = 1  # 10 px too many
+    rows = object_scores(pred, truth)
+    assert [r["group"] for r in rows] == ["lungs"]  # no clavicles here; the heart is one already
+    # union: truth 60 px, prediction 20 + 30 = 50 px, overlap 40 px
+    assert rows[0]["jaccard"] == pytest.approx(40 / 70) and rows[0]["dice"] == pytest.approx(
+        80 / 110
+    )
+    # not the mean of the sides' Jaccards (20/40 and 20/30)
+    assert rows[0]["jaccard"] != pytest.approx((0.5 + 2 / 3) / 2)
