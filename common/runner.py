@@ -33,6 +33,7 @@ from common import distributed
 from common.atomic import atomic_path, write_text_atomic
 from common.checkpoints import load_checkpoint
 from common.config import Config, ConfigError, merge, save_config, to_config
+from common.data import check_preprocess
 from common.losses import CombinedLoss
 from common.mixing import batch_mix
 from common.models import build_model
@@ -171,6 +172,16 @@ def part_configs(config: Config) -> list[Config]:
         merge(resolved, part, schema, f"train.parts[{index}]")
         configs.append(to_config(resolved))
     return configs
+
+
+def check_run_config(config: Config) -> Config:
+    """Fail before any work on a value only the trainer or a loader would otherwise reject
+    (``train.amp``, ``train.epochs``, ``data.preprocess`` ...), in every part; returns ``config``.
+    The train entry points call it right after loading the config, before preparing data."""
+    for part in part_configs(config):
+        Settings(**part.train)
+        check_preprocess(part.data.get("preprocess"))
+    return config
 
 
 def train_fold(

@@ -31,7 +31,7 @@ from common.inference import TtaPolicy
 from common.loaders import Items, load_pipeline
 from common.loaders import make_loaders as common_loaders
 from common.predict import final_path
-from common.runner import parse_folds, train_fold, train_parser
+from common.runner import check_run_config, parse_folds, train_fold, train_parser
 from common.slide_inference import TilePlan, predict_slide, tile_predictor, write_map
 from common.slides import open_slide
 from common.tile_filter import FILE as FILTER_FILE
@@ -138,7 +138,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     try:
         distributed.start()
-        config = load_run_config(args.config, args.overrides)
+        config = check_run_config(load_run_config(args.config, args.overrides))
         POLICY.check(config.predict.tta)
         folds = parse_folds(args.folds)
         start = time.perf_counter()

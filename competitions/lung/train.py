@@ -24,7 +24,7 @@ from common.atomic import write_text_atomic
 from common.cascade import prepare_crops
 from common.config import Config, load_run_config
 from common.crops import crop_spec
-from common.runner import parse_folds, part_configs, train_fold, train_parser
+from common.runner import check_run_config, parse_folds, part_configs, train_fold, train_parser
 from competitions.lung.evaluate import evaluate, fold_dir, predict_held_out
 from competitions.lung.loaders import make_loaders, tta_policy
 from competitions.lung.prepare import prepare
@@ -111,7 +111,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     try:
         distributed.start()  # before anything asks which rank is the main one
-        config = load_run_config(args.config, args.overrides)
+        config = check_run_config(load_run_config(args.config, args.overrides))
         folds = parse_folds(args.folds)
         start = time.perf_counter()
         if distributed.is_main():  # one process prepares; the others wait for its files

@@ -23,7 +23,14 @@ from pathlib import Path
 from common import distributed
 from common.atomic import write_text_atomic
 from common.config import Config, load_run_config
-from common.runner import METRICS, parse_folds, train_fold, train_parser, write_fold_score
+from common.runner import (
+    METRICS,
+    check_run_config,
+    parse_folds,
+    train_fold,
+    train_parser,
+    write_fold_score,
+)
 from competitions.siim.loaders import make_loaders
 from competitions.siim.oof import predict_oof
 
@@ -53,7 +60,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     try:
         distributed.start()  # before anything asks which rank is the main one
-        config = load_run_config(args.config, args.overrides)
+        config = check_run_config(load_run_config(args.config, args.overrides))
         for fold in parse_folds(args.folds):
             metrics = run_fold(config, fold, resume=args.resume)
             if metrics is not None:

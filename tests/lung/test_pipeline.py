@@ -302,3 +302,15 @@ def test_two_sided_groups_are_also_scored_as_one_object():
     )
     # not the mean of the sides' Jaccards (20/40 and 20/30)
     assert rows[0]["jaccard"] != pytest.approx((0.5 + 2 / 3) / 2)
+
+
+def test_a_bad_training_value_stops_before_any_work(tmp_path, monkeypatch):
+    monkeypatch.setenv("KSEG_WORKSPACE", str(tmp_path))  # relative config paths land here
+    for override, message in [
+        ("train.amp=fp8", r"train\.amp 'fp8' is unknown; valid: none, fp16, bf16"),
+        ("data.preprocess.name=hist", r"data\.preprocess\.name 'hist' is unknown"),
+    ]:
+        with pytest.raises(SystemExit, match=rf"lung train: {message}"):
+            main(["--config", str(CONFIGS / "clavicles_refine.yaml"), "--folds", "0", *FAST,
+                  override])  # fmt: skip
+    assert list(tmp_path.iterdir()) == []  # nothing prepared, no run folder, no crash record
