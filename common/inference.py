@@ -13,6 +13,7 @@ validation (``forward``, ``collect_validation``).
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Iterator, Sequence
 from contextlib import nullcontext
@@ -108,15 +109,16 @@ def side_swap(channels, pairs=(("left", "right"),)) -> tuple[int, ...]:
 
 
 def autocast(device: torch.device, amp: str):
-    """The autocast context for ``amp`` in none / fp16 / bf16: both on CUDA; bf16 also on the CPU
-    (oneDNN's bfloat16 kernels: about 1.8x faster training on a CPU with AVX-512 BF16 or AMX,
-    ``docs/PERFORMANCE.md``); fp16 is CUDA only and off on the CPU."""
+    """The autocast context for ``amp`` in none / fp16 / bf16: both on CUDA; bf16 also on a CPU
+    with AVX-512 BF16 or AMX (oneDNN's bfloat16 kernels: about 1.8x faster training,
+    ``docs/PERFORMANCE.md``); off elsewhere (``effective_amp``)."""
     if effective_amp(device, amp) == "none":
         return nullcontext()
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[amp]
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+@functools.cache
 def cpu_has_bf16() -> bool:
     """Whether oneDNN runs bfloat16 natively on this CPU (AVX-512 BF16 or AMX)."""
     try:
@@ -126,8 +128,10 @@ def cpu_has_bf16() -> bool:
 
 
 def effective_amp(device: torch.device, amp: str) -> str:
-    """The AMP mode that ``autocast`` applies on ``device``: ``amp``, or none where it is off."""
-    if device.type == "cuda" or (device.type == "cpu" and amp == "bf16"):
+    """The AMP mode that ``autocast`` applies on ``device``: ``amp``, or none where it is off:
+    fp16 off the GPU, and bf16 on a CPU without native bfloat16, where oneDNN would emulate it
+    more slowly than float32 (so a config may ask for bf16 on any machine)."""
+    if device.type == "cuda" or (device.type == "cpu" and amp == "bf16" and cpu_has_bf16()):
         return amp
     return "none"
 

@@ -46,7 +46,6 @@ from common.data import reseed_main_process
 from common.inference import (
     autocast,
     collect_validation,
-    cpu_has_bf16,
     effective_amp,
     validation_metrics,
 )
@@ -136,12 +135,12 @@ class Trainer:
         self.log = log if distributed.is_main() else (lambda _: None)
         self.amp = effective_amp(device, settings.amp)
         if settings.amp != "none" and self.amp == "none":
-            self.log(f"note: train.amp={settings.amp} needs CUDA; training in float32 on {device}")
-        if self.amp == "bf16" and device.type == "cpu" and not cpu_has_bf16():
-            self.log(
-                "note: this CPU has no native bfloat16 (AVX-512 BF16 / AMX): train.amp=bf16 "
-                "is emulated and slower than float32 here"
-            )
+            why = "needs CUDA"
+            if settings.amp == "bf16" and device.type == "cpu":
+                why = (
+                    "needs a CPU with native bfloat16 (AVX-512 BF16 or AMX); emulated, it is slower"
+                )
+            self.log(f"note: train.amp={settings.amp} {why}; training in float32 on {device}")
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp == "fp16")
         if settings.sync_bn and distributed.active():
             if distributed.backend() != "nccl":
