@@ -10,6 +10,7 @@ task; ``label`` is float32 (1,), 1 when the (augmented) mask is non-empty in any
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import random
@@ -73,7 +74,7 @@ def preprocess(image: np.ndarray, spec) -> np.ndarray:
         equalise = clahe.apply
     elif spec["name"] == "stretch":
         low, high = float(spec.get("low", 0.5)), float(spec.get("high", 99.5))
-        equalise = lambda grey: percentile_stretch(grey, low, high)  # noqa: E731
+        equalise = functools.partial(percentile_stretch, low=low, high=high)
     else:
         equalise = cv2.equalizeHist
     if image.ndim == 2:
