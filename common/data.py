@@ -27,17 +27,20 @@ from common.images import read_mask, read_png
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-PREPROCESS = {  # name: its parameters
-    "none": (),
-    "clahe": ("clip_limit", "tiles"),
-    "equalize": (),
-    "stretch": ("low", "high"),
+PREPROCESS = {  # name: its parameters and their defaults
+    "none": {},
+    "clahe": {"clip_limit": 2.0, "tiles": 8},
+    "equalize": {},
+    "stretch": {"low": 0.5, "high": 99.5},
 }
 
 
 def check_preprocess(spec) -> dict:
-    """``data.preprocess`` as a dict with a known ``name`` (None or {} = none) and known
-    parameters (every method's parameters may be present: the config's defaults hold them all)."""
+    """``data.preprocess`` in its canonical form: a known ``name`` (None or {} = none) with that
+    method's parameters only, defaults filled in. Every method's parameters may be present in
+    ``spec`` (the config's defaults hold them all); any other key is an error. Two runs that
+    preprocess alike therefore compare equal, whatever parameters of other methods their
+    configs carried."""
     spec = dict(spec or {})
     name = spec.get("name", "none")
     if name not in PREPROCESS:
@@ -48,14 +51,13 @@ def check_preprocess(spec) -> dict:
     unknown = sorted(set(spec) - known)
     if unknown:
         raise ValueError(f"data.preprocess: {unknown} unknown; valid: {', '.join(sorted(known))}")
-    if name == "stretch":
-        low, high = float(spec.get("low", 0.5)), float(spec.get("high", 99.5))
-        if not 0 <= low < high <= 100:
-            raise ValueError(
-                f"data.preprocess stretch: low {low} and high {high} must be percentiles, "
-                "0 <= low < high <= 100"
-            )
-    return spec | {"name": name}
+    canonical = {"name": name} | {k: spec.get(k, v) for k, v in PREPROCESS[name].items()}
+    if name == "stretch" and not 0 <= float(canonical["low"]) < float(canonical["high"]) <= 100:
+        raise ValueError(
+            f"data.preprocess stretch: low {float(canonical['low'])} and high "
+            f"{float(canonical['high'])} must be percentiles, 0 <= low < high <= 100"
+        )
+    return canonical
 
 
 def preprocess(image: np.ndarray, spec) -> np.ndarray:
@@ -69,12 +71,13 @@ def preprocess(image: np.ndarray, spec) -> np.ndarray:
     if spec["name"] == "none":
         return image
     if spec["name"] == "clahe":
-        clahe = cv2.createCLAHE(clipLimit=float(spec.get("clip_limit", 2.0)),
-                                tileGridSize=(int(spec.get("tiles", 8)),) * 2)  # fmt: skip
+        clahe = cv2.createCLAHE(clipLimit=float(spec["clip_limit"]),
+                                tileGridSize=(int(spec["tiles"]),) * 2)  # fmt: skip
         equalise = clahe.apply
     elif spec["name"] == "stretch":
-        low, high = float(spec.get("low", 0.5)), float(spec.get("high", 99.5))
-        equalise = functools.partial(percentile_stretch, low=low, high=high)
+        equalise = functools.partial(
+            percentile_stretch, low=float(spec["low"]), high=float(spec["high"])
+        )
     else:
         equalise = cv2.equalizeHist
     if image.ndim == 2:

@@ -299,6 +299,17 @@ def test_histogram_equalisation_preprocess(tmp_path):
         match=r"data\.preprocess\.name 'hist' is unknown; valid: none, clahe, equalize, stretch",
     ):
         preprocess(grey, {"name": "hist"})
+    # canonical: the method's own parameters with defaults; other methods' parameters dropped,
+    # so runs whose configs carried different parameter sets still compare equal
+    from common.data import check_preprocess
+
+    old = {"name": "none", "clip_limit": 2.0, "tiles": 8}
+    assert check_preprocess(old) == check_preprocess(old | {"low": 0.5}) == {"name": "none"}
+    assert check_preprocess({"name": "clahe", "low": 1.0}) == {
+        "name": "clahe",
+        "clip_limit": 2.0,
+        "tiles": 8,
+    }
     with pytest.raises(ValueError, match=r"data\.preprocess: \['clip'\] unknown; valid: clip_li"):
         preprocess(grey, {"name": "clahe", "clip": 2})
     write_png(tmp_path / "a.png", grey)

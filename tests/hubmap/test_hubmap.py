@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from common.config import load_run_config
+from common.config import load_run_config, to_config
 from common.polygons import rasterize, read_geojson
 from common.rle import rle_decode
 from common.slides import open_slide
@@ -125,6 +125,14 @@ def test_fold_filter_ensemble_and_bundle(synthetic, tmp_path, monkeypatch):
     other = _config("unet_1536_256.yaml", tmp_path, synthetic, "data.window=384")
     with pytest.raises(ValueError, match=r"members tile differently \[\(256, 64\), \(384, 64\)\]"):
         ensemble.tile_plan(load_run_config(CONFIGS / "ensembles" / "default.yaml"), [first, other])
+    # a run from before data.preprocess had stretch's parameters preprocesses like a new one
+    older = first.to_dict()
+    older["data"]["preprocess"] = {"name": "none", "clip_limit": 2.0, "tiles": 8}
+    plan_config = load_run_config(CONFIGS / "ensembles" / "default.yaml", ["overlap=16"])
+    ensemble.tile_plan(plan_config, [first, to_config(older)])
+    older["data"]["preprocess"] = {"name": "clahe"}
+    with pytest.raises(ValueError, match=r"members preprocess differently \(data\.preprocess\)"):
+        ensemble.tile_plan(plan_config, [first, to_config(older)])
     kept = _config("filtered.yaml", tmp_path, synthetic, "data.tile_filter.min_dice=1.01")
     loader, _ = train.make_loaders(kept, 0, 1)
     assert len(loader.dataset) == stats["tiles"]
