@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from common.images import read_mask, read_png
+from common.images import read_mask, read_png, window_to_uint8
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -95,9 +95,7 @@ def percentile_stretch(grey: np.ndarray, low: float, high: float) -> np.ndarray:
     hi = min(int(np.searchsorted(cdf, high / 100 - 1e-9)), 255)  # the first level reaching high %
     if hi <= lo:
         return grey
-    scale = 255.0 / (hi - lo)
-    lut = np.clip(np.rint((np.arange(256) - lo) * scale), 0, 255).astype(np.uint8)
-    return cv2.LUT(grey, lut)
+    return cv2.LUT(grey, window_to_uint8(np.arange(256, dtype=np.float64), lo, hi))
 
 
 def load_transforms(path: str | os.PathLike, size: int, crop: int = 0) -> A.Compose:

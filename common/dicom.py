@@ -28,6 +28,8 @@ from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 from pydicom.pixels import apply_modality_lut
 
+from common.images import window_to_uint8
+
 PERCENTILES = (0.5, 99.5)  # scaling range for deep images that carry no window
 
 
@@ -117,7 +119,7 @@ def _scale(pixels: np.ndarray, dataset: pydicom.Dataset) -> np.ndarray:
         low, high = np.percentile(values, PERCENTILES)
     if high <= low:
         return np.zeros(values.shape, dtype=np.uint8)
-    return np.rint(np.clip((values - low) / (high - low), 0, 1) * 255).astype(np.uint8)
+    return window_to_uint8(values, low, high)
 
 
 def _window(dataset: pydicom.Dataset) -> tuple[float, float] | None:

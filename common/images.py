@@ -89,6 +89,12 @@ def read_mask(path: str | os.PathLike, shape: tuple[int, int] | None = None) -> 
     return (read_png(path, shape) > 127).astype(np.uint8)
 
 
+def window_to_uint8(values: np.ndarray, low: float, high: float) -> np.ndarray:
+    """``values`` mapped linearly from ``low`` .. ``high`` (``high`` > ``low``) to 0 .. 255,
+    clipped outside, rounded to uint8: a DICOM window, or a percentile stretch's lookup table."""
+    return np.rint(np.clip((values - low) / (high - low), 0, 1) * 255).astype(np.uint8)
+
+
 def resize_image(image: np.ndarray, size: int) -> np.ndarray:
     """Resize a (H, W) or (H, W, 3) image to ``size`` x ``size``: area averaging when shrinking,
     bilinear when enlarging."""
