@@ -25,10 +25,11 @@ from common.checkpoints import save_checkpoint
 from common.config import load_config
 from common.data import SegmentationDataset
 from common.ensemble import Member, predict_test
+from common.folds import ensure_folds
 from common.models import build_model
 from competitions.siim.ensemble import task
 from competitions.siim.layout import read_inputs
-from competitions.siim.prepare import ensure_folds, prepare
+from competitions.siim.prepare import prepare
 from competitions.siim.synthetic import SyntheticSpec, generate
 
 EXPERIMENT = Path("competitions/siim/configs/unet_resnet18_cpu.yaml")
@@ -45,7 +46,7 @@ def build(work: Path) -> None:
     import pandas as pd
 
     train = pd.read_csv(work / "prepared" / str(SIZE) / "train.csv", dtype={"ImageId": str})
-    ensure_folds(train, work / "folds.csv", n_folds=2, seed=0)
+    ensure_folds(train["ImageId"], train["mask_area"], work / "folds.csv", 2, 0)
     config = load_config(
         EXPERIMENT, [f"data.prepared={work / 'prepared'}", f"data.folds={work / 'folds.csv'}"]
     )

@@ -297,6 +297,7 @@ def search_oof(config: Config, task: EnsembleTask, members, classifiers, out: Pa
                 yield from zip(maps, task.truth(pred.image_id, maps.shape[1:]), strict=True)
 
     every = reduce_pairs(pairs())
+    metric = config.get("metric", "dice")  # oof_dice below holds this metric's score
     grid = {k: config.search[k] for k in ("tops", "min_areas", "bottoms")}
     per_channel, dices, empties, n_images = {}, [], [], 0
     for c, name in enumerate(task.channels):
@@ -308,17 +309,16 @@ def search_oof(config: Config, task: EnsembleTask, members, classifiers, out: Pa
             )
         else:
             result = search_triplets_from_stats(
-                stats, grid["tops"], grid["min_areas"], grid["bottoms"]
+                stats, grid["tops"], grid["min_areas"], grid["bottoms"], metric=metric
             )
         suffix = "" if channels == 1 else f"_{name}"
         result.to_csv(out / f"search{suffix}.csv")
         if c == 0:
             result.heatmap(out / "search.png")
         best = {k: (int(v) if k == "min_area" else float(v)) for k, v in result.best.items()}
-        per_channel[name] = {k: v for k, v in best.items() if k != "dice"} | {
-            "oof_dice": best["dice"]
-        }
-        dices.append(best["dice"])
+        score = best.pop(metric if metric in best else "dice")
+        per_channel[name] = best | {"oof_dice": score}
+        dices.append(score)
         empties.append(float(result.empty_dice))
         n_images = result.n_images
     thresholds: dict = {"combine": config.combine}

@@ -8,6 +8,7 @@ at once, so every fold has about the positive rate and the area distribution of 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -101,3 +102,18 @@ def group_folds(groups, sizes, n_folds: int, seed: int = 42) -> dict:
         out[groups[i]] = fold
         load[fold] += float(sizes[i])
     return out
+
+
+def ensure_folds(ids, areas, path: str | os.PathLike, n_folds: int, seed: int) -> str:
+    """Write ``path`` (``make_folds`` of ``ids`` by mask ``areas``) unless it already covers
+    exactly these ids with ``n_folds`` folds: a split must not change under a running
+    experiment. Returns what it did."""
+    path = Path(path)
+    ids = [str(i) for i in ids]
+    if path.is_file():
+        folds = read_folds(path)
+        if set(folds["ImageId"]) == set(ids) and folds["fold"].nunique() == n_folds:
+            return f"kept {path}"
+    folds = make_folds(ids, areas, n_folds=n_folds, seed=seed)
+    write_folds(folds, path)
+    return f"wrote {path} ({n_folds} folds of {len(folds)} images)"

@@ -23,15 +23,16 @@ def search_heatmap(result, path: str | os.PathLike) -> None:
     """Two panels of a threshold search: the two thresholds at the best min area, and the first
     threshold against min area with the best second threshold for each pair."""
     table = result.table
-    first, second = (c for c in table.columns if c not in ("min_area", "dice"))
+    score = table.columns[-1]  # the metric's column: dice or jaccard
+    first, second = (c for c in table.columns if c not in ("min_area", score))
     best = result.best
     at_area = table[table["min_area"] == best["min_area"]]
-    at_best = at_area.pivot(index=first, columns=second, values="dice")
-    over = table.groupby([first, "min_area"])["dice"].max().unstack()
+    at_best = at_area.pivot(index=first, columns=second, values=score)
+    over = table.groupby([first, "min_area"])[score].max().unstack()
     fig, axes = plt.subplots(1, 2, figsize=(13, 5.2))
     for ax, grid, title in (
-        (axes[0], at_best, f"mean Dice at min_area = {best['min_area']}"),
-        (axes[1], over, f"mean Dice, best over {second}"),
+        (axes[0], at_best, f"mean {score.capitalize()} at min_area = {best['min_area']}"),
+        (axes[1], over, f"mean {score.capitalize()}, best over {second}"),
     ):
         image = ax.imshow(grid.to_numpy(), origin="lower", aspect="auto", cmap="viridis")
         ax.set_xticks(

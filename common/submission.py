@@ -25,10 +25,15 @@ class SubmissionFormat:
     value_column: str
     empty: str  # what an empty mask is written as, e.g. "-1" (SIIM) or "" (most competitions)
     decode: Callable[[str, tuple[int, int]], np.ndarray]  # raises ValueError when malformed
+    key_columns: tuple[str, ...] = ()  # more key columns before the value (e.g. ClassId)
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return (self.id_column, *self.key_columns, self.value_column)
 
     @property
     def header(self) -> str:
-        return f"{self.id_column},{self.value_column}"
+        return ",".join(self.columns)
 
 
 class SubmissionError(ValueError):
@@ -71,7 +76,8 @@ def validate_submission(
     shape_of: Callable[[str], tuple[int, int]],
 ) -> dict[str, int]:
     """Check ``path`` against the sample's ids; returns counts (rows, empty, non_empty) or raises
-    ``SubmissionError`` listing every problem."""
+    ``SubmissionError`` listing every problem. With ``fmt.key_columns`` a row's id is its key
+    fields joined by commas (e.g. ``img7,3`` for image img7, class 3)."""
     path = Path(path)
     try:
         text = path.read_bytes().decode("utf-8")
@@ -89,10 +95,10 @@ def validate_submission(
     counts = {"rows": 0, "empty": 0, "non_empty": 0}
     for number, line in enumerate(lines[1:], start=2):
         fields = line.split(",")
-        if len(fields) != 2:
-            problems.append(f"line {number}: {len(fields)} fields, expected 2")
+        if len(fields) != len(fmt.columns):
+            problems.append(f"line {number}: {len(fields)} fields, expected {len(fmt.columns)}")
             continue
-        image_id, value = fields
+        image_id, value = ",".join(fields[:-1]), fields[-1]
         counts["rows"] += 1
         if image_id in seen:
             problems.append(f"line {number}: id {image_id!r} repeats line {seen[image_id]}")

@@ -23,7 +23,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from common.atomic import atomic_path
-from common.metrics import dice_from_counts
+from common.metrics import dice_from_counts, jaccard_from_counts
 from common.postprocess import PROB_SCALE, quantised_cutoff
 
 REFERENCE_PIXELS = 1024 * 1024  # the default min-area grid is stated at 1024x1024
@@ -160,7 +160,7 @@ def _as_grid(values, default) -> np.ndarray:
     return array
 
 
-def _result(stats: ImageStats, axes: dict, gain: np.ndarray) -> SearchResult:
+def _result(stats: ImageStats, axes: dict, gain: np.ndarray, metric: str = "dice") -> SearchResult:
     """The table of mean Dice for each grid point (axes in product order).
 
     An image whose mask is dropped scores 1 when its truth is empty, else 0 (``empty``);
@@ -171,9 +171,9 @@ def _result(stats: ImageStats, axes: dict, gain: np.ndarray) -> SearchResult:
     names = list(axes)
     table = pd.DataFrame(list(itertools.product(*axes.values())), columns=names)
     table["min_area"] = table["min_area"].astype(np.int64)
-    table["dice"] = empty.mean() + gain.ravel() / n
-    i = int(np.argmax(table["dice"].to_numpy()))
-    best = {name: table[name].iloc[i].item() for name in [*names, "dice"]}
+    table[metric] = empty.mean() + gain.ravel() / n
+    i = int(np.argmax(table[metric].to_numpy()))
+    best = {name: table[name].iloc[i].item() for name in [*names, metric]}
     return SearchResult(table, best, float(empty.mean()), n, stats)
 
 
@@ -202,16 +202,21 @@ def search_triplets(
     return search_triplets_from_stats(stats, tops, min_areas, bottoms)
 
 
-def search_triplets_from_stats(stats: ImageStats, tops=None, min_areas=None, bottoms=None):
-    """As ``search_triplets``, on an existing per-image reduction."""
+def search_triplets_from_stats(
+    stats: ImageStats, tops=None, min_areas=None, bottoms=None, *, metric: str = "dice"
+):
+    """As ``search_triplets``, on an existing per-image reduction; ``metric`` ``jaccard``
+    maximises the mean Jaccard instead (the table's score column is named by the metric)."""
     tops = _as_grid(tops, _STEP_GRID)
     bottoms = _as_grid(bottoms, _STEP_GRID)
     min_areas = _as_grid(min_areas, default_min_areas(stats.typical_pixels))
     top_area = np.stack([stats.areas(t)[0] for t in tops], axis=1)  # (N, T)
     kept = (top_area[:, :, None] >= min_areas[None, None, :]).reshape(len(top_area), -1)
     kept = kept.astype(np.float64)  # converted once, reused by every bottom threshold
-    gain = np.stack([_gain(kept, _dice(stats, b), stats) for b in bottoms], axis=1)  # (T*A, B)
-    return _result(stats, {"top": tops, "min_area": min_areas, "bottom": bottoms}, gain)
+    score = _scorer(metric)
+    gain = np.stack([_gain(kept, score(stats, b), stats) for b in bottoms], axis=1)  # (T*A, B)
+    axes = {"top": tops, "min_area": min_areas, "bottom": bottoms}
+    return _result(stats, axes, gain, metric)
 
 
 def cross_fitted_thresholds(stats: ImageStats, folds, grid=None) -> dict[int, float]:
@@ -276,3 +281,17 @@ def search_two_stage_from_stats(
 def _dice(stats: ImageStats, threshold: float) -> np.ndarray:
     n_pred, n_inter = stats.areas(threshold)
     return dice_from_counts(n_inter, n_pred, stats.n_true)
+
+
+def _jaccard(stats: ImageStats, threshold: float) -> np.ndarray:
+    n_pred, n_inter = stats.areas(threshold)
+    return jaccard_from_counts(n_inter, n_pred, stats.n_true)
+
+
+METRICS = {"dice": _dice, "jaccard": _jaccard}  # per-image score from the counts, empty rule: 1
+
+
+def _scorer(metric: str):
+    if metric not in METRICS:
+        raise ValueError(f"metric {metric!r} is unknown; valid: {', '.join(METRICS)}")
+    return METRICS[metric]

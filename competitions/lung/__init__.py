@@ -1,1 +1,25 @@
 """Chest X-ray anatomy on JSRT images with SCR masks (second competition)."""
+
+from pathlib import Path
+
+from common.competition import Competition
+
+COMPETITION = Competition(
+    name="lung",
+    unit="image",
+    source="download",  # data/lung/raw/, else the embedded synthetic set
+    metric="jaccard",  # the SCR benchmark's (Dice reported beside it)
+    configs=Path(__file__).resolve().parent / "configs",
+    default_experiment="clavicles_refine",
+    default_ensemble="default",
+    channels=("left_lung", "right_lung", "heart", "left_clavicle", "right_clavicle"),
+    tta=("none", "hflip"),  # hflip with left and right swapped back
+    stages={
+        "prepare": "competitions.lung.prepare:main",
+        "train": "competitions.lung.train:main",
+        "evaluate": "competitions.lung.evaluate:main",
+        "ensemble": "competitions.lung.ensemble:main",
+        "bundle": "competitions.lung.kaggle_bundle:main",
+        "leaderboard": "common.leaderboard:main",
+    },
+)

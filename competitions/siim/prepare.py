@@ -38,7 +38,7 @@ from common.cascade import prepare_crops
 from common.config import load_config
 from common.crops import crop_spec
 from common.dicom import read_dicom_with_tags
-from common.folds import make_folds, read_folds, write_folds
+from common.folds import ensure_folds
 from common.images import resize_image, resize_mask, write_mask, write_png
 from common.paths import data_dir
 from competitions.siim.layout import Inputs, resolve_inputs
@@ -133,20 +133,6 @@ def prepare(
     }
 
 
-def ensure_folds(train: pd.DataFrame, path: str | os.PathLike, n_folds: int, seed: int) -> str:
-    """Write ``path`` from the training table unless it already covers exactly these ids with
-    ``n_folds`` folds (a split must not change under a running experiment). Returns what it did."""
-    path = Path(path)
-    if path.is_file():
-        folds = read_folds(path)
-        same_ids = set(folds["ImageId"]) == set(train["ImageId"])
-        if same_ids and folds["fold"].nunique() == n_folds:
-            return f"kept {path}"
-    folds = make_folds(train["ImageId"], train["mask_area"], n_folds=n_folds, seed=seed)
-    write_folds(folds, path)
-    return f"wrote {path} ({n_folds} folds of {len(folds)} images)"
-
-
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", type=int, default=None, help="image side (default 256)")
@@ -207,7 +193,8 @@ def main(argv=None) -> None:
                 f"({counts['done']} decoded, {counts['cached']} unchanged)"
             )
         train = pd.read_csv(out / "train.csv", dtype={"ImageId": str})
-        print(ensure_folds(train, args.folds, args.n_folds, args.fold_seed))
+        print(ensure_folds(train["ImageId"], train["mask_area"], args.folds, args.n_folds,
+                           args.fold_seed))  # fmt: skip
         for data in crops:
             prepare_crops(data, [table.name for table in TABLES], n_jobs=args.jobs)
     except ValueError as error:

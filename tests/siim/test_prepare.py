@@ -12,10 +12,10 @@ import pytest
 
 from common.cache import CacheError
 from common.dicom import read_dicom
-from common.folds import read_folds
+from common.folds import ensure_folds, read_folds
 from common.images import read_mask, read_png, resize_mask
 from competitions.siim.layout import read_inputs, resolve_inputs
-from competitions.siim.prepare import ensure_folds, full_mask_path, main, prepare
+from competitions.siim.prepare import full_mask_path, main, prepare
 from competitions.siim.raw import merged_masks, read_rle_csv
 from competitions.siim.synthetic import SyntheticSpec, generate
 from tests.conftest import shared_path
@@ -118,9 +118,15 @@ def test_folds_kept_while_ids_match(synthetic, tmp_path):
     inputs = read_inputs(synthetic, synthetic=True)
     prepare(inputs, tmp_path / "out", 64, n_jobs=1)
     train = pd.read_csv(tmp_path / "out" / "train.csv", dtype={"ImageId": str})
-    assert ensure_folds(train, tmp_path / "folds.csv", 5, 42).startswith("wrote")
-    assert ensure_folds(train, tmp_path / "folds.csv", 5, 42).startswith("kept")
-    assert ensure_folds(train.iloc[1:], tmp_path / "folds.csv", 5, 42).startswith("wrote")
+    assert ensure_folds(
+        train["ImageId"], train["mask_area"], tmp_path / "folds.csv", 5, 42
+    ).startswith("wrote")
+    assert ensure_folds(
+        train["ImageId"], train["mask_area"], tmp_path / "folds.csv", 5, 42
+    ).startswith("kept")
+    assert ensure_folds(
+        train["ImageId"][1:], train["mask_area"][1:], tmp_path / "folds.csv", 5, 42
+    ).startswith("wrote")
     assert len(read_folds(tmp_path / "folds.csv")) == 29
 
 

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from common.folds import ensure_folds
 from competitions.siim.layout import read_inputs
-from competitions.siim.prepare import ensure_folds, prepare
+from competitions.siim.prepare import prepare
 from competitions.siim.synthetic import SyntheticSpec, generate
 
 
@@ -20,7 +21,7 @@ def tiny_siim(root: Path, *, n_train: int, n_test: int, size: int = 64, n_folds:
     prepared = root / "prepared" / str(size)
     prepare(read_inputs(synthetic, synthetic=True), prepared, size, n_jobs=1)
     train = pd.read_csv(prepared / "train.csv", dtype={"ImageId": str})
-    ensure_folds(train, root / "folds.csv", n_folds=n_folds, seed=0)
+    ensure_folds(train["ImageId"], train["mask_area"], root / "folds.csv", n_folds, 0)
     return synthetic
 
 

@@ -1,0 +1,71 @@
+"""What a competition is, for the one command line (``common.cli``): a small descriptor over the
+common stages. Each ``competitions/<name>/__init__.py`` exports one as ``COMPETITION``; a
+dataset folder in the documented layout is the ``folder`` competition, with no code.
+
+Stages are named ``module:function`` entries taking the stage's command-line arguments, imported
+only when run (a descriptor costs nothing to read, and ``common`` never imports a competition).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+STAGES = ("prepare", "train", "evaluate", "ensemble", "offline", "bundle", "submit", "pseudo",
+          "leaderboard")  # fmt: skip
+UNITS = ("image", "slide")
+
+
+@dataclass(frozen=True)
+class Competition:
+    """A competition: its name (``models/<name>/``, ``data/<name>/``), its unit (``image``, or a
+    huge ``slide`` predicted in tiles), its source (``download`` with an embedded ``synthetic``
+    set, or a dataset ``folder``), its mask channels (empty: read from the data), metric,
+    configs folder with the default experiment and ensemble, TTA views it allows, and its
+    stages (``STAGES`` name -> ``module:function(argv)``)."""
+
+    name: str
+    unit: str
+    source: str
+    metric: str
+    configs: Path
+    default_experiment: str
+    default_ensemble: str
+    stages: Mapping[str, str]
+    channels: tuple[str, ...] = ()
+    tta: tuple[str, ...] = ("none", "hflip")
+    notes: str = ""
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.unit not in UNITS:
+            raise ValueError(f"{self.name}: unit {self.unit!r}; valid: {', '.join(UNITS)}")
+        unknown = sorted(set(self.stages) - set(STAGES))
+        if unknown:
+            raise ValueError(f"{self.name}: unknown stage(s) {unknown}; valid: {', '.join(STAGES)}")
+
+    def run(self, stage: str, argv: Sequence[str]):
+        """Run ``stage`` with its command-line arguments."""
+        if stage not in self.stages:
+            raise ValueError(f"{self.name} has no stage {stage!r}; its stages: "
+                             f"{', '.join(s for s in STAGES if s in self.stages)}")  # fmt: skip
+        module, function = self.stages[stage].split(":")
+        argv = list(argv)
+        if stage == "leaderboard" and "--competition" not in argv:
+            argv = ["--competition", self.name, *argv]
+        return getattr(importlib.import_module(module), function)(argv)
+
+
+def load_competition(name: str) -> Competition:
+    """The descriptor of ``competitions/<name>/`` (an error lists the competitions there)."""
+    from common.paths import REPO
+
+    found = sorted(p.parent.name for p in (REPO / "competitions").glob("*/__init__.py"))
+    if name not in found:
+        raise ValueError(f"competition {name!r} is unknown; valid: {', '.join(found)}")
+    descriptor = getattr(importlib.import_module(f"competitions.{name}"), "COMPETITION", None)
+    if not isinstance(descriptor, Competition):
+        raise ValueError(f"competitions/{name}/__init__.py exports no COMPETITION descriptor")
+    return descriptor

@@ -1,0 +1,117 @@
+"""The folder competition's stages: command lines over ``common.stages``.
+
+python -m common.cli train --dataset FOLDER [--config auto] [--folds 0] [--skip-bad] [key=value ...]
+python -m common.cli ensemble --dataset FOLDER [--config default] [key=value ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from common.config import load_run_config
+from common.ensemble import check_trained, run_ensemble, train_missing
+from common.folder import scan
+from common.runner import parse_folds
+from common.stages import (
+    dataset_paths,
+    evaluate_fold,
+    folder_config,
+    member_config,
+    prepare_folder,
+    run_fold,
+    test_task,
+    write_plan,
+)
+
+CONFIGS = Path(__file__).resolve().parent / "configs"
+
+
+def _parser(config: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset", required=True, help="the dataset folder")
+    parser.add_argument("--config", default=config, help="an experiment of configs/ (or a file)")
+    parser.add_argument("--folds", default="0", help="comma-separated folds, e.g. 0,1,2,3,4")
+    parser.add_argument("--skip-bad", action="store_true", help="leave bad items out")
+    parser.add_argument("--resume", action="store_true", help="continue a killed run")
+    parser.add_argument("overrides", nargs="*", help="key.sub=value overrides (win over the plan)")
+    return parser
+
+
+def _file(config: str, folder: Path = CONFIGS) -> Path:
+    return Path(config) if config.endswith(".yaml") else folder / f"{config}.yaml"
+
+
+def _planned(argv, log=print):
+    args = _parser("auto").parse_args(argv)
+    folder = scan(args.dataset, skip_bad=args.skip_bad)
+    config, table = folder_config(_file(args.config), folder, args.overrides,
+                                  skip_bad=args.skip_bad, log=log)  # fmt: skip
+    log(f"dataset {folder.name}: {len(folder.train)} train / {len(folder.test)} test images, "
+        f"{folder.layout} masks, classes {list(folder.classes)}\n{table}")  # fmt: skip
+    log(f"plan saved: {write_plan(config, table)}")
+    prepare_folder(config, folder, skip_bad=args.skip_bad, log=log)
+    return args, folder, config
+
+
+def prepare(argv) -> None:
+    _planned(argv)
+
+
+def train(argv, log=print) -> list[dict]:
+    args, folder, config = _planned(argv, log)
+    results = []
+    for fold in parse_folds(args.folds):
+        m = run_fold(config, folder, fold, resume=args.resume, log=log)
+        log(f"fold {fold} ({folder.name}/{config.name}): {m['metric']} {m['score']:.4f}; "
+            f"all-empty baseline {m['empty_score']:.4f}; {m['wall_seconds']:.0f}s -> "
+            f"{Path(config.output) / config.name}/fold{fold}")  # fmt: skip
+        results.append(m)
+    return results
+
+
+def evaluate(argv, log=print) -> None:
+    args = _parser("auto").parse_args(argv)
+    folder = scan(args.dataset, skip_bad=args.skip_bad)
+    name = Path(args.config).stem
+    for fold in parse_folds(args.folds):
+        config = member_config(f"models/{folder.name}", name, fold)
+        m = evaluate_fold(config, folder, fold, log=log)
+        log(f"fold {fold}: {m['metric']} {m['score']:.4f} (all-empty {m['empty_score']:.4f})")
+
+
+def ensemble(argv, log=print) -> dict:
+    args = _parser("default").parse_args(argv)
+    folder = scan(args.dataset, skip_bad=args.skip_bad)
+    path = _file(args.config, CONFIGS / "ensembles")
+    config = load_run_config(path, [*dataset_paths(folder.name)[:2], f"metric={folder.spec.metric}",
+                                    *args.overrides])  # fmt: skip
+
+    def train_one(experiment: Path, fold: int) -> None:
+        train(["--dataset", str(folder.root), "--config", str(experiment), "--folds", str(fold)]
+              + (["--skip-bad"] if args.skip_bad else []), log)  # fmt: skip
+
+    train_missing(config, train_one, log)
+    members, _ = check_trained(config)
+    first = member_config(config.output, members[0].experiment, members[0].folds[0])
+    given = {o.split("=", 1)[0].split(".")[0] for o in args.overrides}
+    if "tta" not in given:
+        config["tta"] = list(first.predict.tta)  # the plan's: no flip when orientation matters
+    if "search" not in given:
+        config["search"] = dict(first.search)  # per-class thresholds for several classes
+    report = run_ensemble(config, test_task(config, folder), log=log)
+    line = (
+        f"ensemble {folder.name}/{config.name}: OOF {folder.spec.metric} {report['oof_dice']:.4f}"
+    )
+    line += f" (all-empty {report['oof_empty_dice']:.4f})"
+    if "test_score" in report:
+        line += f"; test {report['test_score']:.4f} (all-empty {report['test_empty_score']:.4f})"
+    log(f"{line} -> {report['csv']} (validated)")
+    return report
+
+
+def leaderboard(argv) -> None:
+    from common.leaderboard import main
+
+    i = argv.index("--dataset")
+    main(["--competition", scan(argv[i + 1]).name, *argv[:i], *argv[i + 2 :]])
