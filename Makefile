@@ -13,7 +13,10 @@ export PYTHONDONTWRITEBYTECODE := 1
 
 CONFIG ?= competitions/siim/configs/unet_resnet18_cpu.yaml
 FOLDS  ?= 0,1,2,3,4
-ENSEMBLE ?= competitions/siim/configs/ensembles/default.yaml
+# the generic targets (fold0, folds, ensemble, kaggle-bundle) take COMPETITION=<name> or
+# DATASET=<folder> (any dataset folder in the documented layout: docs/DATASETS.md)
+CLI := $(PY) -m common.cli
+ENSEMBLE ?= competitions/$(or $(COMPETITION),siim)/configs/ensembles/default.yaml
 # the competition is the ensemble file's package: competitions/<name>/configs/ensembles/...
 ENSEMBLE_COMPETITION := $(word 2,$(subst /, ,$(ENSEMBLE)))
 ENSEMBLE_PREPARE := $(if $(filter siim,$(ENSEMBLE_COMPETITION)),siim-prepare)
@@ -32,7 +35,7 @@ HUBMAP_FILTERED ?= competitions/hubmap/configs/filtered.yaml
 HUBMAP_TRAIN = $(LAUNCH) -m competitions.hubmap.train $(if $(RESUME),--resume)
 
 .DEFAULT_GOAL := help
-.PHONY: help venv test test-all fixup lint bench clean siim-synthetic siim-prepare siim-fold0 siim-folds ensemble submit kaggle-bundle kaggle-push lung-prepare lung-fold0 lung-folds hubmap-prepare hubmap-fold0 hubmap-folds hubmap-filter leaderboard siim-pseudo lung-techniques
+.PHONY: help venv test test-all fixup lint bench clean fold0 folds siim-synthetic siim-prepare siim-fold0 siim-folds ensemble submit kaggle-bundle kaggle-push lung-prepare lung-fold0 lung-folds hubmap-prepare hubmap-fold0 hubmap-folds hubmap-filter leaderboard siim-pseudo lung-techniques
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -99,14 +102,20 @@ hubmap-filter: $(STAMP)  ## the seed's tile filter: score HUBMAP_CONFIG's fold-0
 	$(PY) -m competitions.hubmap.tile_filter --config $(HUBMAP_CONFIG) --folds $(or $(FILTER_FOLDS),0)
 	$(HUBMAP_TRAIN) --config $(HUBMAP_FILTERED) --folds $(or $(FILTER_FOLDS),0) $(ARGS)
 
-ensemble: $(STAMP) $(ENSEMBLE_PREPARE)  ## OOF search + test submission for ENSEMBLE (SIIM's default; a lung one: ENSEMBLE=competitions/lung/configs/ensembles/default.yaml)
-	$(PY) -m competitions.$(ENSEMBLE_COMPETITION).ensemble --config $(ENSEMBLE) $(ARGS)
+fold0: $(STAMP)  ## fold 0 of DATASET=<folder> (plan, prepare, train, OOF search) or of COMPETITION (its <name>-fold0)
+	$(if $(DATASET),$(CLI) train --dataset $(DATASET) --folds 0 $(if $(SKIP_BAD),--skip-bad) $(ARGS),$(MAKE) $(or $(COMPETITION),siim)-fold0)
+
+folds: $(STAMP)  ## every fold in FOLDS of DATASET=<folder> (or COMPETITION's <name>-folds)
+	$(if $(DATASET),$(CLI) train --dataset $(DATASET) --folds $(FOLDS) $(if $(SKIP_BAD),--skip-bad) $(ARGS),$(MAKE) $(or $(COMPETITION),siim)-folds)
+
+ensemble: $(STAMP) $(if $(DATASET),,$(ENSEMBLE_PREPARE))  ## OOF search + test submission for ENSEMBLE (or COMPETITION=, or DATASET=<folder>); trains missing members
+	$(if $(DATASET),$(CLI) ensemble --dataset $(DATASET) $(if $(SKIP_BAD),--skip-bad) $(ARGS),$(CLI) ensemble --competition $(ENSEMBLE_COMPETITION) --config $(ENSEMBLE) $(ARGS))
 
 submit: $(STAMP)  ## validate the ensemble's CSV (or CSV=...), then kaggle competitions submit; MESSAGE=
 	$(PY) -m competitions.siim.submit --csv $(or $(CSV),submissions/siim/$(basename $(notdir $(ENSEMBLE))).csv) $(if $(MESSAGE),--message "$(MESSAGE)")
 
-kaggle-bundle: $(STAMP)  ## frozen code + ENSEMBLE's weights + offline notebook in dist/kaggle/<name>/; OWNER=
-	$(PY) -m competitions.$(ENSEMBLE_COMPETITION).kaggle_bundle build --ensemble $(ENSEMBLE) $(if $(OWNER),--owner $(OWNER))
+kaggle-bundle: $(STAMP)  ## frozen code + ENSEMBLE's (or DATASET's) weights + offline notebook in dist/kaggle/<name>/; OWNER=
+	$(if $(DATASET),$(CLI) bundle --dataset $(DATASET) $(if $(OWNER),--owner $(OWNER)),$(CLI) bundle --competition $(ENSEMBLE_COMPETITION) build --ensemble $(ENSEMBLE) $(if $(OWNER),--owner $(OWNER)))
 
 kaggle-push: $(STAMP)  ## create or version the bundle's dataset and push its notebook (needs credentials)
 	$(PY) -m competitions.$(ENSEMBLE_COMPETITION).kaggle_bundle push --ensemble $(ENSEMBLE)

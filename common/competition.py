@@ -53,9 +53,19 @@ class Competition:
                              f"{', '.join(s for s in STAGES if s in self.stages)}")  # fmt: skip
         module, function = self.stages[stage].split(":")
         argv = list(argv)
+        entry = getattr(importlib.import_module(module), function)
+        if stage == "offline":  # predict_submission(bundle, data, working), as a notebook runs it
+            import argparse
+
+            parser = argparse.ArgumentParser(description=f"{self.name}: offline submission")
+            for name in ("--bundle", "--data", "--working"):
+                parser.add_argument(name, required=True)
+            parser.add_argument("--dataset", help="(the folder competition's data by default)")
+            args = parser.parse_args(argv)
+            return entry(args.bundle, args.data, args.working)
         if stage == "leaderboard" and "--competition" not in argv:
             argv = ["--competition", self.name, *argv]
-        return getattr(importlib.import_module(module), function)(argv)
+        return entry(argv)
 
 
 def load_competition(name: str) -> Competition:

@@ -234,7 +234,7 @@ def _list_images(folder: Path, problems: list) -> dict[str, Path]:
         if path.name.startswith(".") or path.is_dir():
             continue
         if path.suffix.lower() not in IMAGE_EXTENSIONS:
-            problems.append((path.stem, f"{path}: unknown extension {path.suffix!r}; valid: "
+            problems.append((path.name, f"{path}: unknown extension {path.suffix!r}; valid: "
                              f"{', '.join(IMAGE_EXTENSIONS)}"))  # fmt: skip
             continue
         try:
@@ -320,6 +320,22 @@ def _index_classes(folder: Path, ids, problems: list) -> tuple[str, ...]:
 
 def _class_order(code: str):
     return (0, int(code)) if code.isdigit() else (1, code)
+
+
+def scan_test(root: str | os.PathLike, classes, codes) -> DatasetFolder:
+    """Only the test images, spec and sample of a folder (an offline notebook's input: the
+    training files may be absent); ``classes`` and ``codes`` come from the trained run."""
+    root, problems = Path(root), []
+    test = (
+        _list_images(root / "test" / "images", problems)
+        if (root / "test" / "images").is_dir()
+        else {}
+    )
+    if not test:
+        raise ValueError(f"{root}: no image in test/images/")
+    sample = root / "sample_submission.csv"
+    return DatasetFolder(root, read_spec(root), "none", tuple(classes), {}, test, codes=tuple(codes),
+                         sample=sample if sample.is_file() else None, bad=problems)  # fmt: skip
 
 
 def scan(root: str | os.PathLike, *, skip_bad: bool = False) -> DatasetFolder:

@@ -41,12 +41,11 @@ from typing import Any, TypeVar
 import yaml
 
 from common.atomic import write_text_atomic
-from common.checkpoints import load_checkpoint
 from common.config import Config
 from common.crops import crop_spec
 from common.ensemble import parse_members
 from common.paths import REPO
-from common.predict import final_path
+from common.predict import FINAL_CONFIG, final_config, final_path
 
 T = TypeVar("T")
 CODE = ("common", "competitions")
@@ -75,6 +74,13 @@ class BundleSpec:
     @property
     def all_wheels(self) -> dict[str, str]:
         return WHEELS | self.wheels
+
+
+def _copy_final(source: Path, target: Path) -> None:
+    """A fold's ``final.pt`` and, when the run wrote it, its ``final.yaml``."""
+    shutil.copy2(source, target)
+    if source.with_name(FINAL_CONFIG).is_file():
+        shutil.copy2(source.with_name(FINAL_CONFIG), target.with_name(FINAL_CONFIG))
 
 
 def slug(name: str) -> str:
@@ -180,8 +186,8 @@ def build(
                 raise ValueError(f"{source} not found: the ensemble's member is not trained")
             target = final_path(dataset / "models", member.experiment, fold)
             target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, target)
-            stage = crop_spec(load_checkpoint(source)["config"]["data"])
+            _copy_final(source, target)
+            stage = crop_spec(final_config(config.output, member.experiment, fold).data)
             if stage:
                 stages.setdefault(Path(stage.run), set()).update(stage.stage_folds(fold))
     for run, folds in stages.items():
@@ -191,7 +197,7 @@ def build(
                 raise ValueError(f"{source} not found: the crop stage is not trained")
             target = final_path(dataset / STAGES, run.name, fold)
             target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, target)
+            _copy_final(source, target)
     shutil.copy2(thresholds, dataset / "thresholds.yaml")
     frozen = config.to_dict() | {"train_missing": False}
     write_text_atomic(dataset / "ensemble.yaml", yaml.safe_dump(frozen, sort_keys=False))

@@ -10,8 +10,9 @@ Rules (budgets stated for the device the run trains on):
   ones are resized to 256, unless their median object would shrink under 8 x 8 px there: then
   they are prepared at up to 512 and trained on random 256 crops (validated whole);
 - batch: 8 images of 256^2 on a CPU (32 on a GPU), scaled with the pixel count, 2 to 64;
-- epochs: a CPU budget of about 2,400 training crops of 256^2 (the minutes a small dataset gets
-  on 2 cores), 8 to 80 epochs; 40 on a GPU;
+- epochs: what fits ``plan.minutes`` of training at the throughput measured on this machine
+  (a few steps of the model at 256^2 before planning; machines differ several-fold), counting
+  each epoch's validation, 8 to 80 epochs;
 - sampling: non-empty images drawn at 60% of every epoch when more than half are empty;
 - post-processing: the triplet search (top, min area, bottom) for one class, a threshold per
   class for several; TTA: hflip unless the dataset says it is orientation-sensitive.
@@ -27,7 +28,10 @@ import pandas as pd
 
 FINGERPRINT_COLUMNS = ("height", "width", "channels", "p01", "p99", "mean", "objects",
                        "median_object")  # fmt: skip
-CPU_SAMPLES = 2400  # training crops of 256^2 a CPU plan spends (a few minutes on 2 cores)
+EPOCHS = (8, 80)  # the fewest and the most epochs a plan gives
+# the training loop on a CPU runs slower than the bare steps measured: the loader's workers share
+# its cores (2.3 img/s measured, 1.6 to 2.1 in the loop on a 2-core CPU at 256^2)
+CPU_LOOP_OVERHEAD = 1.35
 MIN_OBJECT_SIDE = 8  # px at the training size under which a smaller resize loses objects
 
 
@@ -59,9 +63,18 @@ def _ceil32(value: float) -> int:
 
 
 def make_plan(
-    print_: dict, *, n_train: int, gpu: bool = False, orientation_sensitive: bool = False
+    print_: dict,
+    *,
+    n_train: int,
+    n_val: int,
+    throughput: float,
+    minutes: float,
+    gpu: bool = False,
+    orientation_sensitive: bool = False,
 ) -> list[tuple[str, object, str]]:
-    """(config key, value, reason) of every planned choice, from a ``fingerprint``."""
+    """(config key, value, reason) of every planned choice, from a ``fingerprint``, the
+    training and validation image counts of a fold, and ``throughput``: training images of
+    256^2 a second measured on this machine."""
     side, n_classes = print_["side"], len(print_["class_share"])
     plan: list[tuple[str, object, str]] = []
     object_at_256 = math.sqrt(max(print_["median_object"], 1.0)) * 256 / side
@@ -85,11 +98,12 @@ def make_plan(
     plan.append(("data.batch_size", batch, f"{'GPU' if gpu else 'CPU'}: 8 x 256^2 scaled"
                  if not gpu else "GPU: 32 x 256^2 scaled"))  # fmt: skip
     plan.append(("data.val_batch_size", batch * 2, "twice the training batch"))
-    if gpu:
-        epochs, why = 40, "GPU default"
-    else:
-        epochs = int(np.clip(round(CPU_SAMPLES * scale / max(n_train, 1)), 8, 80))
-        why = f"about {CPU_SAMPLES} crops of 256^2 over {n_train} training images"
+    speed = throughput * scale  # training images a second at the planned side
+    val_speed = 3 * speed * (side_trained / size) ** 2  # forward only, whole images
+    epoch = (n_train / speed + n_val / val_speed) * (1.0 if gpu else CPU_LOOP_OVERHEAD)
+    epochs = int(np.clip(minutes * 60 // epoch, *EPOCHS))
+    why = (f"{minutes:g} min at {speed:.1f} img/s measured here ({epoch:.0f} s an epoch with "
+           f"validation)")  # fmt: skip
     plan.append(("train.epochs", epochs, why))
     if print_["empty_share"] > 0.5:
         plan.append(("data.sample_rate.kind", "fixed", f"{print_['empty_share']:.0%} empty masks"))

@@ -19,6 +19,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+import yaml
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -59,8 +60,24 @@ class FoldModel:
         return None if folder is None else read_box_table(folder)
 
 
+FINAL_CONFIG = "final.yaml"  # beside final.pt: the resolved config it was trained with
+
+
 def final_path(output: str | Path, experiment: str, fold: int) -> Path:
     return Path(output) / experiment / f"fold{fold}" / "final.pt"
+
+
+def final_config(output: str | Path, experiment: str, fold: int) -> Config:
+    """The resolved config of a fold's ``final.pt`` (its last part's), read from ``final.yaml``
+    without loading the weights; a run from before that file existed falls back to the copy
+    stored in the checkpoint."""
+    path = final_path(output, experiment, fold)
+    stored = path.with_name(FINAL_CONFIG)
+    if stored.is_file():
+        return to_config(yaml.safe_load(stored.read_text()))
+    if not path.is_file():
+        raise ValueError(f"{path} not found: {experiment} fold {fold} is not trained")
+    return to_config(load_checkpoint(path)["config"])
 
 
 def load_fold_model(

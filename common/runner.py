@@ -38,6 +38,7 @@ from common.losses import CombinedLoss
 from common.mixing import batch_mix
 from common.models import build_model
 from common.optim import Stepper, build_optimiser
+from common.predict import FINAL_CONFIG
 from common.training import Settings, Trainer
 
 DONE = "done.json"  # written once a part has its final.pt: a resumed run skips the part
@@ -227,6 +228,8 @@ def _train_parts(config, fold, fold_dir, make_loaders, channel_names, resume, lo
         with atomic_path(fold_dir / "final.pt") as tmp:
             tmp.write_bytes((out / "final.pt").read_bytes())
         save_config(config, fold_dir / "config.yaml")
+    if distributed.is_main():  # final.pt's own config, read by later stages without the weights
+        save_config(to_config(trainer.config), fold_dir / FINAL_CONFIG)
     return trainer, configs[-1]
 
 

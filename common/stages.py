@@ -40,6 +40,7 @@ from common.metrics import dice_per_image, jaccard_per_image
 from common.plan import fingerprint, make_plan, plan_overrides, plan_table
 from common.plots import mask_overlays
 from common.postprocess import triplet
+from common.predict import final_config
 from common.rle import rle_encode, siim_rle_encode
 from common.runner import METRICS, train_fold, write_fold_score
 from common.submission import SubmissionFormat, validate_submission
@@ -129,14 +130,17 @@ def folder_config(base: Path, folder: DatasetFolder, overrides=(), *, skip_bad=F
     """The run's config: ``base`` (the folder competition's experiment), the dataset's paths,
     the plan from its fingerprint, then ``overrides`` (which win); and the plan as a table."""
     fixed = [f"data.dataset={folder.root}", *dataset_paths(folder.name),
-             f"data.classes={json.dumps(list(folder.classes))}"]  # fmt: skip
+             f"data.classes={json.dumps(list(folder.classes))}",
+             f"data.codes={json.dumps(list(folder.codes))}"]  # fmt: skip
     first = load_config(base, [*fixed, *overrides])
     _, summary = fingerprint_folder(folder, Path(first.data.prepared), skip_bad=skip_bad, log=log)
     gpu = first.train.device.startswith("cuda") or (
         first.train.device == "auto" and __import__("torch").cuda.is_available()
     )
-    n_train = round(len(folder.train) * (1 - 1 / first.data.n_folds))
-    plan = make_plan(summary, n_train=n_train, gpu=gpu,
+    n_val = round(len(folder.train) / first.data.n_folds)
+    plan = make_plan(summary, n_train=len(folder.train) - n_val, n_val=n_val, gpu=gpu,
+                     throughput=first.plan.throughput or measure_throughput(first),
+                     minutes=first.plan.minutes,
                      orientation_sensitive=folder.spec.orientation_sensitive)  # fmt: skip
     if not gpu and not cpu_has_bf16():
         plan.append(("train.amp", "none", "this CPU has no native bfloat16: float32"))
@@ -147,6 +151,39 @@ def folder_config(base: Path, folder: DatasetFolder, overrides=(), *, skip_bad=F
     return config, plan_table(summary, plan, effective)
 
 
+def measure_throughput(config: Config, side: int = 256, batch: int = 8, steps: int = 3) -> float:
+    """Training images of ``side``^2 a second for the config's model, amp and channels-last
+    on this machine: ``steps`` timed steps after one warm-up (about 10 s on a 2-core CPU)."""
+    import torch
+
+    from common.inference import autocast, effective_amp
+    from common.runner import build_model_from, resolve_device
+
+    device = resolve_device(config.train.device)
+    model = build_model_from(config, max(1, len(config.data.classes))).to(device).train()
+    x = torch.randn(batch, config.data.in_channels, side, side, device=device)
+    if config.train.channels_last:
+        model, x = (
+            model.to(memory_format=torch.channels_last),
+            x.contiguous(memory_format=torch.channels_last),
+        )
+    optimiser = torch.optim.SGD(model.parameters(), lr=1e-6)
+    amp = effective_amp(device, config.train.amp)
+    for step in range(steps + 1):
+        if step == 1:
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+        optimiser.zero_grad()
+        with autocast(device, amp):
+            output = model(x)
+        (output["mask"] if isinstance(output, dict) else output).float().mean().backward()
+        optimiser.step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return steps * batch / (time.perf_counter() - start)
+
+
 def _get(config: Config, dotted: str):
     for part in dotted.split("."):
         config = config[part]
@@ -154,12 +191,14 @@ def _get(config: Config, dotted: str):
 
 
 def prepare_folder(config: Config, folder: DatasetFolder, *, skip_bad=False, log=print) -> Path:
-    """The prepared cache at ``data.size`` (train and test images, masks) and the folds;
-    returns the cache folder."""
+    """The prepared cache at ``data.size`` (train and test images, masks) and the folds (none
+    for a folder of test images only: an offline notebook's); returns the cache folder."""
     out = Path(config.data.prepared) / str(config.data.size)
     size = config.data.size
     tables = _refresh(out, [TRAIN, TEST], _entries(folder, size), partial(_prepare_one, size=size),
                       skip_bad=skip_bad, desc=f"prepare {size}px", log=log)  # fmt: skip
+    if not folder.train:
+        return out
     train = tables["train.csv"]
     log(ensure_folds(train["id"], train["mask_area"], config.data.folds, config.data.n_folds,
                      config.data.fold_seed))  # fmt: skip
@@ -308,21 +347,13 @@ def encode(folder: DatasetFolder, fmt: SubmissionFormat, image_id: str, masks) -
     return [(image_id, code, one(m)) for code, m in zip(folder.codes, masks, strict=True)]
 
 
-def member_config(output: str | Path, experiment: str, fold: int) -> Config:
-    """A member fold's resolved config, from its ``config.yaml`` (no weights loaded)."""
-    path = Path(output) / experiment / f"fold{fold}" / "config.yaml"
-    if not path.is_file():
-        raise ValueError(f"{path} not found: train {experiment} fold {fold} first")
-    return to_config(yaml.safe_load(path.read_text()))
-
-
-def test_task(config: Config, folder: DatasetFolder) -> EnsembleTask:
+def test_task(config: Config, folder: DatasetFolder, *, with_train: bool = True) -> EnsembleTask:
     """The ensemble's data for a dataset folder (``config`` the ensemble): the training items
     with folds and truth, the test images in the sample's order, the submission format, its
     validation (against the sample, else the test images) and, with ``test/masks/``, its
     score."""
     first = config.members[0]
-    run = member_config(config.output, first["experiment"], first["folds"][0])
+    run = final_config(config.output, first["experiment"], first["folds"][0])
     root = Path(config.prepared or run.data.prepared) / str(run.data.size)
     test = pd.read_csv(root / "test.csv", dtype={"id": str})
     fmt = submission_format(folder)
@@ -330,7 +361,11 @@ def test_task(config: Config, folder: DatasetFolder) -> EnsembleTask:
     order = list(dict.fromkeys(k.split(",")[0] for k in keys))
     test = test.set_index("id").loc[order].reset_index()
     shapes = {i: (int(h), int(w)) for i, h, w in zip(test.id, test.height, test.width, strict=True)}
-    task = oof_task(run, folder)
+    task = (
+        oof_task(run, folder)
+        if with_train
+        else EnsembleTask(tuple(run.data.classes), test, None, ())
+    )
     task.test, task.header = test, fmt.columns
     task.encode = partial(encode, folder, fmt)
     task.images = root / "images"
@@ -382,3 +417,29 @@ def score_submission(csv: Path, *, folder: DatasetFolder, fmt: SubmissionFormat,
 
 def _decode(fmt: SubmissionFormat, value: str, shape) -> np.ndarray:
     return np.zeros(shape, np.uint8) if value in (fmt.empty, "") else fmt.decode(value, shape)
+
+
+def predict_folder_submission(bundle, data, working, *, n_jobs: int = 2, log=print) -> Path:
+    """An offline notebook's submission (``common.kaggle``): the bundle's ensemble on the test
+    images of the dataset folder ``data`` (its training files may be absent), by the steps of
+    ``make ensemble DATASET=...``, so the CSV is byte-identical; ``<working>/submission.csv``."""
+    from common.ensemble import frozen_ensemble, predict_test
+    from common.folder import scan_test
+    from common.submission import write_rows
+
+    bundle, working = Path(bundle), Path(working)
+    config, thresholds, members, classifiers = frozen_ensemble(bundle, working)
+    runs = [
+        final_config(config.output, m.experiment, k) for m in members + classifiers for k in m.folds
+    ]
+    folder = scan_test(data, runs[0].data.classes, runs[0].data.codes)
+    for size in sorted({run.data.size for run in runs}):
+        run = to_config(runs[0].to_dict() | {"data": runs[0].data.to_dict() | {"size": size}})
+        run["data"]["prepared"] = str(working / "prepared")
+        prepare_folder(run, folder, skip_bad=True, log=log)
+    task = test_task(config, folder, with_train=False)
+    rows, _ = predict_test(config, task, members, classifiers, thresholds, working / "maps", log)
+    path = working / "submission.csv"
+    write_rows(rows, path, task.header)
+    log(f"wrote {path}: {len(rows)} rows for {len(task.test)} test images")
+    return path

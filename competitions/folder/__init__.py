@@ -18,6 +18,8 @@ COMPETITION = Competition(
         "train": "competitions.folder.run:train",
         "evaluate": "competitions.folder.run:evaluate",
         "ensemble": "competitions.folder.run:ensemble",
+        "offline": "competitions.folder.offline:predict_submission",
+        "bundle": "competitions.folder.run:bundle",
         "leaderboard": "competitions.folder.run:leaderboard",
     },
 )

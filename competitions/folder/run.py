@@ -12,12 +12,13 @@ from pathlib import Path
 from common.config import load_run_config
 from common.ensemble import check_trained, run_ensemble, train_missing
 from common.folder import scan
+from common.paths import dist_dir, resolve
+from common.predict import final_config
 from common.runner import parse_folds
 from common.stages import (
     dataset_paths,
     evaluate_fold,
     folder_config,
-    member_config,
     prepare_folder,
     run_fold,
     test_task,
@@ -75,17 +76,40 @@ def evaluate(argv, log=print) -> None:
     folder = scan(args.dataset, skip_bad=args.skip_bad)
     name = Path(args.config).stem
     for fold in parse_folds(args.folds):
-        config = member_config(f"models/{folder.name}", name, fold)
+        config = final_config(resolve(f"models/{folder.name}"), name, fold)
         m = evaluate_fold(config, folder, fold, log=log)
         log(f"fold {fold}: {m['metric']} {m['score']:.4f} (all-empty {m['empty_score']:.4f})")
+
+
+def _ensemble_config(args, folder):
+    path = _file(args.config, CONFIGS / "ensembles")
+    return load_run_config(path, [*dataset_paths(folder.name)[:2], f"metric={folder.spec.metric}",
+                                  *args.overrides])  # fmt: skip
+
+
+def bundle(argv) -> None:
+    """``kaggle.build`` of the folder's ensemble; the notebook reads the dataset (``--slug``)."""
+    from common import kaggle
+
+    parser = _parser("default")
+    parser.add_argument("--owner", default="your-kaggle-username")
+    parser.add_argument("--slug", default=None, help="the Kaggle dataset holding the folder")
+    parser.add_argument("--no-wheels", action="store_true")
+    args = parser.parse_args(argv)
+    folder = scan(args.dataset, skip_bad=args.skip_bad)
+    slug = args.slug or f"{args.owner}/{folder.name}"
+    spec = kaggle.BundleSpec(package="folder", title=folder.name, input_slug=slug.split("/")[-1],
+                             datasets=(slug,))  # fmt: skip
+    out = dist_dir() / "kaggle"
+    kaggle.build(
+        _ensemble_config(args, folder), out, args.owner, spec=spec, wheels=not args.no_wheels
+    )
 
 
 def ensemble(argv, log=print) -> dict:
     args = _parser("default").parse_args(argv)
     folder = scan(args.dataset, skip_bad=args.skip_bad)
-    path = _file(args.config, CONFIGS / "ensembles")
-    config = load_run_config(path, [*dataset_paths(folder.name)[:2], f"metric={folder.spec.metric}",
-                                    *args.overrides])  # fmt: skip
+    config = _ensemble_config(args, folder)
 
     def train_one(experiment: Path, fold: int) -> None:
         train(["--dataset", str(folder.root), "--config", str(experiment), "--folds", str(fold)]
@@ -93,7 +117,7 @@ def ensemble(argv, log=print) -> dict:
 
     train_missing(config, train_one, log)
     members, _ = check_trained(config)
-    first = member_config(config.output, members[0].experiment, members[0].folds[0])
+    first = final_config(config.output, members[0].experiment, members[0].folds[0])
     given = {o.split("=", 1)[0].split(".")[0] for o in args.overrides}
     if "tta" not in given:
         config["tta"] = list(first.predict.tta)  # the plan's: no flip when orientation matters

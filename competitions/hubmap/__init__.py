@@ -18,6 +18,7 @@ COMPETITION = Competition(
         "prepare": "competitions.hubmap.prepare:main",
         "train": "competitions.hubmap.train:main",
         "ensemble": "competitions.hubmap.ensemble:main",
+        "offline": "competitions.hubmap.offline:predict_submission",
         "bundle": "competitions.hubmap.kaggle_bundle:main",
         "leaderboard": "common.leaderboard:main",
     },

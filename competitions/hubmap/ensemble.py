@@ -31,12 +31,11 @@ import yaml
 
 from common import distributed
 from common.atomic import write_text_atomic
-from common.checkpoints import load_checkpoint
 from common.config import Config, load_run_config, to_config
 from common.data import check_preprocess
 from common.ensemble import check_trained, train_missing
 from common.metrics import dice_of_runs
-from common.predict import final_path, load_fold_model
+from common.predict import final_config, load_fold_model
 from common.rle import rle_runs
 from common.runner import config_main, resolve_device
 from common.slide_inference import TilePlan, predict_slide, rle_from_bands, tile_predictor
@@ -52,10 +51,8 @@ FORMAT = SubmissionFormat("id", "predicted", "", rle_runs)
 def member_config(config: Config, member) -> Config:
     """The resolved config a member's first fold was trained with (stored in its checkpoint),
     its runs under the ensemble's ``output``."""
-    stored = load_checkpoint(final_path(config.output, member.experiment, member.folds[0]))[
-        "config"
-    ]
-    return to_config(stored | {"output": str(config.output)})
+    stored = final_config(config.output, member.experiment, member.folds[0])
+    return to_config(stored.to_dict() | {"output": str(config.output)})
 
 
 def tile_plan(config: Config, configs: Sequence[Config]) -> TilePlan:

@@ -19,6 +19,7 @@ COMPETITION = Competition(
         "train": "competitions.lung.train:main",
         "evaluate": "competitions.lung.evaluate:main",
         "ensemble": "competitions.lung.ensemble:main",
+        "offline": "competitions.lung.offline:predict_submission",
         "bundle": "competitions.lung.kaggle_bundle:main",
         "leaderboard": "common.leaderboard:main",
     },

@@ -18,12 +18,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from common.checkpoints import load_checkpoint
-from common.config import Config, load_config, to_config
+from common.config import Config, load_config
 from common.ensemble import EnsembleTask, check_trained, ensemble_members, train_missing
 from common.ensemble import run_ensemble as run_common
 from common.metrics import dice_jaccard
-from common.predict import final_path
+from common.predict import final_config
 from common.rle import rle_encode
 from common.runner import config_main
 from competitions.lung.evaluate import (
@@ -48,9 +47,7 @@ def member_config(config: Config) -> Config:
     """The resolved config of the first member's first fold (all members share the data)."""
     members, _ = ensemble_members(config)
     first = members[0]
-    member = to_config(
-        load_checkpoint(final_path(config.output, first.experiment, first.folds[0]))["config"]
-    )
+    member = final_config(config.output, first.experiment, first.folds[0])
     if config.prepared:
         member["data"]["prepared"] = config.prepared
     return member

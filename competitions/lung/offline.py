@@ -15,9 +15,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from common.checkpoints import load_checkpoint
 from common.ensemble import frozen_ensemble, predict_test
-from common.predict import final_path
+from common.predict import final_config
 from common.submission import write_rows
 from competitions.lung.ensemble import task
 from competitions.lung.evaluate import HEADER
@@ -36,7 +35,7 @@ def predict_submission(
         raise ValueError(f"{data}: no chest X-rays in test/images/")
     for m in members + classifiers:
         for k in m.folds:
-            stored = load_checkpoint(final_path(config.output, m.experiment, k))["config"]["data"]
+            stored = final_config(config.output, m.experiment, k).data
             out = working / "prepared" / str(stored["size"])
             if not (out / "test.csv").is_file():
                 prepare_test(tests, out, int(stored["size"]), int(stored["score_size"]))

@@ -17,6 +17,7 @@ COMPETITION = Competition(
         "prepare": "competitions.siim.prepare:main",
         "train": "competitions.siim.train:main",  # the out-of-fold search follows each fold
         "ensemble": "competitions.siim.ensemble:main",
+        "offline": "competitions.siim.offline:predict_submission",
         "bundle": "competitions.siim.kaggle_bundle:main",
         "submit": "competitions.siim.submit:main",
         "pseudo": "competitions.siim.pseudo:main",

@@ -18,8 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from common.cascade import prepare_crops
-from common.checkpoints import load_checkpoint
-from common.config import Config, load_config, load_run_config, to_config
+from common.config import Config, load_config, load_run_config
 from common.crops import crop_spec, frame_root, prepared_root
 from common.ensemble import (
     EnsembleTask,
@@ -31,7 +30,7 @@ from common.ensemble import (
 from common.folds import read_folds
 from common.images import read_mask
 from common.paths import data_dir
-from common.predict import final_path
+from common.predict import final_config
 from common.rle import siim_rle_encode
 from competitions.siim import submission
 from competitions.siim.layout import find_sample as find_sample_in
@@ -59,8 +58,7 @@ def crop_members(config: Config) -> list[tuple[Config, int]]:
     found = []
     for member in members + classifiers:
         for fold in member.folds:
-            state = load_checkpoint(final_path(config.output, member.experiment, fold))
-            data = to_config(state["config"]).data
+            data = final_config(config.output, member.experiment, fold).data
             if crop_spec(data):
                 found.append((data, fold))
     return found
@@ -79,8 +77,7 @@ def tables(config: Config) -> tuple[Path, pd.DataFrame, pd.DataFrame, Config]:
     first member's data, and that data section."""
     members, _ = ensemble_members(config)
     first = members[0]
-    state = load_checkpoint(final_path(config.output, first.experiment, first.folds[0]))
-    data = to_config(state["config"]).data
+    data = final_config(config.output, first.experiment, first.folds[0]).data
     root = frame_root(data, config.prepared or None)  # whole images, also for crop members
     train = pd.read_csv(root / "train.csv", dtype={"ImageId": str})
     test = pd.read_csv(root / "test.csv", dtype={"ImageId": str})

@@ -19,11 +19,10 @@ from pathlib import Path
 import pandas as pd
 
 from common.cascade import prepare_crops
-from common.checkpoints import load_checkpoint
 from common.crops import crop_dir, crop_spec, frame_root
 from common.ensemble import frozen_ensemble, predict_test
 from common.kaggle import STAGES
-from common.predict import final_path
+from common.predict import final_config
 from common.submission import write_submission
 from competitions.siim.ensemble import task
 from competitions.siim.layout import STAGE1_TEST_FOLDER, Inputs, find_sample, find_test_ids
@@ -58,7 +57,7 @@ def predict_submission(
     config, thresholds, members, classifiers = frozen_ensemble(bundle, working)
     inputs = test_inputs(competition)
     datas = [
-        (load_checkpoint(final_path(config.output, m.experiment, k))["config"]["data"], k)
+        (final_config(config.output, m.experiment, k).data, k)
         for m in members + classifiers
         for k in m.folds
     ]

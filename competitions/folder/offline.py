@@ -1,0 +1,5 @@
+"""What a dataset folder's Kaggle notebook runs (``common.kaggle``): ``common.stages``."""
+
+from common.stages import predict_folder_submission as predict_submission
+
+__all__ = ["predict_submission"]
