@@ -78,7 +78,7 @@ siim-folds: siim-prepare  ## the same for every fold in FOLDS (default 0,1,2,3,4
 	$(SIIM_TRAIN) --folds $(FOLDS) $(ARGS)
 
 lung-techniques: $(STAMP)  ## each seed technique on/off against LUNG_STAGE_CONFIG on both SCR folds; PREFIX=, VARIANTS=, ARGS=
-	$(PY) -m competitions.lung.techniques --config $(LUNG_STAGE_CONFIG) --prefix $(or $(PREFIX),abl) $(if $(VARIANTS),--variants $(VARIANTS)) $(ARGS)
+	$(PY) -m experiments.lung_techniques --config $(LUNG_STAGE_CONFIG) --prefix $(or $(PREFIX),abl) $(if $(VARIANTS),--variants $(VARIANTS)) $(ARGS)
 
 lung-prepare: $(STAMP)  ## read data/lung/raw (or the synthetic lung set) at LUNG_CONFIG's size (a refinement's frame)
 	$(PY) -m competitions.lung.prepare --config $(LUNG_CONFIG)
@@ -102,11 +102,17 @@ hubmap-filter: $(STAMP)  ## the seed's tile filter: score HUBMAP_CONFIG's fold-0
 	$(PY) -m competitions.hubmap.tile_filter --config $(HUBMAP_CONFIG) --folds $(or $(FILTER_FOLDS),0)
 	$(HUBMAP_TRAIN) --config $(HUBMAP_FILTERED) --folds $(or $(FILTER_FOLDS),0) $(ARGS)
 
+# fold0 / folds: a dataset folder's (no code), else the competition's own target
+ifdef DATASET
 fold0: $(STAMP)  ## fold 0 of DATASET=<folder> (plan, prepare, train, OOF search) or of COMPETITION (its <name>-fold0)
-	$(if $(DATASET),$(CLI) train --dataset $(DATASET) --folds 0 $(if $(SKIP_BAD),--skip-bad) $(ARGS),$(MAKE) $(or $(COMPETITION),siim)-fold0)
+	$(CLI) train --dataset $(DATASET) --folds 0 $(if $(SKIP_BAD),--skip-bad) $(ARGS)
 
 folds: $(STAMP)  ## every fold in FOLDS of DATASET=<folder> (or COMPETITION's <name>-folds)
-	$(if $(DATASET),$(CLI) train --dataset $(DATASET) --folds $(FOLDS) $(if $(SKIP_BAD),--skip-bad) $(ARGS),$(MAKE) $(or $(COMPETITION),siim)-folds)
+	$(CLI) train --dataset $(DATASET) --folds $(FOLDS) $(if $(SKIP_BAD),--skip-bad) $(ARGS)
+else
+fold0: $(or $(COMPETITION),siim)-fold0
+folds: $(or $(COMPETITION),siim)-folds
+endif
 
 ensemble: $(STAMP) $(if $(DATASET),,$(ENSEMBLE_PREPARE))  ## OOF search + test submission for ENSEMBLE (or COMPETITION=, or DATASET=<folder>); trains missing members
 	$(if $(DATASET),$(CLI) ensemble --dataset $(DATASET) $(if $(SKIP_BAD),--skip-bad) $(ARGS),$(CLI) ensemble --competition $(ENSEMBLE_COMPETITION) --config $(ENSEMBLE) $(ARGS))

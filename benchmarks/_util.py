@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from common.atomic import write_text_atomic
+from common.io.atomic import write_text_atomic
 
 RESULTS = Path(__file__).resolve().parent / "results.json"
 SHARED_DATA = Path(

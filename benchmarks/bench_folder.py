@@ -32,9 +32,9 @@ import torch
 
 from benchmarks._util import record
 from benchmarks.jsrt_folder import SHARED, build
-from common.folds import read_folds
-from common.metrics import dice_per_image
-from common.paths import REPO
+from common.data.folds import read_folds
+from common.io.paths import REPO
+from common.post.metrics import dice_per_image
 
 
 def _pipeline(folder: Path, workspace: Path) -> tuple[float, dict]:

@@ -21,12 +21,12 @@ import torch
 from torch.utils.data import DataLoader
 
 from benchmarks._util import record
-from common.checkpoints import save_checkpoint
 from common.config import load_config
-from common.data import SegmentationDataset
-from common.ensemble import Member, predict_test
-from common.folds import ensure_folds
-from common.models import build_model
+from common.data.datasets import SegmentationDataset
+from common.data.folds import ensure_folds
+from common.submit.ensemble import Member, predict_test
+from common.train.checkpoints import save_checkpoint
+from common.train.models import build_model
 from competitions.siim.ensemble import task
 from competitions.siim.layout import read_inputs
 from competitions.siim.prepare import prepare

@@ -29,11 +29,11 @@ import numpy as np
 import torch
 
 from benchmarks._util import SHARED_DATA, record
-from common.cascade import load_stage, predict_boxes
-from common.dicom import read_dicom
-from common.models import build_model
-from common.paths import models_dir
+from common.infer.cascade import load_stage, predict_boxes
+from common.io.dicom import read_dicom
+from common.io.paths import models_dir
 from common.plots import mask_overlays
+from common.train.models import build_model
 from competitions.siim.raw import merged_masks, read_rle_csv
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from benchmarks._util import best_time, record
-from common.metrics import dice_per_image
+from common.post.metrics import dice_per_image
 
 N, SIZE = 64, 1024
 

@@ -5,7 +5,7 @@ The files are the 21 real JPEG Baseline DICOMs of ``../shared/data/siim`` (the s
 download with their real RLE rows. The baseline only reads and decodes each file
 (``pydicom.dcmread(path).pixel_array``) in one process; prepare also windows, merges and
 decodes the masks, resizes, writes the image and mask PNGs atomically and the CSVs through
-``common.cache``, on 2 processes.
+``common.io.cache``, on 2 processes.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ import csv
 import numpy as np
 
 from benchmarks._util import SHARED_DATA, best_time, record
-from common.rle import siim_rle_decode, siim_rle_encode
+from common.io.rle import siim_rle_decode, siim_rle_encode
 
 N_MASKS = 200
 N_LOOP_MASKS = 3  # the pixel loop takes about a second per mask

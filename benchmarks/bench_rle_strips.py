@@ -4,7 +4,7 @@ numpy encoder of the whole mask.
 The mask is the real predicted mask of image 0486052bb (25,784 x 34,937, 42,366 runs) from
 ``../shared/data/hubmap`` (discs of a similar density when that is absent). The baseline is the
 usual Kaggle-kernel encoder: flatten the transposed mask, pad it, find where neighbours differ.
-``common.rle.ColumnRunWriter`` gets the same mask 2,048 rows at a time, as tiled inference
+``common.io.rle.ColumnRunWriter`` gets the same mask 2,048 rows at a time, as tiled inference
 produces it, and keeps only runs. Peak memory is what each allocates above the mask
 (``tracemalloc``, which sees numpy's buffers); the round trip must give the identical string.
 """
@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 
 from benchmarks._util import SHARED_DATA, record
-from common.rle import ColumnRunWriter, rle_decode, rle_decode_window
+from common.io.rle import ColumnRunWriter, rle_decode, rle_decode_window
 
 SHAPE = (25784, 34937)
 BLOCK = 2048

@@ -34,15 +34,15 @@ import tifffile
 import torch
 
 from benchmarks._util import record
-from common.models import build_model
-from common.slide_inference import (
+from common.infer.slide_inference import (
     TilePlan,
     predict_slide,
     read_tiles,
     rle_from_bands,
     tile_predictor,
 )
-from common.slides import open_slide
+from common.io.slides import open_slide
+from common.train.models import build_model
 
 PLAN = TilePlan(tile=256, scale=4, overlap=32, blend="gaussian", batch_size=8)
 TILE = 512

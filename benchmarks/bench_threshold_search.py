@@ -13,9 +13,9 @@ import cv2
 import numpy as np
 
 from benchmarks._util import best_time, record
-from common.metrics import dice_per_image
-from common.postprocess import triplet
-from common.threshold_search import search_triplets
+from common.post.metrics import dice_per_image
+from common.post.postprocess import triplet
+from common.post.threshold_search import search_triplets
 
 N_MAPS, SIZE, N_BASE = 500, 1024, 25
 N_TIMED_POINTS = 3

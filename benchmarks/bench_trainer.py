@@ -28,11 +28,11 @@ from torch.utils.data import DataLoader, Dataset
 
 from benchmarks._util import record
 from common.config import load_config
-from common.loaders import train_loader
-from common.losses import CombinedLoss
-from common.models import build_model
-from common.optim import Stepper, build_optimiser
-from common.training import Settings, Trainer
+from common.data.loaders import train_loader
+from common.train.losses import CombinedLoss
+from common.train.models import build_model
+from common.train.optim import Stepper, build_optimiser
+from common.train.training import Settings, Trainer
 from competitions.siim.layout import read_inputs
 from competitions.siim.loaders import items
 from competitions.siim.prepare import prepare

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from benchmarks import (
+    bench_folder,
     bench_inference,
     bench_lung_crop,
     bench_metrics,
@@ -25,6 +26,7 @@ def main() -> None:
         bench_trainer,
         bench_slides,
         bench_lung_crop,
+        bench_folder,
     )
     for bench in (*benches, bench_inference):
         bench.main()

@@ -17,7 +17,7 @@ from common.competition import STAGES, load_competition
 
 
 def _list() -> str:
-    from common.paths import REPO
+    from common.io.paths import REPO
 
     lines = []
     for init in sorted((REPO / "competitions").glob("*/__init__.py")):

@@ -70,7 +70,7 @@ class Competition:
 
 def load_competition(name: str) -> Competition:
     """The descriptor of ``competitions/<name>/`` (an error lists the competitions there)."""
-    from common.paths import REPO
+    from common.io.paths import REPO
 
     found = sorted(p.parent.name for p in (REPO / "competitions").glob("*/__init__.py"))
     if name not in found:

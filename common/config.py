@@ -28,15 +28,15 @@ from typing import Any
 
 import yaml
 
-from common.atomic import write_text_atomic
-from common.paths import resolve
+from common.io.atomic import write_text_atomic
+from common.io.paths import resolve
 
 BASE_KEY = "base"
 COMMON_PREFIX = "@common/"  # a base naming a file of common/configs/
 COMMON_CONFIGS = Path(__file__).resolve().parent / "configs"
 EXTENSIBLE = ("data", "predict")  # generic sections a competition's base may add keys to
 # keys holding a file or folder: a relative value is made absolute under the workspace
-# (common.paths), so a run finds the same files from any current folder
+# (common.io.paths), so a run finds the same files from any current folder
 PATH_KEYS = (
     "output", "submissions", "test_truth", "prepared",
     "data.raw", "data.synthetic", "data.prepared", "data.folds", "model.weights",

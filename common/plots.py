@@ -10,7 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from common.atomic import atomic_path
+from common.io.atomic import atomic_path
 
 
 def _save(fig, path: str | os.PathLike) -> None:

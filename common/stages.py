@@ -1,4 +1,4 @@
-"""Every stage of a dataset-folder competition (``common.folder``), with no code of its own:
+"""Every stage of a dataset-folder competition (``common.io.folder``), with no code of its own:
 prepare (fingerprint, plan, the cache at the planned size, folds), a fold's run (train, the
 out-of-fold search at the native size, overlays, ``metrics.json``), and the ensemble's data.
 
@@ -8,7 +8,7 @@ out-of-fold search at the native size, overlays, ``metrics.json``), and the ense
                                             (id, height, width, has_mask, mask_area), test.csv
     data/<name>/folds.csv                   ImageId, fold (stratified by mask area)
     models/<name>/<run>/plan.md, plan.yaml  the fingerprint and the plan, printed before training
-    models/<name>/<run>/fold<k>/            the run (common.runner), oof/ maps at the native size,
+    models/<name>/<run>/fold<k>/            the run (common.train.runner), oof/ maps at the native size,
                                             thresholds.yaml, search.csv/png, overlays.png and
                                             metrics.json (score, metric, empty_score)
 """
@@ -26,24 +26,24 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from common.atomic import write_text_atomic
-from common.cache import Entry, Table, bad_report, refresh, source_key
 from common.config import COMMON_CONFIGS, Config, load_config, save_config, to_config
-from common.ensemble import EnsembleTask, Member, channel_thresholds, search_oof
-from common.folder import DatasetFolder, read_image
-from common.folds import ensure_folds, read_folds
-from common.images import read_png, resize_image, resize_mask, write_mask, write_png
-from common.inference import cpu_has_bf16
-from common.loaders import Items, load_pipeline
-from common.loaders import make_loaders as common_loaders
-from common.metrics import dice_per_image, jaccard_per_image
-from common.plan import fingerprint, make_plan, plan_overrides, plan_table
+from common.data.folds import ensure_folds, read_folds
+from common.data.loaders import Items, load_pipeline
+from common.data.loaders import make_loaders as common_loaders
+from common.data.plan import fingerprint, make_plan, plan_overrides, plan_table
+from common.infer.inference import cpu_has_bf16
+from common.infer.predict import final_config
+from common.io.atomic import write_text_atomic
+from common.io.cache import Entry, Table, bad_report, refresh, source_key
+from common.io.folder import DatasetFolder, read_image
+from common.io.images import read_png, resize_image, resize_mask, write_mask, write_png
+from common.io.rle import rle_encode, siim_rle_encode
 from common.plots import mask_overlays
-from common.postprocess import triplet
-from common.predict import final_config
-from common.rle import rle_encode, siim_rle_encode
-from common.runner import METRICS, train_fold, write_fold_score
-from common.submission import SubmissionFormat, validate_submission
+from common.post.metrics import dice_per_image, jaccard_per_image
+from common.post.postprocess import triplet
+from common.submit.ensemble import EnsembleTask, Member, channel_thresholds, search_oof
+from common.submit.submission import SubmissionFormat, validate_submission
+from common.train.runner import METRICS, resolve_device, train_fold, write_fold_score
 
 VERSION = 1  # bump when the prepared files change, to redo every cached item
 TRANSFORMS = COMMON_CONFIGS / "transforms"
@@ -134,9 +134,7 @@ def folder_config(base: Path, folder: DatasetFolder, overrides=(), *, skip_bad=F
              f"data.codes={json.dumps(list(folder.codes))}"]  # fmt: skip
     first = load_config(base, [*fixed, *overrides])
     _, summary = fingerprint_folder(folder, Path(first.data.prepared), skip_bad=skip_bad, log=log)
-    gpu = first.train.device.startswith("cuda") or (
-        first.train.device == "auto" and __import__("torch").cuda.is_available()
-    )
+    gpu = resolve_device(first.train.device).type == "cuda"
     n_val = round(len(folder.train) / first.data.n_folds)
     plan = make_plan(summary, n_train=len(folder.train) - n_val, n_val=n_val, gpu=gpu,
                      throughput=first.plan.throughput or measure_throughput(first),
@@ -156,8 +154,8 @@ def measure_throughput(config: Config, side: int = 256, batch: int = 8, steps: i
     on this machine: ``steps`` timed steps after one warm-up (about 10 s on a 2-core CPU)."""
     import torch
 
-    from common.inference import autocast, effective_amp
-    from common.runner import build_model_from, resolve_device
+    from common.infer.inference import autocast, effective_amp
+    from common.train.runner import build_model_from, resolve_device
 
     device = resolve_device(config.train.device)
     model = build_model_from(config, max(1, len(config.data.classes))).to(device).train()
@@ -279,18 +277,12 @@ def _overlays(config, folder, task, thresholds, fold_dir, log) -> None:
             [triplet(m, x["top"], x["min_area"], x["bottom"]) for m, x in zip(maps, t, strict=True)]
         )
         truth = folder.read_masks(row.id, shape)
-        image = read_image(
-            folder.root / "train" / "images" / Path(folder_image(folder, row.id)).name
-        )
+        image = read_image(folder.train[row.id])
         squeeze = (lambda m: m[0]) if len(maps) == 1 else (lambda m: m)
         panels.append(
             (f"{row.id[-14:]} area {row.mask_area}", image, squeeze(truth), squeeze(pred))
         )
     mask_overlays(panels, fold_dir / "overlays.png")
-
-
-def folder_image(folder: DatasetFolder, image_id: str) -> Path:
-    return folder.train.get(image_id) or folder.test[image_id]
 
 
 def _oof_path(fold_dir: Path, channel: str, image_id: str, channels: int) -> Path:
@@ -309,6 +301,17 @@ def run_fold(config: Config, folder: DatasetFolder, fold: int, *, resume=False, 
     metrics["epochs_run"] = len(trainer.history)
     write_text_atomic(fold_dir / METRICS, json.dumps(metrics, indent=2) + "\n")
     return metrics
+
+
+def plan_and_prepare(base: Path, folder: DatasetFolder, overrides=(), *, skip_bad=False,
+                     log=print) -> Config:  # fmt: skip
+    """``folder_config`` (the plan printed and saved beside the run), then ``prepare_folder``."""
+    config, table = folder_config(base, folder, overrides, skip_bad=skip_bad, log=log)
+    log(f"dataset {folder.name}: {len(folder.train)} train / {len(folder.test)} test images, "
+        f"{folder.layout} masks, classes {list(folder.classes)}\n{table}")  # fmt: skip
+    log(f"plan saved: {write_plan(config, table)}")
+    prepare_folder(config, folder, skip_bad=skip_bad, log=log)
+    return config
 
 
 def write_plan(config: Config, table: str) -> Path:
@@ -420,12 +423,12 @@ def _decode(fmt: SubmissionFormat, value: str, shape) -> np.ndarray:
 
 
 def predict_folder_submission(bundle, data, working, *, n_jobs: int = 2, log=print) -> Path:
-    """An offline notebook's submission (``common.kaggle``): the bundle's ensemble on the test
+    """An offline notebook's submission (``common.submit.kaggle``): the bundle's ensemble on the test
     images of the dataset folder ``data`` (its training files may be absent), by the steps of
     ``make ensemble DATASET=...``, so the CSV is byte-identical; ``<working>/submission.csv``."""
-    from common.ensemble import frozen_ensemble, predict_test
-    from common.folder import scan_test
-    from common.submission import write_rows
+    from common.io.folder import scan_test
+    from common.submit.ensemble import frozen_ensemble, predict_test
+    from common.submit.submission import write_rows
 
     bundle, working = Path(bundle), Path(working)
     config, thresholds, members, classifiers = frozen_ensemble(bundle, working)
@@ -443,3 +446,20 @@ def predict_folder_submission(bundle, data, working, *, n_jobs: int = 2, log=pri
     write_rows(rows, path, task.header)
     log(f"wrote {path}: {len(rows)} rows for {len(task.test)} test images")
     return path
+
+
+def folder_ensemble(config: Config, folder: DatasetFolder, train, overrides=(), *, log=print):
+    """``run_ensemble`` for a dataset folder: members trained first when missing
+    (``train(experiment file, fold)``), the members' planned TTA and search unless ``overrides``
+    set them (no flip when orientation matters; per-class thresholds for several classes)."""
+    from common.submit.ensemble import check_trained, run_ensemble, train_missing
+
+    train_missing(config, train, log)
+    members, _ = check_trained(config)
+    first = final_config(config.output, members[0].experiment, members[0].folds[0])
+    given = {o.split("=", 1)[0].split(".")[0] for o in overrides}
+    if "tta" not in given:
+        config["tta"] = list(first.predict.tta)
+    if "search" not in given:
+        config["search"] = dict(first.search)
+    return run_ensemble(config, test_task(config, folder), log=log)

@@ -1,4 +1,4 @@
-"""common.cache: incremental per-item refresh, bad items, atomic tables; common.sources."""
+"""common.io.cache: incremental per-item refresh, bad items, atomic tables; common.data.sources."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from common import atomic
-from common.atomic import deferred_sync, write_bytes_atomic, write_text_if_changed
-from common.cache import BAD_IDS, CacheError, Entry, Table, refresh, source_key
-from common.images import read_png, write_png
-from common.sources import raw_or_synthetic
+from common.data.sources import raw_or_synthetic
+from common.io import atomic
+from common.io.atomic import deferred_sync, write_bytes_atomic, write_text_if_changed
+from common.io.cache import BAD_IDS, CacheError, Entry, Table, refresh, source_key
+from common.io.images import read_png, write_png
 
 TABLES = (Table("items.csv", ("id", "mean")), Table("other.csv", ("name",)))
 

@@ -89,7 +89,7 @@ LUNG_CONFIGS = REPO / "competitions" / "lung" / "configs"
 
 def test_competitions_extend_the_one_generic_schema(tmp_path):
     from common.config import common_schema
-    from common.training import Settings
+    from common.train.training import Settings
 
     generic = common_schema()
     for base in (SIIM_CONFIGS / "base.yaml", LUNG_CONFIGS / "base.yaml"):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from common.crops import (
+from common.data.crops import (
     Box,
     crop_image,
     crop_mask,
@@ -113,10 +113,10 @@ def test_box_files_round_trip_and_bad_rows(tmp_path):
 def test_a_crop_stage_from_fold_checkpoints(tmp_path):
     import torch
 
-    from common.cascade import load_stage, predict_boxes
-    from common.checkpoints import save_checkpoint
     from common.config import load_config
-    from common.models import build_model
+    from common.infer.cascade import load_stage, predict_boxes
+    from common.train.checkpoints import save_checkpoint
+    from common.train.models import build_model
     from tests.conftest import REPO
 
     config = load_config(REPO / "competitions" / "lung" / "configs" / "lungs_only.yaml",

@@ -1,4 +1,4 @@
-"""common.data: JSON pipelines, per-worker and per-epoch augmentation seeds, non-empty samplers."""
+"""common.data.datasets: JSON pipelines, per-worker and per-epoch augmentation seeds, non-empty samplers."""
 
 from __future__ import annotations
 
@@ -9,14 +9,14 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from common.data import (
+from common.data.datasets import (
     NonEmptyRateSampler,
     SegmentationDataset,
     linear_rate,
     load_transforms,
     seed_worker,
 )
-from common.images import write_png
+from common.io.images import write_png
 from tests.conftest import REPO
 
 TRANSFORMS = REPO / "competitions" / "siim" / "transforms"
@@ -138,7 +138,7 @@ def test_in_process_loading_is_reproducible(prepared):
     """num_workers=0: the pipeline is reseeded per epoch from the loader's generator, so two
     fresh loaders with the same seed draw the same augmentations (albumentations would
     otherwise seed itself from the OS)."""
-    from common.data import reseed_main_process
+    from common.data.datasets import reseed_main_process
 
     def epoch_images():
         transform = load_transforms(TRANSFORMS / "light.json", 64)
@@ -206,8 +206,8 @@ def test_common_loaders_from_an_item_table(tmp_path):
     import pandas as pd
 
     from common.config import load_config
-    from common.images import write_png
-    from common.loaders import Items, eval_loader, train_loader
+    from common.data.loaders import Items, eval_loader, train_loader
+    from common.io.images import write_png
 
     for i in range(6):
         write_png(tmp_path / "images" / f"i{i}.png", np.full((32, 32), i * 40, np.uint8))
@@ -241,7 +241,7 @@ def test_common_loaders_from_an_item_table(tmp_path):
 
 @pytest.mark.parametrize("colour", [False, True])
 def test_dataset_feeds_grey_and_rgb_images(tmp_path, colour):
-    from common.data import IMAGENET_MEAN, IMAGENET_STD
+    from common.data.datasets import IMAGENET_MEAN, IMAGENET_STD
 
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (16, 16, 3) if colour else (16, 16), dtype=np.uint8)
@@ -259,7 +259,7 @@ def test_loader_config_errors_name_the_key(tmp_path):
     import pandas as pd
 
     from common.config import load_config
-    from common.loaders import Items, sampler
+    from common.data.loaders import Items, sampler
 
     frame = pd.DataFrame({"id": ["a", "b"], "has_mask": [0, 1]})
     items = Items(frame, tmp_path)
@@ -278,8 +278,8 @@ def test_loader_config_errors_name_the_key(tmp_path):
 def test_histogram_equalisation_preprocess(tmp_path):
     import cv2
 
-    from common.data import SegmentationDataset, normalise, preprocess
-    from common.images import write_png
+    from common.data.datasets import SegmentationDataset, normalise, preprocess
+    from common.io.images import write_png
 
     rng = np.random.default_rng(0)
     grey = np.clip(rng.normal(100, 10, (64, 64)), 0, 255).astype(np.uint8)  # a narrow histogram
@@ -301,7 +301,7 @@ def test_histogram_equalisation_preprocess(tmp_path):
         preprocess(grey, {"name": "hist"})
     # canonical: the method's own parameters with defaults; other methods' parameters dropped,
     # so runs whose configs carried different parameter sets still compare equal
-    from common.data import check_preprocess
+    from common.data.datasets import check_preprocess
 
     old = {"name": "none", "clip_limit": 2.0, "tiles": 8}
     assert check_preprocess(old) == check_preprocess(old | {"low": 0.5}) == {"name": "none"}
@@ -323,7 +323,7 @@ def test_histogram_equalisation_preprocess(tmp_path):
 
 
 def test_percentile_stretch_rescues_a_washed_out_image_and_leaves_a_good_one():
-    from common.data import preprocess
+    from common.data.datasets import preprocess
 
     rng = np.random.default_rng(0)
     exposed = rng.integers(0, 256, (64, 64)).astype(np.uint8)

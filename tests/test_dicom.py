@@ -1,4 +1,4 @@
-"""common.dicom: real SIIM files, pydicom's own files of other syntaxes and depths, bad input."""
+"""common.io.dicom: real SIIM files, pydicom's own files of other syntaxes and depths, bad input."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
-from common.dicom import read_dicom
+from common.io.dicom import read_dicom
 from tests.conftest import shared_path
 
 PYDICOM_FILES = Path(pydicom.__file__).parent / "data" / "test_files"  # shipped in the wheel

@@ -1,4 +1,4 @@
-"""common.folds: stratification by has-mask and area bin, determinism, real SIIM ids."""
+"""common.data.folds: stratification by has-mask and area bin, determinism, real SIIM ids."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from common.folds import area_bins, make_folds, read_folds, write_folds
-from common.rle import siim_rle_decode
+from common.data.folds import area_bins, make_folds, read_folds, write_folds
+from common.io.rle import siim_rle_decode
 from tests.conftest import shared_path
 
 

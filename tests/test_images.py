@@ -1,12 +1,12 @@
-"""common.images: PNG round trips, clear errors for bad files, resizing that keeps mask area."""
+"""common.io.images: PNG round trips, clear errors for bad files, resizing that keeps mask area."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from common.dicom import read_dicom, read_dicom_with_tags
-from common.images import read_mask, read_png, resize_image, resize_mask, write_mask, write_png
+from common.io.dicom import read_dicom, read_dicom_with_tags
+from common.io.images import read_mask, read_png, resize_image, resize_mask, write_mask, write_png
 from tests.conftest import shared_path
 
 

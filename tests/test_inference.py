@@ -7,8 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from common.images import read_png
-from common.inference import (
+from common.infer.inference import (
     TtaPolicy,
     collect_validation,
     predict_tensor,
@@ -16,8 +15,9 @@ from common.inference import (
     validation_metrics,
     write_maps,
 )
-from common.losses import CombinedLoss
-from common.postprocess import quantise
+from common.io.images import read_png
+from common.post.postprocess import quantise
+from common.train.losses import CombinedLoss
 from tests.reference import ref_dice, ref_jaccard
 
 

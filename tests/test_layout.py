@@ -19,7 +19,7 @@ def test_common_does_not_import_competitions():
 
 
 def test_atomic_write_leaves_nothing_on_failure(tmp_path):
-    from common.atomic import atomic_path, write_text_atomic
+    from common.io.atomic import atomic_path, write_text_atomic
 
     target = tmp_path / "out.txt"
     write_text_atomic(target, "old")
@@ -36,7 +36,7 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
 def test_atomic_files_get_the_usual_permissions(tmp_path):
     import os
 
-    from common.atomic import atomic_dir, write_text_atomic
+    from common.io.atomic import atomic_dir, write_text_atomic
 
     write_text_atomic(tmp_path / "x.txt", "hi")
     with atomic_dir(tmp_path / "folder") as build:
@@ -50,7 +50,7 @@ def test_atomic_files_get_the_usual_permissions(tmp_path):
 def test_atomic_dir_replaces_whole_or_not_at_all(tmp_path):
     import pytest
 
-    from common.atomic import atomic_dir
+    from common.io.atomic import atomic_dir
 
     target = tmp_path / "set"
     with atomic_dir(target) as build:

@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from common import leaderboard
 from common.config import load_config
-from common.runner import ERROR, train_fold, write_fold_score
+from common.submit import leaderboard
+from common.train.runner import ERROR, train_fold, write_fold_score
 from tests.conftest import REPO
 
 BASE = REPO / "competitions" / "siim" / "configs" / "base.yaml"

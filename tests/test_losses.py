@@ -1,4 +1,4 @@
-"""common.losses: every registered loss, the weighted BCE formula, combinations, bad specs."""
+"""common.train.losses: every registered loss, the weighted BCE formula, combinations, bad specs."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from common.losses import SEGMENTATION_LOSSES, CombinedLoss, SymmetricLovasz, WeightedBCE
+from common.train.losses import SEGMENTATION_LOSSES, CombinedLoss, SymmetricLovasz, WeightedBCE
 
 
 def _batch(seed=0):
@@ -103,7 +103,7 @@ def _square(size=12, lo=3, hi=8):
 
 
 def test_signed_and_boundary_distances():
-    from common.distance_losses import boundary_distance, signed_distance
+    from common.train.distance_losses import boundary_distance, signed_distance
 
     mask = _square()
     phi = signed_distance(mask[None, None])[0, 0]
@@ -121,7 +121,7 @@ def _logits(mask: np.ndarray) -> torch.Tensor:
 
 
 def test_boundary_and_hausdorff_losses():
-    from common.losses import SEGMENTATION_LOSSES
+    from common.train.losses import SEGMENTATION_LOSSES
 
     target = torch.from_numpy(_square().astype(np.float32))[None, None]
     for name in ("boundary", "hausdorff"):
@@ -139,7 +139,7 @@ def test_boundary_and_hausdorff_losses():
 
 
 def test_learned_loss_weights():
-    from common.losses import CombinedLoss
+    from common.train.losses import CombinedLoss
 
     terms = [{"name": "bce", "weight": 1.0}, {"name": "dice", "weight": 2.0}]
     plain = CombinedLoss(terms)

@@ -1,11 +1,11 @@
-"""common.metrics against the per-image reference on random, empty and full batches."""
+"""common.post.metrics against the per-image reference on random, empty and full batches."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from common.metrics import (
+from common.post.metrics import (
     dice_jaccard,
     dice_per_class,
     dice_per_image,

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from common.mixing import BatchMix, apply_mix, batch_mix, mix_generator
+from common.data.mixing import BatchMix, apply_mix, batch_mix, mix_generator
 
 
 def _batch(n=6, size=32):

@@ -1,12 +1,12 @@
-"""common.models: every architecture and the classifier train one step; weights from local files."""
+"""common.train.models: every architecture and the classifier train one step; weights from local files."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from common.losses import CombinedLoss
-from common.models import ARCHITECTURES, build_model, load_weights
+from common.train.losses import CombinedLoss
+from common.train.models import ARCHITECTURES, build_model, load_weights
 
 
 def _one_step(model, size=64):

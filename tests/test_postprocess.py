@@ -1,11 +1,11 @@
-"""common.postprocess: the triplet rule, the uint8 threshold convention, small components."""
+"""common.post.postprocess: the triplet rule, the uint8 threshold convention, small components."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from common.postprocess import (
+from common.post.postprocess import (
     binarize,
     quantise,
     quantised_cutoff,
@@ -79,7 +79,7 @@ def test_triplet_shape_errors():
 
 
 def test_structure_rules():
-    from common.postprocess import clean_mask, fill_holes, largest_component, largest_per_side
+    from common.post.postprocess import clean_mask, fill_holes, largest_component, largest_per_side
 
     mask = np.zeros((20, 20), np.uint8)
     mask[2:5, 2:5] = 1  # left, small

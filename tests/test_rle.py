@@ -1,4 +1,4 @@
-"""common.rle against the reference implementations, edge cases, bad input and real strings."""
+"""common.io.rle against the reference implementations, edge cases, bad input and real strings."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from PIL import Image
 
-from common.rle import (
+from common.io.rle import (
     ColumnRunWriter,
     rle_decode,
     rle_decode_window,

@@ -1,4 +1,4 @@
-"""common.slide_inference and its parts: D4 TTA pairs, the streaming small-object filter, runs
+"""common.infer.slide_inference and its parts: D4 TTA pairs, the streaming small-object filter, runs
 Dice, and a slide predicted tile by tile against the same steps on the whole image."""
 
 from __future__ import annotations
@@ -9,11 +9,9 @@ import pytest
 import tifffile
 import torch
 
-from common.inference import D4, tta_augment, tta_deaugment
-from common.metrics import dice_of_runs, dice_per_image
-from common.postprocess import RowComponentFilter, remove_small_components
-from common.rle import rle_decode, rle_encode, rle_runs
-from common.slide_inference import (
+from common.data.tiles import RowStitcher, blend_weights, tile_grid
+from common.infer.inference import D4, tta_augment, tta_deaugment
+from common.infer.slide_inference import (
     RowBuffer,
     TilePlan,
     full_window,
@@ -24,8 +22,10 @@ from common.slide_inference import (
     tile_predictor,
     write_map,
 )
-from common.slides import open_slide
-from common.tiles import RowStitcher, blend_weights, tile_grid
+from common.io.rle import rle_decode, rle_encode, rle_runs
+from common.io.slides import open_slide
+from common.post.metrics import dice_of_runs, dice_per_image
+from common.post.postprocess import RowComponentFilter, remove_small_components
 
 
 @pytest.mark.parametrize("name", D4)

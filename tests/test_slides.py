@@ -1,4 +1,4 @@
-"""common.slides and common.polygons: every TIFF layout read by windows, bad files refused by
+"""common.io.slides and common.io.polygons: every TIFF layout read by windows, bad files refused by
 name; polygons with holes and parts rasterised, per window as a whole, real GeoJSON parsed."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import tifffile
 
-from common.polygons import check_inside, rasterize, read_geojson
-from common.slides import SlideError, open_slide
+from common.io.polygons import check_inside, rasterize, read_geojson
+from common.io.slides import SlideError, open_slide
 from tests.conftest import shared_path
 
 RNG = np.random.default_rng(7)

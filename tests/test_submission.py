@@ -1,12 +1,12 @@
-"""common.submission (with the SIIM format): atomic writing, and every malformed case refused."""
+"""common.submit.submission (with the SIIM format): atomic writing, and every malformed case refused."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from common.rle import siim_rle_encode
-from common.submission import SubmissionError, validate_submission, write_submission
+from common.io.rle import siim_rle_encode
+from common.submit.submission import SubmissionError, validate_submission, write_submission
 from competitions.siim.submission import FORMAT
 
 IDS = ["a", "b", "c"]
@@ -66,7 +66,7 @@ def test_all_problems_listed_at_once(tmp_path):
 
 
 def test_write_rows_refuses_a_row_that_breaks_the_csv(tmp_path):
-    from common.submission import write_rows
+    from common.submit.submission import write_rows
 
     assert (
         write_rows([("a", "x", "1 2"), ("b", "y", "")], tmp_path / "r.csv", ("id", "s", "rle")) == 2

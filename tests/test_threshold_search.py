@@ -1,4 +1,4 @@
-"""common.threshold_search gives exactly the Dice of post-processing followed by the metric."""
+"""common.post.threshold_search gives exactly the Dice of post-processing followed by the metric."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from common.metrics import dice_per_image
-from common.postprocess import quantise, triplet, two_stage
-from common.threshold_search import (
+from common.post.metrics import dice_per_image
+from common.post.postprocess import quantise, triplet, two_stage
+from common.post.threshold_search import (
     cross_fitted_thresholds,
     default_min_areas,
     reduce_maps,

@@ -1,4 +1,4 @@
-"""common.tiles: the grid, blending, the band stitcher and the row-wise upsampler against the
+"""common.data.tiles: the grid, blending, the band stitcher and the row-wise upsampler against the
 whole-image computations they replace."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
-from common.rle import ColumnRunWriter, rle_decode
-from common.tiles import RowStitcher, Tile, blend_weights, tile_grid, upsample_rows
+from common.data.tiles import RowStitcher, Tile, blend_weights, tile_grid, upsample_rows
+from common.io.rle import ColumnRunWriter, rle_decode
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""common.training and common.optim: top-k averaging, checkpoints, NaN stop, EMA, schedulers,
+"""common.train.training and common.train.optim: top-k averaging, checkpoints, NaN stop, EMA, schedulers,
 determinism, on a tiny model and in-memory data."""
 
 from __future__ import annotations
@@ -8,12 +8,12 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from common.checkpoints import average_state_dicts, load_checkpoint
-from common.inference import roc_auc
-from common.losses import CombinedLoss
-from common.models import build_model
-from common.optim import Stepper, build_optimiser
-from common.training import Settings, Trainer
+from common.infer.inference import roc_auc
+from common.train.checkpoints import average_state_dicts, load_checkpoint
+from common.train.losses import CombinedLoss
+from common.train.models import build_model
+from common.train.optim import Stepper, build_optimiser
+from common.train.training import Settings, Trainer
 
 
 class Squares(Dataset):
@@ -142,7 +142,7 @@ def test_ema_accumulation_clipping_and_early_stop(tmp_path):
 
 
 def test_bf16_trains_on_the_cpu_and_fp16_falls_back_to_float32(tmp_path, monkeypatch):
-    from common import inference
+    from common.infer import inference
 
     monkeypatch.setattr(inference, "cpu_has_bf16", lambda: True)  # emulated where it is not
     trainer = _trainer(tmp_path / "bf16", amp="bf16", epochs=6)

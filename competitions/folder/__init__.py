@@ -1,4 +1,4 @@
-"""Any dataset folder in the documented layout (``common.folder``, docs/DATASETS.md), no code:
+"""Any dataset folder in the documented layout (``common.io.folder``, docs/DATASETS.md), no code:
 ``python -m common.cli train --dataset FOLDER`` or ``make fold0 DATASET=FOLDER``."""
 
 from pathlib import Path

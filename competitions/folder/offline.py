@@ -1,4 +1,4 @@
-"""What a dataset folder's Kaggle notebook runs (``common.kaggle``): ``common.stages``."""
+"""What a dataset folder's Kaggle notebook runs (``common.submit.kaggle``): ``common.stages``."""
 
 from common.stages import predict_folder_submission as predict_submission
 

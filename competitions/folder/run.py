@@ -10,20 +10,11 @@ import argparse
 from pathlib import Path
 
 from common.config import load_run_config
-from common.ensemble import check_trained, run_ensemble, train_missing
-from common.folder import scan
-from common.paths import dist_dir, resolve
-from common.predict import final_config
-from common.runner import parse_folds
-from common.stages import (
-    dataset_paths,
-    evaluate_fold,
-    folder_config,
-    prepare_folder,
-    run_fold,
-    test_task,
-    write_plan,
-)
+from common.infer.predict import final_config
+from common.io.folder import scan
+from common.io.paths import dist_dir, resolve
+from common.stages import dataset_paths, evaluate_fold, folder_ensemble, plan_and_prepare, run_fold
+from common.train.runner import parse_folds
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 
@@ -46,12 +37,8 @@ def _file(config: str, folder: Path = CONFIGS) -> Path:
 def _planned(argv, log=print):
     args = _parser("auto").parse_args(argv)
     folder = scan(args.dataset, skip_bad=args.skip_bad)
-    config, table = folder_config(_file(args.config), folder, args.overrides,
-                                  skip_bad=args.skip_bad, log=log)  # fmt: skip
-    log(f"dataset {folder.name}: {len(folder.train)} train / {len(folder.test)} test images, "
-        f"{folder.layout} masks, classes {list(folder.classes)}\n{table}")  # fmt: skip
-    log(f"plan saved: {write_plan(config, table)}")
-    prepare_folder(config, folder, skip_bad=args.skip_bad, log=log)
+    config = plan_and_prepare(_file(args.config), folder, args.overrides, skip_bad=args.skip_bad,
+                              log=log)  # fmt: skip
     return args, folder, config
 
 
@@ -89,7 +76,7 @@ def _ensemble_config(args, folder):
 
 def bundle(argv) -> None:
     """``kaggle.build`` of the folder's ensemble; the notebook reads the dataset (``--slug``)."""
-    from common import kaggle
+    from common.submit import kaggle
 
     parser = _parser("default")
     parser.add_argument("--owner", default="your-kaggle-username")
@@ -115,15 +102,7 @@ def ensemble(argv, log=print) -> dict:
         train(["--dataset", str(folder.root), "--config", str(experiment), "--folds", str(fold)]
               + (["--skip-bad"] if args.skip_bad else []), log)  # fmt: skip
 
-    train_missing(config, train_one, log)
-    members, _ = check_trained(config)
-    first = final_config(config.output, members[0].experiment, members[0].folds[0])
-    given = {o.split("=", 1)[0].split(".")[0] for o in args.overrides}
-    if "tta" not in given:
-        config["tta"] = list(first.predict.tta)  # the plan's: no flip when orientation matters
-    if "search" not in given:
-        config["search"] = dict(first.search)  # per-class thresholds for several classes
-    report = run_ensemble(config, test_task(config, folder), log=log)
+    report = folder_ensemble(config, folder, train_one, args.overrides, log=log)
     line = (
         f"ensemble {folder.name}/{config.name}: OOF {folder.spec.metric} {report['oof_dice']:.4f}"
     )
@@ -135,7 +114,7 @@ def ensemble(argv, log=print) -> dict:
 
 
 def leaderboard(argv) -> None:
-    from common.leaderboard import main
+    from common.submit.leaderboard import main
 
     i = argv.index("--dataset")
     main(["--competition", scan(argv[i + 1]).name, *argv[:i], *argv[i + 2 :]])

@@ -20,6 +20,6 @@ COMPETITION = Competition(
         "ensemble": "competitions.hubmap.ensemble:main",
         "offline": "competitions.hubmap.offline:predict_submission",
         "bundle": "competitions.hubmap.kaggle_bundle:main",
-        "leaderboard": "common.leaderboard:main",
+        "leaderboard": "common.submit.leaderboard:main",
     },
 )

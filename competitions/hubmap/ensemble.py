@@ -5,10 +5,10 @@
 1. Out of fold: each training slide's map is the weighted mean of the maps its fold's model of
    every member wrote (``fold<k>/oof/<id>.tiff``; no second forward pass); the threshold and
    minimum object size are searched on them and the full-resolution Dice scored
-   (``common.slide_search``): ``models/hubmap/<name>/thresholds.yaml``, ``search.csv``,
+   (``common.post.slide_search``): ``models/hubmap/<name>/thresholds.yaml``, ``search.csv``,
    ``search.png``.
 2. Test: every fold of every member predicts each test slide in tiles (D4 TTA, Gaussian
-   blending) and the mask is encoded strip by strip (``common.slide_inference``), never held
+   blending) and the mask is encoded strip by strip (``common.infer.slide_inference``), never held
    whole: ``submissions/hubmap/<name>.csv`` (``id,predicted``), validated against the sample
    submission, scored when the test truth is known, with ``<name>.json`` beside it. Under
    ``torchrun`` the test slides are shared out across ranks and gathered on rank 0.
@@ -29,19 +29,19 @@ import tifffile
 import torch
 import yaml
 
-from common import distributed
-from common.atomic import write_text_atomic
 from common.config import Config, load_run_config, to_config
-from common.data import check_preprocess
-from common.ensemble import check_trained, train_missing
-from common.metrics import dice_of_runs
-from common.predict import final_config, load_fold_model
-from common.rle import rle_runs
-from common.runner import config_main, resolve_device
-from common.slide_inference import TilePlan, predict_slide, rle_from_bands, tile_predictor
-from common.slide_search import score_maps, search_maps
-from common.slides import open_slide, slide_shape
-from common.submission import SubmissionFormat, validate_submission, write_rows
+from common.data.datasets import check_preprocess
+from common.infer.predict import final_config, load_fold_model
+from common.infer.slide_inference import TilePlan, predict_slide, rle_from_bands, tile_predictor
+from common.io.atomic import write_text_atomic
+from common.io.rle import rle_runs
+from common.io.slides import open_slide, slide_shape
+from common.post.metrics import dice_of_runs
+from common.post.slide_search import score_maps, search_maps
+from common.submit.ensemble import check_trained, train_missing
+from common.submit.submission import SubmissionFormat, validate_submission, write_rows
+from common.train import distributed
+from common.train.runner import config_main, resolve_device
 from competitions.hubmap.evaluate import HEADER, oof_slides
 from competitions.hubmap.prepare import source as slides_source
 

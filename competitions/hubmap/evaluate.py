@@ -7,7 +7,7 @@
     models/hubmap/<name>/oof.json           per-slide full-resolution Dice, mean, all-empty
     models/hubmap/<name>/oof.png            each slide with its truth (green) and prediction (red)
 
-The search runs at model scale (``common.slide_search``); the score is the competition's: the
+The search runs at model scale (``common.post.slide_search``); the score is the competition's: the
 mean over slides of the Dice of the full-resolution masks, each made strip by strip from the map
 and compared run by run with ``train.csv``.
 """
@@ -22,13 +22,13 @@ import numpy as np
 import tifffile
 import yaml
 
-from common.atomic import write_text_atomic
 from common.config import Config
+from common.io.atomic import write_text_atomic
+from common.io.slides import open_slide, thumbnail
 from common.plots import mask_overlays
-from common.runner import write_fold_score
-from common.slide_search import score_maps, search_maps, truth_at_scale
-from common.slides import open_slide, thumbnail
-from common.submission import write_rows
+from common.post.slide_search import score_maps, search_maps, truth_at_scale
+from common.submit.submission import write_rows
+from common.train.runner import write_fold_score
 from competitions.hubmap.prepare import folder, read_tiles, read_train
 
 HEADER = ("id", "predicted")

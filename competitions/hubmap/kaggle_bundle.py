@@ -1,5 +1,5 @@
 """Freeze a HuBMAP ensemble for a Kaggle notebook that runs with the internet off
-(``common.kaggle``); the notebook reads the competition's test slides.
+(``common.submit.kaggle``); the notebook reads the competition's test slides.
 
     python -m competitions.hubmap.kaggle_bundle build --ensemble competitions/hubmap/configs/ensembles/default.yaml
 """
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from functools import partial
 
-from common import kaggle
+from common.submit import kaggle
 
 COMPETITION = "hubmap-kidney-segmentation"
 

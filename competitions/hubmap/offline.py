@@ -14,11 +14,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from common.ensemble import frozen_ensemble
-from common.predict import load_fold_model
-from common.runner import resolve_device
-from common.slides import slide_shape
-from common.submission import validate_submission, write_rows
+from common.infer.predict import load_fold_model
+from common.io.slides import slide_shape
+from common.submit.ensemble import frozen_ensemble
+from common.submit.submission import validate_submission, write_rows
+from common.train.runner import resolve_device
 from competitions.hubmap.ensemble import (
     FORMAT,
     member_config,

@@ -12,8 +12,8 @@
 Grid tiles cover each slide (``data.grid_overlap``); those with less stained tissue than
 ``data.min_tissue`` are skipped. With ``data.object_tiles`` every glomerulus (a cell of the
 RLE's mask pixels) adds a tile centred on it, shifted by up to ``data.jitter`` of a window.
-Each slide is one cache entry (``common.cache``): re-running redoes only slides whose file,
-RLE or tile settings changed. Tiles are read through ``common.slides`` one window at a time.
+Each slide is one cache entry (``common.io.cache``): re-running redoes only slides whose file,
+RLE or tile settings changed. Tiles are read through ``common.io.slides`` one window at a time.
 
     python -m competitions.hubmap.prepare --config competitions/hubmap/configs/unet_resnet18_cpu.yaml
 """
@@ -26,17 +26,17 @@ from pathlib import Path
 
 import pandas as pd
 
-from common.atomic import write_text_atomic, write_text_if_changed
-from common.cache import Entry, Table, refresh, source_key
 from common.config import Config
-from common.folds import group_folds
-from common.images import resize_mask, write_mask, write_png
-from common.paths import check_id
-from common.rle import rle_decode_window, rle_runs
-from common.runner import config_main
-from common.slides import SlideError, open_slide
-from common.sources import Source, raw_or_synthetic
-from common.tiles import object_centres, tissue_fraction, training_windows
+from common.data.folds import group_folds
+from common.data.sources import Source, raw_or_synthetic
+from common.data.tiles import object_centres, tissue_fraction, training_windows
+from common.io.atomic import write_text_atomic, write_text_if_changed
+from common.io.cache import Entry, Table, refresh, source_key
+from common.io.images import resize_mask, write_mask, write_png
+from common.io.paths import check_id
+from common.io.rle import rle_decode_window, rle_runs
+from common.io.slides import SlideError, open_slide
+from common.train.runner import config_main
 from competitions.hubmap.synthetic import SyntheticSpec, generate
 
 VERSION = 1
@@ -154,7 +154,9 @@ def read_tiles(config: Config) -> tuple[Path, pd.DataFrame, pd.DataFrame]:
     if not (out / "slides.csv").is_file():
         raise ValueError(f"{out}/slides.csv not found: run `python -m competitions.hubmap.prepare`")
     slides = pd.read_csv(out / "slides.csv", dtype={"id": str})
-    folds = group_folds(slides["id"], slides["tiles"].to_numpy(), config.data.n_folds, config.seed)
+    folds = group_folds(
+        slides["id"], slides["tiles"].to_numpy(), config.data.n_folds, config.data.fold_seed
+    )
     slides["fold"] = slides["id"].map(folds)
     tiles = pd.concat([pd.read_csv(out / "tiles" / f"{i}.csv", dtype={"id": str, "slide": str})
                        for i in slides["id"]], ignore_index=True)  # fmt: skip

@@ -33,10 +33,10 @@ import pandas as pd
 import tifffile
 from joblib import Parallel, delayed
 
-from common.atomic import atomic_dir
-from common.paths import data_dir
-from common.polygons import rasterize
-from common.rle import ColumnRunWriter
+from common.io.atomic import atomic_dir
+from common.io.paths import data_dir
+from common.io.polygons import rasterize
+from common.io.rle import ColumnRunWriter
 
 # (height, width, layout) at scale 1
 TRAIN = [

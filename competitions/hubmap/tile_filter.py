@@ -14,12 +14,12 @@ import sys
 
 import yaml
 
-from common.atomic import atomic_path
 from common.config import Config, load_run_config
-from common.loaders import Items
-from common.predict import load_fold_model
-from common.runner import config_parser, parse_folds, resolve_device
-from common.tile_filter import FILE, tile_dice
+from common.data.loaders import Items
+from common.infer.predict import load_fold_model
+from common.io.atomic import atomic_path
+from common.post.tile_filter import FILE, tile_dice
+from common.train.runner import config_parser, parse_folds, resolve_device
 from competitions.hubmap.evaluate import fold_dir, run_dir
 from competitions.hubmap.prepare import read_tiles
 

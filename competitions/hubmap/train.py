@@ -5,13 +5,13 @@
 
 Prepares the tiles first when needed (``competitions.hubmap.prepare``). Folds are grouped by
 slide: fold k validates on the tiles of its held-out slides, then predicts those slides whole
-(``common.slide_inference``: overlapping tiles, Gaussian blending, the TTA of
+(``common.infer.slide_inference``: overlapping tiles, Gaussian blending, the TTA of
 ``predict.tta``) into ``models/hubmap/<name>/fold<k>/oof/<id>.tiff``, a quantised map at model
 scale. ``competitions.hubmap.evaluate`` then searches the threshold and the minimum object size
 on every fold's maps and scores the full-resolution RLE they make against ``train.csv``.
 
 With ``data.tile_filter.run`` set, each fold trains only on the tiles that run's model of the
-same fold did not already predict perfectly (``make hubmap-filter``; ``common.tile_filter``),
+same fold did not already predict perfectly (``make hubmap-filter``; ``common.post.tile_filter``),
 starting from its weights when ``data.tile_filter.init``.
 """
 
@@ -24,18 +24,18 @@ from pathlib import Path
 
 import pandas as pd
 
-from common import distributed
-from common.atomic import write_text_atomic
 from common.config import Config, load_run_config, to_config
-from common.inference import TtaPolicy
-from common.loaders import Items, load_pipeline
-from common.loaders import make_loaders as common_loaders
-from common.predict import final_path
-from common.runner import check_run_config, parse_folds, train_fold, train_parser
-from common.slide_inference import TilePlan, predict_slide, tile_predictor, write_map
-from common.slides import open_slide
-from common.tile_filter import FILE as FILTER_FILE
-from common.tile_filter import kept_items
+from common.data.loaders import Items, load_pipeline
+from common.data.loaders import make_loaders as common_loaders
+from common.infer.inference import TtaPolicy
+from common.infer.predict import final_path
+from common.infer.slide_inference import TilePlan, predict_slide, tile_predictor, write_map
+from common.io.atomic import write_text_atomic
+from common.io.slides import open_slide
+from common.post.tile_filter import FILE as FILTER_FILE
+from common.post.tile_filter import kept_items
+from common.train import distributed
+from common.train.runner import check_run_config, parse_folds, train_fold, train_parser
 from competitions.hubmap.evaluate import evaluate, fold_dir, source_root
 from competitions.hubmap.prepare import prepare, read_tiles
 

@@ -21,6 +21,6 @@ COMPETITION = Competition(
         "ensemble": "competitions.lung.ensemble:main",
         "offline": "competitions.lung.offline:predict_submission",
         "bundle": "competitions.lung.kaggle_bundle:main",
-        "leaderboard": "common.leaderboard:main",
+        "leaderboard": "common.submit.leaderboard:main",
     },
 )

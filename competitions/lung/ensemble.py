@@ -1,4 +1,4 @@
-"""Ensemble lung models (``common.ensemble``): per-structure thresholds on the held-out maps,
+"""Ensemble lung models (``common.submit.ensemble``): per-structure thresholds on the held-out maps,
 then the test submission.
 
     python -m competitions.lung.ensemble --config competitions/lung/configs/ensembles/default.yaml
@@ -19,12 +19,12 @@ import numpy as np
 import pandas as pd
 
 from common.config import Config, load_config
-from common.ensemble import EnsembleTask, check_trained, ensemble_members, train_missing
-from common.ensemble import run_ensemble as run_common
-from common.metrics import dice_jaccard
-from common.predict import final_config
-from common.rle import rle_encode
-from common.runner import config_main
+from common.infer.predict import final_config
+from common.io.rle import rle_encode
+from common.post.metrics import dice_jaccard
+from common.submit.ensemble import EnsembleTask, check_trained, ensemble_members, train_missing
+from common.submit.ensemble import run_ensemble as run_common
+from common.train.runner import config_main
 from competitions.lung.evaluate import (
     HEADER,
     read_submission,
@@ -108,7 +108,7 @@ def _validate(csv: Path, ids: list[str], structures: list[str], size: int) -> di
 
 
 def task(config: Config, *, with_train: bool = True) -> EnsembleTask:
-    """The lung data for ``common.ensemble``."""
+    """The lung data for ``common.submit.ensemble``."""
     member = member_config(config)
     structures, size = tuple(member.data.structures), member.data.score_size
     root = Path(member.data.prepared) / str(member.data.size)

@@ -30,20 +30,20 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from common.atomic import write_text_atomic
-from common.cascade import paste_batches
 from common.config import Config, load_run_config
-from common.crops import crop_spec, read_box_table
-from common.images import read_mask, read_png
-from common.inference import predict_batches, write_maps
-from common.loaders import eval_loader
-from common.metrics import dice_jaccard
+from common.data.crops import crop_spec, read_box_table
+from common.data.loaders import eval_loader
+from common.infer.cascade import paste_batches
+from common.infer.inference import predict_batches, write_maps
+from common.io.atomic import write_text_atomic
+from common.io.images import read_mask, read_png
+from common.io.rle import rle_decode, rle_encode
 from common.plots import mask_overlays
-from common.postprocess import binarize, clean_mask
-from common.rle import rle_decode, rle_encode
-from common.runner import parse_folds, write_fold_score
-from common.submission import write_rows
-from common.threshold_search import cross_fitted_thresholds, reduce_pairs
+from common.post.metrics import dice_jaccard
+from common.post.postprocess import binarize, clean_mask
+from common.post.threshold_search import cross_fitted_thresholds, reduce_pairs
+from common.submit.submission import write_rows
+from common.train.runner import parse_folds, write_fold_score
 from competitions.lung.loaders import fold_cases, items, read_cases, tta_policy
 
 HEADER = ("id", "structure", "rle")

@@ -1,5 +1,5 @@
 """Freeze a lung ensemble for a Kaggle notebook that runs with the internet off
-(``common.kaggle``): the notebook reads chest X-rays from a Kaggle dataset in the JSRT layout
+(``common.submit.kaggle``): the notebook reads chest X-rays from a Kaggle dataset in the JSRT layout
 (``test/images/``).
 
     python -m competitions.lung.kaggle_bundle build --ensemble competitions/lung/configs/ensembles/default.yaml
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from functools import partial
 
-from common import kaggle
+from common.submit import kaggle
 
 DATA = "jsrt-scr-chest-xrays"  # the input dataset's folder under /kaggle/input
 

@@ -1,5 +1,5 @@
-"""Lung data for training: the prepared cases with their folds as ``common.loaders.Items``, the
-loaders (built by ``common.loaders``, sharded under DDP), and the TTA policy (a mirrored chest
+"""Lung data for training: the prepared cases with their folds as ``common.data.loaders.Items``, the
+loaders (built by ``common.data.loaders``, sharded under DDP), and the TTA policy (a mirrored chest
 X-ray swaps the patient's left and right).
 
 Folds (``data.split``): ``scr``, the SCR benchmark's two halves: fold 0 trains on the
@@ -16,11 +16,11 @@ from pathlib import Path
 import pandas as pd
 
 from common.config import Config
-from common.crops import frame_root, prepared_root
-from common.folds import make_folds
-from common.inference import ORIENTING, TtaPolicy, side_swap
-from common.loaders import Items, load_pipeline
-from common.loaders import make_loaders as common_loaders
+from common.data.crops import frame_root, prepared_root
+from common.data.folds import make_folds
+from common.data.loaders import Items, load_pipeline
+from common.data.loaders import make_loaders as common_loaders
+from common.infer.inference import ORIENTING, TtaPolicy, side_swap
 
 TRANSFORMS = Path(__file__).resolve().parent / "transforms"
 SPLITS = ("scr", "kfold")
@@ -63,7 +63,9 @@ def read_cases(config: Config) -> tuple[Path, pd.DataFrame]:
             f"{root}/cases.csv not found: run `python -m competitions.lung.prepare --config ...`"
         )
     cases = pd.read_csv(root / "cases.csv", dtype={"case": str})
-    cases["fold"] = assign_folds(cases, config.data.split, config.data.n_folds, config.seed)
+    cases["fold"] = assign_folds(
+        cases, config.data.split, config.data.n_folds, config.data.fold_seed
+    )
     cases["id"] = cases["case"]
     areas = [c for c in cases.columns if c.startswith("area_")]
     cases["has_mask"] = (cases[areas].sum(axis=1) > 0).astype(int) if areas else 1

@@ -15,9 +15,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from common.ensemble import frozen_ensemble, predict_test
-from common.predict import final_config
-from common.submission import write_rows
+from common.infer.predict import final_config
+from common.submit.ensemble import frozen_ensemble, predict_test
+from common.submit.submission import write_rows
 from competitions.lung.ensemble import task
 from competitions.lung.evaluate import HEADER
 from competitions.lung.prepare import prepare_test

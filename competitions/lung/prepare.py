@@ -14,7 +14,7 @@ and writes ``data/lung/prepared/<size>/``:
     test.csv                          the test images (id, scoring height and width)
     source.json                       what was read (and whether it is the synthetic set)
 
-The files are a ``common.cache``: a re-run redoes only the cases whose files changed.
+The files are a ``common.io.cache``: a re-run redoes only the cases whose files changed.
 
 Reference masks are sampled from the image-grid mask at the centre of each block (the native
 1024 masks on the 2048 grid, sampled at ``[2::4, 2::4]``, are exactly the published 512 masks).
@@ -33,13 +33,13 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from common.atomic import write_text_if_changed
-from common.cache import Entry, Table, refresh, source_key
 from common.config import load_run_config
-from common.crops import crop_spec
-from common.images import resize_image, resize_mask, write_mask, write_png
-from common.paths import data_dir
-from common.sources import Source, raw_or_synthetic
+from common.data.crops import crop_spec
+from common.data.sources import Source, raw_or_synthetic
+from common.io.atomic import write_text_if_changed
+from common.io.cache import Entry, Table, refresh, source_key
+from common.io.images import resize_image, resize_mask, write_mask, write_png
+from common.io.paths import data_dir
 from competitions.lung.raw import (
     STRUCTURES,
     Case,
@@ -150,7 +150,7 @@ def prepare(
     log=print,
 ) -> Path:
     """Bring ``prepared/<size>/`` (see the module docs) up to date with the input
-    (``common.cache``: only what changed is redone)."""
+    (``common.io.cache``: only what changed is redone)."""
     source = resolve_raw(raw, synthetic, log)
     cases = find_cases(source.root)
     tests = find_test_images(source.root)

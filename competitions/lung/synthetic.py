@@ -23,9 +23,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from common.atomic import atomic_dir
-from common.images import write_png
-from common.paths import data_dir
+from common.io.atomic import atomic_dir
+from common.io.images import write_png
+from common.io.paths import data_dir
 from competitions.lung.raw import STRUCTURES, TEST_FOLDER
 
 

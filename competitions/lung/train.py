@@ -19,12 +19,18 @@ import sys
 import time
 from pathlib import Path
 
-from common import distributed
-from common.atomic import write_text_atomic
-from common.cascade import prepare_crops
 from common.config import Config, load_run_config
-from common.crops import crop_spec
-from common.runner import check_run_config, parse_folds, part_configs, train_fold, train_parser
+from common.data.crops import crop_spec
+from common.infer.cascade import prepare_crops
+from common.io.atomic import write_text_atomic
+from common.train import distributed
+from common.train.runner import (
+    check_run_config,
+    parse_folds,
+    part_configs,
+    train_fold,
+    train_parser,
+)
 from competitions.lung.evaluate import evaluate, fold_dir, predict_held_out
 from competitions.lung.loaders import make_loaders, tta_policy
 from competitions.lung.prepare import prepare

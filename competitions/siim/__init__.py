@@ -21,6 +21,6 @@ COMPETITION = Competition(
         "bundle": "competitions.siim.kaggle_bundle:main",
         "submit": "competitions.siim.submit:main",
         "pseudo": "competitions.siim.pseudo:main",
-        "leaderboard": "common.leaderboard:main",
+        "leaderboard": "common.submit.leaderboard:main",
     },
 )

@@ -1,4 +1,4 @@
-"""Ensemble SIIM models (``common.ensemble``): out-of-fold search, then the test submission.
+"""Ensemble SIIM models (``common.submit.ensemble``): out-of-fold search, then the test submission.
 
     python -m competitions.siim.ensemble --config competitions/siim/configs/ensembles/default.yaml
 
@@ -17,21 +17,21 @@ from pathlib import Path
 
 import pandas as pd
 
-from common.cascade import prepare_crops
 from common.config import Config, load_config, load_run_config
-from common.crops import crop_spec, frame_root, prepared_root
-from common.ensemble import (
+from common.data.crops import crop_spec, frame_root, prepared_root
+from common.data.folds import read_folds
+from common.infer.cascade import prepare_crops
+from common.infer.predict import final_config
+from common.io.images import read_mask
+from common.io.paths import data_dir
+from common.io.rle import siim_rle_encode
+from common.submit.ensemble import (
     EnsembleTask,
     check_trained,
     ensemble_members,
     run_ensemble,
     train_missing,
 )
-from common.folds import read_folds
-from common.images import read_mask
-from common.paths import data_dir
-from common.predict import final_config
-from common.rle import siim_rle_encode
 from competitions.siim import submission
 from competitions.siim.layout import find_sample as find_sample_in
 from competitions.siim.prepare import full_mask_path
@@ -86,7 +86,7 @@ def tables(config: Config) -> tuple[Path, pd.DataFrame, pd.DataFrame, Config]:
 
 
 def task(config: Config, sample: Path | None, *, with_train: bool = True) -> EnsembleTask:
-    """SIIM's data for ``common.ensemble``."""
+    """SIIM's data for ``common.submit.ensemble``."""
     root, train, test, data = tables(config)
     if with_train:
         folds = read_folds(data.folds).set_index("ImageId")["fold"]

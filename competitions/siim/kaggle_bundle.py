@@ -1,5 +1,5 @@
 """Freeze a SIIM ensemble for a Kaggle notebook that runs with the internet off
-(``common.kaggle``): the notebook reads the competition's test DICOMs.
+(``common.submit.kaggle``): the notebook reads the competition's test DICOMs.
 
     python -m competitions.siim.kaggle_bundle build --ensemble competitions/siim/configs/ensembles/default.yaml
     python -m competitions.siim.kaggle_bundle push  --ensemble ...
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from functools import partial
 
-from common import kaggle
+from common.submit import kaggle
 from competitions.siim.offline import COMPETITION
 
 SPEC = kaggle.BundleSpec(

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from common.sources import raw_or_synthetic
+from common.data.sources import raw_or_synthetic
 from competitions.siim.raw import find_dicoms, read_rle_csv
 from competitions.siim.synthetic import SyntheticSpec, generate
 

@@ -1,5 +1,5 @@
-"""SIIM data for training: a fold's rows of the prepared tables as ``common.loaders.Items``
-(``id`` is the ImageId), and the fold's loaders built by ``common.loaders``."""
+"""SIIM data for training: a fold's rows of the prepared tables as ``common.data.loaders.Items``
+(``id`` is the ImageId), and the fold's loaders built by ``common.data.loaders``."""
 
 from __future__ import annotations
 
@@ -8,18 +8,20 @@ from pathlib import Path
 import pandas as pd
 
 from common.config import Config
-from common.crops import prepared_root
-from common.folds import read_folds
-from common.loaders import Extra, Items, load_pipeline
-from common.loaders import make_loaders as common_loaders
-from common.pseudo import read_pseudo_set
+from common.data.crops import prepared_root
+from common.data.folds import read_folds
+from common.data.loaders import Extra, Items, load_pipeline
+from common.data.loaders import make_loaders as common_loaders
+from common.submit.pseudo import read_pseudo_set
 
 TRANSFORMS = Path(__file__).resolve().parent / "transforms"
 
 
 def fold_frames(config: Config, fold: int) -> tuple[Path, pd.DataFrame, pd.DataFrame]:
     """The prepared folder and the (train, validation) rows of train.csv for ``fold``."""
-    root = prepared_root(config.data, fold=fold)  # the crops, with a crop stage (common.cascade)
+    root = prepared_root(
+        config.data, fold=fold
+    )  # the crops, with a crop stage (common.infer.cascade)
     if not (root / "train.csv").is_file():
         raise ValueError(
             f"{root}/train.csv not found: run `make siim-prepare CONFIG=...` (or "

@@ -18,12 +18,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from common.cascade import prepare_crops
-from common.crops import crop_dir, crop_spec, frame_root
-from common.ensemble import frozen_ensemble, predict_test
-from common.kaggle import STAGES
-from common.predict import final_config
-from common.submission import write_submission
+from common.data.crops import crop_dir, crop_spec, frame_root
+from common.infer.cascade import prepare_crops
+from common.infer.predict import final_config
+from common.submit.ensemble import frozen_ensemble, predict_test
+from common.submit.kaggle import STAGES
+from common.submit.submission import write_submission
 from competitions.siim.ensemble import task
 from competitions.siim.layout import STAGE1_TEST_FOLDER, Inputs, find_sample, find_test_ids
 from competitions.siim.prepare import prepare

@@ -10,17 +10,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from common.atomic import atomic_path
-from common.cascade import paste_batches
 from common.config import Config
-from common.crops import crop_spec, frame_root, read_box_table
-from common.images import read_mask, read_png
-from common.inference import predict_batches, roc_auc, write_maps
-from common.loaders import eval_loader
+from common.data.crops import crop_spec, frame_root, read_box_table
+from common.data.loaders import eval_loader
+from common.infer.cascade import paste_batches
+from common.infer.inference import predict_batches, roc_auc, write_maps
+from common.io.atomic import atomic_path
+from common.io.images import read_mask, read_png
 from common.plots import mask_overlays
-from common.postprocess import triplet
-from common.threshold_search import search_triplets, search_triplets_from_stats
-from common.training import Trainer
+from common.post.postprocess import triplet
+from common.post.threshold_search import search_triplets, search_triplets_from_stats
+from common.train.training import Trainer
 from competitions.siim.loaders import fold_frames, items
 
 
@@ -56,7 +56,10 @@ def predict_oof(trainer: Trainer, config: Config, fold: int, fold_dir: Path) -> 
         batches = paste_batches(batches, ids, read_box_table(root), spec.frame)
     maps = write_maps(batches, ids, ["mask"], lambda i, _: oof / f"{i}.png")
     truths = (read_mask(whole / "masks" / f"{i}.png") for i in ids)
-    result = search_triplets((m[0] for _, m in maps), truths)
+    grid = config.search
+    result = search_triplets(
+        (m[0] for _, m in maps), truths, grid.tops, grid.min_areas, grid.bottoms
+    )
     result.to_csv(fold_dir / "search.csv")
     result.heatmap(fold_dir / "search.png")
     dice_05 = search_triplets_from_stats(result.stats, [0.5], [0], [0.5]).best["dice"]

@@ -13,10 +13,10 @@ reads ``data/siim/raw/`` (or the synthetic set when it is absent) and writes
     data/siim/folds.csv                              ImageId, fold (kept while the ids are the same)
 
 With ``--config`` of an experiment that has a crop stage (``data.crop_stage``), the images are
-prepared at the stage's ``frame`` side and then cropped (``common.cascade.prepare_crops``) to
+prepared at the stage's ``frame`` side and then cropped (``common.infer.cascade.prepare_crops``) to
 ``<prepared>/<frame>/crops<size>_<key>/``: the lung boxes, the crops and their masks.
 
-The files are a ``common.cache``: each row carries a ``key`` hashing what produced it (DICOM path,
+The files are a ``common.io.cache``: each row carries a ``key`` hashing what produced it (DICOM path,
 size and mtime, the RLE rows, the training size, the code version), so a re-run redoes only what
 changed and, when nothing did, only stats the files; the work is spread over processes.
 """
@@ -33,14 +33,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from common.cache import BAD_IDS, Entry, Table, bad_report, refresh, source_key
-from common.cascade import prepare_crops
 from common.config import load_config
-from common.crops import crop_spec
-from common.dicom import read_dicom_with_tags
-from common.folds import ensure_folds
-from common.images import resize_image, resize_mask, write_mask, write_png
-from common.paths import data_dir
+from common.data.crops import crop_spec
+from common.data.folds import ensure_folds
+from common.infer.cascade import prepare_crops
+from common.io.cache import BAD_IDS, Entry, Table, bad_report, refresh, source_key
+from common.io.dicom import read_dicom_with_tags
+from common.io.images import resize_image, resize_mask, write_mask, write_png
+from common.io.paths import data_dir
 from competitions.siim.layout import Inputs, resolve_inputs
 from competitions.siim.raw import merged_mask_rows
 from competitions.siim.synthetic import SyntheticSpec
@@ -50,6 +50,7 @@ TAGS = ("PatientAge", "PatientSex", "ViewPosition", "PhotometricInterpretation",
 TEST_COLUMNS = ("ImageId", "height", "width", *TAGS)
 TRAIN_COLUMNS = ("ImageId", "has_mask", "mask_area", "n_annotations", *TEST_COLUMNS[1:])
 TABLES = (Table("train.csv", TRAIN_COLUMNS), Table("test.csv", TEST_COLUMNS))
+BASE = Path(__file__).resolve().parent / "configs" / "base.yaml"
 
 
 @dataclass(frozen=True)
@@ -109,7 +110,7 @@ def _prepare_one(entry: Entry, out: Path, size: int) -> dict:
 def prepare(
     inputs: Inputs, out: str | os.PathLike, size: int, *, n_jobs: int = 2, skip_bad: bool = False
 ) -> dict[str, int]:
-    """Write the prepared cache for ``inputs`` at ``size`` into ``out`` (``common.cache``);
+    """Write the prepared cache for ``inputs`` at ``size`` into ``out`` (``common.io.cache``);
     returns counts (``train``, ``test``, ``done``, ``cached``, ``bad``). With bad images it raises
     ``CacheError`` listing them all, unless ``skip_bad``, which reports them and leaves them out.
     """
@@ -149,8 +150,6 @@ def main(argv=None) -> None:
     parser.add_argument("--synthetic-test", type=int, default=defaults.n_test)
     parser.add_argument("--out", default=str(data_dir("siim", "prepared")))
     parser.add_argument("--folds", default=str(data_dir("siim", "folds.csv")))
-    parser.add_argument("--n-folds", type=int, default=5)
-    parser.add_argument("--fold-seed", type=int, default=42)
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     parser.add_argument(
         "--skip-bad", action="store_true", help="report bad images and go on without them"
@@ -159,13 +158,11 @@ def main(argv=None) -> None:
         "overrides", nargs="*", help="key.sub=value overrides of --config (as training takes them)"
     )
     args = parser.parse_args(argv)
-    if args.overrides and not args.config:
-        parser.error("overrides need --config")
     try:
+        config = load_config(args.config or BASE, args.overrides)  # the folds: data.n_folds ...
         sizes = [args.size] if args.size else [256]
         crops = []  # (data section, size) of each crop set to cut after the frames
         if args.config:
-            config = load_config(args.config, args.overrides)
             args.out, args.folds = config.data.prepared, config.data.folds
             if not args.size:  # every size the experiment trains at, parts included
                 part_sizes = [p.get("data", {}).get("size") for p in config.train.parts]
@@ -193,8 +190,8 @@ def main(argv=None) -> None:
                 f"({counts['done']} decoded, {counts['cached']} unchanged)"
             )
         train = pd.read_csv(out / "train.csv", dtype={"ImageId": str})
-        print(ensure_folds(train["ImageId"], train["mask_area"], args.folds, args.n_folds,
-                           args.fold_seed))  # fmt: skip
+        print(ensure_folds(train["ImageId"], train["mask_area"], args.folds, config.data.n_folds,
+                           config.data.fold_seed))  # fmt: skip
         for data in crops:
             prepare_crops(data, [table.name for table in TABLES], n_jobs=args.jobs)
     except ValueError as error:

@@ -1,4 +1,4 @@
-"""Pseudo-labels for SIIM (3rd and 5th place) from an ensemble (``common.pseudo``).
+"""Pseudo-labels for SIIM (3rd and 5th place) from an ensemble (``common.submit.pseudo``).
 
     python -m competitions.siim.pseudo --config competitions/siim/configs/ensembles/default.yaml \
         [pseudo.images=FOLDER] [pseudo.positive_above=0.9 ...]
@@ -20,10 +20,10 @@ from pathlib import Path
 import pandas as pd
 
 from common.config import Config
-from common.images import read_png, resize_image, write_png
-from common.paths import check_id, data_dir
-from common.pseudo import build_pseudo
-from common.runner import config_main
+from common.io.images import read_png, resize_image, write_png
+from common.io.paths import check_id, data_dir
+from common.submit.pseudo import build_pseudo
+from common.train.runner import config_main
 from competitions.siim.ensemble import crop_members, ensure_crops, tables, task
 
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from common.paths import check_id
-from common.rle import SIIM_EMPTY, siim_rle_decode
+from common.io.paths import check_id
+from common.io.rle import SIIM_EMPTY, siim_rle_decode
 
 RLE_COLUMNS = ("ImageId", "EncodedPixels")
 

@@ -1,7 +1,7 @@
 """The SIIM submission format, its validator, and scoring against a truth file.
 
 ``ImageId,EncodedPixels``; one row per test image in the sample submission's order; the relative
-run-length encoding (``common.rle.siim_rle_encode``) at the image's native size; ``-1`` for an
+run-length encoding (``common.io.rle.siim_rle_encode``) at the image's native size; ``-1`` for an
 empty mask.
 """
 
@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from common.metrics import dice_per_image
-from common.rle import SIIM_EMPTY, SIIM_SHAPE, siim_rle_decode
-from common.submission import SubmissionFormat, validate_submission
+from common.io.rle import SIIM_EMPTY, SIIM_SHAPE, siim_rle_decode
+from common.post.metrics import dice_per_image
+from common.submit.submission import SubmissionFormat, validate_submission
 from competitions.siim.raw import merged_mask_rows, read_rle_csv
 
 FORMAT = SubmissionFormat("ImageId", "EncodedPixels", SIIM_EMPTY, siim_rle_decode)

@@ -15,8 +15,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from common.kaggle import call_kaggle
-from common.paths import data_dir
+from common.io.paths import data_dir
+from common.submit.kaggle import call_kaggle
 from competitions.siim import layout, submission
 
 COMPETITION = "siim-acr-pneumothorax-segmentation"

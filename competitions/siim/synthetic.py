@@ -39,9 +39,9 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from common.atomic import atomic_dir
-from common.paths import data_dir
-from common.rle import siim_rle_encode
+from common.io.atomic import atomic_dir
+from common.io.paths import data_dir
+from common.io.rle import siim_rle_encode
 
 UID_PREFIX = "1.2.826.0.1.3680043.10.511."  # synthetic, never a real patient
 POSITIVE_RATE = 0.22

@@ -20,10 +20,10 @@ import sys
 import time
 from pathlib import Path
 
-from common import distributed
-from common.atomic import write_text_atomic
 from common.config import Config, load_run_config
-from common.runner import (
+from common.io.atomic import write_text_atomic
+from common.train import distributed
+from common.train.runner import (
     METRICS,
     check_run_config,
     parse_folds,

@@ -1,4 +1,4 @@
-"""Small dataset folders in every documented layout (common.folder), written for the tests:
+"""Small dataset folders in every documented layout (common.io.folder), written for the tests:
 noise images with bright discs (class 1) and squares (class 2), some images empty."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import yaml
 
-from common.rle import rle_encode, siim_rle_encode
+from common.io.rle import rle_encode, siim_rle_encode
 
 
 def draw(rng: np.random.Generator, shape=(64, 80), empty=False):

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import yaml
 
-from common.folder import DatasetError, read_image, scan
-from common.plan import fingerprint, make_plan, plan_overrides, plan_table
+from common.data.plan import fingerprint, make_plan, plan_overrides, plan_table
+from common.io.folder import DatasetError, read_image, scan
 from tests.folder.layouts import draw, write_folder
 
 LAYOUTS = ("png", "indexed", "classes", "csv", "long", "relative")

@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 
 from common.config import load_run_config, to_config
-from common.polygons import rasterize, read_geojson
-from common.rle import rle_decode
-from common.slides import open_slide
+from common.io.polygons import rasterize, read_geojson
+from common.io.rle import rle_decode
+from common.io.slides import open_slide
 from competitions.hubmap.synthetic import SyntheticSpec, generate
 
 REPO = Path(__file__).resolve().parents[2]
@@ -160,8 +160,8 @@ def test_fold_filter_ensemble_and_bundle(synthetic, tmp_path, monkeypatch):
 
 
 def test_test_slides_are_shared_out_across_ranks(synthetic, monkeypatch):
-    from common import distributed
-    from common.slide_inference import TilePlan
+    from common.infer.slide_inference import TilePlan
+    from common.train import distributed
     from competitions.hubmap import ensemble
 
     ids, paths = ensemble.test_slides(synthetic)

@@ -1,5 +1,5 @@
 """Lung under torchrun: 2 gloo processes train like 1 with the same global batch (the loaders
-come from common.loaders, sharded), and only the main process prepares the data."""
+come from common.data.loaders, sharded), and only the main process prepares the data."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Lung ensemble through common.ensemble: two experiments x both SCR folds with the side-swapping
+"""Lung ensemble through common.submit.ensemble: two experiments x both SCR folds with the side-swapping
 flip, per-structure thresholds from the held-out maps, the test submission and its score."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import pytest
 import yaml
 
 from common.config import load_config
-from common.ensemble import apply_thresholds
-from common.images import read_png
-from common.predict import Prediction
+from common.infer.predict import Prediction
+from common.io.images import read_png
+from common.submit.ensemble import apply_thresholds
 from competitions.lung.ensemble import run_ensemble
 from competitions.lung.evaluate import read_submission
 from tests.conftest import REPO

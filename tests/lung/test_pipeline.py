@@ -11,12 +11,12 @@ import pandas as pd
 import pytest
 
 from common.config import load_run_config
-from common.images import read_png
-from common.leaderboard import write_leaderboard
+from common.io.images import read_png
+from common.submit.leaderboard import write_leaderboard
 from competitions.lung import evaluate as lung_evaluate
-from competitions.lung.ablation import ablate
 from competitions.lung.loaders import assign_folds, transforms, tta_policy
 from competitions.lung.train import main
+from experiments.lung_ablation import ablate
 from tests.reference import ref_rle_decode
 
 REPO = Path(__file__).resolve().parents[2]
@@ -165,7 +165,7 @@ def test_mirroring_augmentations_and_vflip_are_refused(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
 def test_every_config_loads_and_builds_its_model(path):
-    from common.runner import build_model_from
+    from common.train.runner import build_model_from
 
     config = load_run_config(path, [])
     tta_policy(config.data.structures).check(config.predict.tta, len(config.data.structures))
@@ -196,7 +196,7 @@ def test_refinement_stage_on_crops_around_the_clavicles(workspace, monkeypatch, 
     """A second model on crops around the first stage's clavicles (its own fold's boxes), its
     maps pasted back; the cascade is scored on all five structures, lungs and heart from the
     first stage."""
-    from common.crops import crop_dir, read_box_table
+    from common.data.crops import crop_dir, read_box_table
     from competitions.lung import train as lung_train
 
     monkeypatch.setenv("KSEG_WORKSPACE", str(workspace))
@@ -246,8 +246,8 @@ def test_refinement_member_replaces_its_channels_in_the_ensemble(workspace, monk
     lungs and heart from the first and the clavicles from the second (its crops pasted back)."""
     import torch
 
-    from common.ensemble import PredictOptions
-    from common.predict import load_fold_model, predict_ids
+    from common.infer.predict import load_fold_model, predict_ids
+    from common.submit.ensemble import PredictOptions
     from competitions.lung.ensemble import run_ensemble
 
     monkeypatch.setenv("KSEG_WORKSPACE", str(workspace))

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from common.images import read_mask, read_png
+from common.io.images import read_mask, read_png
 from competitions.lung.prepare import prepare, resolve_raw, sample_centres
 from competitions.lung.raw import STRUCTURES, find_cases, load_case
 from tests.conftest import shared_path

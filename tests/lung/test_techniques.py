@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from competitions.lung import techniques
+from experiments import lung_techniques as techniques
 
 CONFIG = Path(__file__).resolve().parents[2] / "competitions" / "lung" / "configs"
 

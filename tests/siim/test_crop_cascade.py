@@ -16,10 +16,10 @@ import pytest
 import torch
 import yaml
 
-import common.cascade
+import common.infer.cascade
 from common.config import load_config
-from common.crops import crop_dir, crop_mask, crop_spec, read_box_table
-from common.images import read_mask, read_png, resize_image
+from common.data.crops import crop_dir, crop_mask, crop_spec, read_box_table
+from common.io.images import read_mask, read_png, resize_image
 from competitions.siim.prepare import main as prepare_main
 from competitions.siim.train import run_fold
 from tests.conftest import REPO
@@ -67,17 +67,19 @@ def _args(workspace, *extra):
 def _inputs(workspace) -> list[str]:
     inputs = ["--raw", str(workspace / "raw"), "--synthetic", str(workspace / "synthetic")]
     return [*inputs, "--synthetic-size=64", "--synthetic-train=40", "--synthetic-test=4",
-            "--n-folds=4", "--jobs=1"]  # fmt: skip
+            "--jobs=1"]  # fmt: skip
 
 
 def _prepare(workspace, *extra):
     config = str(CONFIGS / "lung_crop.yaml")
-    prepare_main(["--config", config, *_inputs(workspace), *_args(workspace, *extra)])
+    prepare_main(
+        ["--config", config, *_inputs(workspace), *_args(workspace, *extra), "data.n_folds=4"]
+    )
     return load_config(config, _args(workspace, *extra))
 
 
 def test_prepare_cuts_crops_from_the_stage_boxes_once(workspace, monkeypatch, capsys):
-    monkeypatch.setattr(common.cascade, "stage_masks", _dark_lungs)
+    monkeypatch.setattr(common.infer.cascade, "stage_masks", _dark_lungs)
     config = _prepare(workspace)
     folder = crop_dir(config.data)
     assert folder.parent == workspace / "prepared" / "64"
@@ -99,7 +101,7 @@ def test_prepare_cuts_crops_from_the_stage_boxes_once(workspace, monkeypatch, ca
 
     calls = []
     monkeypatch.setattr(
-        common.cascade, "stage_masks", lambda s, i: calls.append(1) or _dark_lungs(s, i)
+        common.infer.cascade, "stage_masks", lambda s, i: calls.append(1) or _dark_lungs(s, i)
     )
     _prepare(workspace)  # nothing changed: no prediction, no crop
     assert calls == [] and "0 boxes predicted, 0 cut" in capsys.readouterr().out
@@ -112,9 +114,9 @@ def test_prepare_cuts_crops_from_the_stage_boxes_once(workspace, monkeypatch, ca
 
 
 def test_fold_on_crops_is_scored_on_whole_frames(workspace, monkeypatch):
-    from common.predict import PredictOptions, load_fold_model, predict_ids
+    from common.infer.predict import PredictOptions, load_fold_model, predict_ids
 
-    monkeypatch.setattr(common.cascade, "stage_masks", _dark_lungs)
+    monkeypatch.setattr(common.infer.cascade, "stage_masks", _dark_lungs)
     config = _prepare(workspace, "name=crop")
     metrics = run_fold(config, 0, log=lambda _: None)
     fold = workspace / "models" / "siim" / "crop" / "fold0"
@@ -138,7 +140,7 @@ def test_fold_on_crops_is_scored_on_whole_frames(workspace, monkeypatch):
 
 
 def test_crop_stage_errors(workspace, monkeypatch):
-    monkeypatch.setattr(common.cascade, "stage_masks", _dark_lungs)
+    monkeypatch.setattr(common.infer.cascade, "stage_masks", _dark_lungs)
     with pytest.raises(SystemExit, match=r"fold3/final\.pt not found: train lungs first"):
         _prepare(workspace, "data.crop_stage.folds=[3]")
     with pytest.raises(SystemExit, match="frame: 8 is too small"):
@@ -167,7 +169,14 @@ def test_bundle_carries_the_crop_stage_to_the_notebook(workspace, tmp_path):
     constant_stage(tmp_path / "lung" / "everywhere", 64)
     (tmp_path / "configs").mkdir()
     (tmp_path / "configs" / "cropped.yaml").write_text(yaml.safe_dump(experiment))
-    prepare_main(["--config", str(tmp_path / "configs" / "cropped.yaml"), *_inputs(workspace)])
+    prepare_main(
+        [
+            "--config",
+            str(tmp_path / "configs" / "cropped.yaml"),
+            *_inputs(workspace),
+            "data.n_folds=4",
+        ]
+    )
     config = load_config(CONFIGS / "ensembles" / "base.yaml", [
         "name=cropped", f"output={tmp_path / 'models'}", f"submissions={tmp_path / 'subs'}",
         f"configs={tmp_path / 'configs'}", f"test_truth={workspace / 'synthetic' / 'test-rle.csv'}",

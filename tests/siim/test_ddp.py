@@ -15,7 +15,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from common.config import load_config
-from common.loaders import eval_loader, train_loader
+from common.data.loaders import eval_loader, train_loader
 from competitions.siim.loaders import fold_frames, items
 from tests.conftest import REPO
 from tests.siim.tiny import tiny_siim

@@ -11,9 +11,9 @@ import pytest
 import yaml
 
 from common.config import load_config
-from common.images import read_png
-from common.postprocess import triplet
-from common.rle import siim_rle_decode
+from common.io.images import read_png
+from common.io.rle import siim_rle_decode
+from common.post.postprocess import triplet
 from competitions.siim.ensemble import ensemble as run_ensemble
 from competitions.siim.raw import merged_masks, read_rle_csv
 from tests.conftest import REPO
@@ -114,8 +114,8 @@ def test_bad_ensembles(workspace, extra, message):
 
 
 def test_pseudo_labels_from_the_ensemble_and_leakage(workspace, monkeypatch):
-    from common.data import WithExtraSampler
-    from common.pseudo import read_pseudo_set
+    from common.data.datasets import WithExtraSampler
+    from common.submit.pseudo import read_pseudo_set
     from competitions.siim.loaders import make_loaders
     from competitions.siim.pseudo import make_pseudo, pseudo_folder
 
@@ -152,7 +152,7 @@ def test_pseudo_labels_from_the_ensemble_and_leakage(workspace, monkeypatch):
     extra.mkdir()
     train_id = pd.read_csv(workspace / "prepared" / "48" / "train.csv")["ImageId"].astype(str)[0]
     train_image = read_png(workspace / "prepared" / "48" / "images" / f"{train_id}.png")
-    from common.images import write_png
+    from common.io.images import write_png
 
     write_png(
         extra / "copy.png",
@@ -190,7 +190,7 @@ def test_pseudo_labels_from_the_ensemble_and_leakage(workspace, monkeypatch):
 
 
 def test_pseudo_inputs_that_are_refused(workspace, tmp_path, monkeypatch):
-    from common.images import write_png
+    from common.io.images import write_png
     from competitions.siim.loaders import make_loaders
     from competitions.siim.pseudo import _stage_folder
 

@@ -55,7 +55,7 @@ def test_notebook_offline_matches_make_ensemble(ensemble, tmp_path, monkeypatch)
     bundle = build(config, tmp_path / "dist", "someone", wheels=False, log=lambda _: None)
     dataset = bundle / "dataset"
     weights = sorted(p.relative_to(dataset).as_posix() for p in (dataset / "models").rglob("*.*"))
-    assert weights == ["models/tiny/fold0/final.pt", "models/tiny/fold1/final.pt"]
+    assert weights == [f"models/tiny/fold{k}/final.{ext}" for k in (0, 1) for ext in ("pt", "yaml")]
     assert not any(p.suffix == ".dcm" or p.name == "train.csv" for p in dataset.rglob("*"))
     for path in dataset.rglob("*"):
         if path.is_file() and path.suffix in {".py", ".json", ".yaml"}:

@@ -10,10 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from common.cache import CacheError
-from common.dicom import read_dicom
-from common.folds import ensure_folds, read_folds
-from common.images import read_mask, read_png, resize_mask
+from common.data.folds import ensure_folds, read_folds
+from common.io.cache import CacheError
+from common.io.dicom import read_dicom
+from common.io.images import read_mask, read_png, resize_mask
 from competitions.siim.layout import read_inputs, resolve_inputs
 from competitions.siim.prepare import full_mask_path, main, prepare
 from competitions.siim.raw import merged_masks, read_rle_csv

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from common.paths import check_id
-from common.rle import siim_rle_decode
+from common.io.paths import check_id
+from common.io.rle import siim_rle_decode
 from competitions.siim.raw import find_dicoms, merged_masks, read_rle_csv
 from tests.conftest import shared_path
 

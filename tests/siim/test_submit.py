@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from common.kaggle import has_credentials
+from common.submit.kaggle import has_credentials
 from tests.conftest import REPO
 
 SECRET = "not-a-real-token-123"

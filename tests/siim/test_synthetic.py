@@ -8,7 +8,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from common.dicom import read_dicom
+from common.io.dicom import read_dicom
 from competitions.siim.raw import find_dicoms, merged_masks, read_rle_csv
 from competitions.siim.synthetic import SyntheticSpec, _case, generate
 

@@ -199,8 +199,8 @@ def test_distance_losses_with_learned_weights_train_and_log(workspace, tmp_path)
 
 
 def test_preprocess_is_the_same_in_training_and_ensemble_prediction(workspace, tmp_path):
-    from common.images import read_png
-    from common.predict import PredictOptions, load_fold_model, predict_ids
+    from common.infer.predict import PredictOptions, load_fold_model, predict_ids
+    from common.io.images import read_png
 
     config = _config(workspace, tmp_path, "data.preprocess.name=clahe")
     run_fold(config, 1, log=lambda _: None)
@@ -214,16 +214,16 @@ def test_preprocess_is_the_same_in_training_and_ensemble_prediction(workspace, t
 
 
 def test_cutmix_and_cutout_reach_the_training_batches(workspace, tmp_path, monkeypatch):
-    import common.training
+    import common.train.training
 
     calls = []
-    real = common.training.apply_mix
+    real = common.train.training.apply_mix
 
     def spy(batch, mix, rng):
         calls.append(mix)
         return real(batch, mix, rng)
 
-    monkeypatch.setattr(common.training, "apply_mix", spy)
+    monkeypatch.setattr(common.train.training, "apply_mix", spy)
     mix = ["data.mix.cutmix.p=0.5", "data.mix.cutout.p=0.5", "data.mix.cutout.mask=erase"]
     run_fold(_config(workspace, tmp_path, *mix), 0, log=lambda _: None)
     assert len(calls) == 4  # 2 epochs x 2 steps, training only

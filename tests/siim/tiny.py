@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from common.folds import ensure_folds
+from common.data.folds import ensure_folds
 from competitions.siim.layout import read_inputs
 from competitions.siim.prepare import prepare
 from competitions.siim.synthetic import SyntheticSpec, generate
@@ -31,9 +31,9 @@ def constant_stage(run: Path, size: int, biases=(10.0, 10.0)) -> Path:
     each channel everywhere (positive bias) or nowhere (negative), without training."""
     import torch
 
-    from common.checkpoints import save_checkpoint
     from common.config import load_config
-    from common.models import build_model
+    from common.train.checkpoints import save_checkpoint
+    from common.train.models import build_model
     from tests.conftest import REPO
 
     lungs = REPO / "competitions" / "lung" / "configs" / "lungs_only.yaml"

@@ -1,0 +1,1 @@
+"""Datasets, loaders, samplers, folds, tiles, crops, the plan."""

@@ -1,0 +1,1 @@
+"""Tta, prediction, tiled slide inference, cascades."""

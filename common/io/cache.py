@@ -1,0 +1,180 @@
+"""The prepared-data cache: each item's files written once, redone only when what produced them
+changed, with the tables of rows that describe them.
+
+A competition lists its items as ``Entry`` objects (an id, the table its row goes to, a ``key``
+hashing everything that produced its files, the files it writes, and whatever its worker needs)
+and gives a worker ``work(entry, out) -> row``. ``refresh`` keeps the rows of the previous run
+whose key still matches and whose files all exist (from a private index, so that the work
+of a run that stopped on bad items is kept), runs the worker on the rest over joblib
+processes in chunks with a progress bar, and writes each table (CSV, with a ``key`` column)
+atomically, after the files. A worker's ``ValueError`` marks that item bad: all bad items are
+listed in ``bad_ids.csv`` and reported together (``CacheError``), or left out with
+``skip_bad``. Files are written atomically by the workers (``common.io.images``), so a killed run
+leaves whole files and tables that name only finished items; the next run redoes the rest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from joblib import Parallel, delayed
+from tqdm.auto import tqdm
+
+from common.io.atomic import deferred_sync, write_text_atomic, write_text_if_changed
+
+BAD_IDS = "bad_ids.csv"
+INDEX = ".cache_index.json"  # every finished row with its key, written even when some are bad
+
+
+@dataclass(frozen=True)
+class Table:
+    """A CSV in the cache folder: ``columns[0]`` is the id; ``key`` is appended."""
+
+    name: str
+    columns: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Entry:
+    id: str
+    table: str  # the Table its row goes to
+    key: str  # source_key(...) of everything that produced its files
+    files: tuple[str, ...]  # what the worker writes, relative to the cache folder
+    source: Any = None  # what the worker reads (picklable)
+
+
+@dataclass
+class Refresh:
+    tables: dict[str, pd.DataFrame]  # name -> rows of the good items, in entry order (as read back)
+    done: int  # items the worker ran on
+    cached: int  # items kept from the previous run
+    bad: list[tuple[str, str, str]] = field(default_factory=list)  # (id, table, reason)
+
+
+class CacheError(ValueError):
+    """Some items could not be prepared; ``bad`` lists (id, table, reason)."""
+
+    def __init__(self, bad: list[tuple[str, str, str]], report: str):
+        super().__init__(report)
+        self.bad = bad
+
+
+def source_key(version: int, files: Iterable[str | os.PathLike | None] = (), *parts) -> str:
+    """A short hash of the code ``version``, each file's path, size and modification time, and
+    ``parts`` (sizes, annotation rows, ...): it changes when any of them does."""
+    stats = []
+    for path in files:
+        stat = Path(path).stat() if path is not None else None
+        stats.append((str(path), stat and stat.st_size, stat and stat.st_mtime_ns))
+    return hashlib.sha1(repr([version, stats, parts]).encode()).hexdigest()[:16]
+
+
+def bad_report(bad: Sequence[tuple[str, str, str]], limit: int = 20) -> str:
+    lines = [f"{len(bad)} item(s) could not be prepared:"]
+    lines += [f"  {table} {item}: {reason}" for item, table, reason in bad[:limit]]
+    if len(bad) > limit:
+        lines.append(f"  ... and {len(bad) - limit} more (all listed in {BAD_IDS})")
+    return "\n".join(lines)
+
+
+def _previous_rows(out: Path) -> dict[tuple[str, str], dict]:
+    """The rows of every item that finished in earlier runs, bad runs included."""
+    try:
+        return {(table, item): row for table, item, row in json.loads((out / INDEX).read_text())}
+    except (FileNotFoundError, ValueError, TypeError):  # none yet, or unreadable: redo all
+        return {}
+
+
+def _run_chunk(work: Callable, entries: list[Entry], out: Path) -> list[tuple[Entry, dict | str]]:
+    results = []
+    with deferred_sync():  # refresh syncs once before its index names these files
+        for entry in entries:
+            try:
+                results.append((entry, work(entry, out)))
+            except ValueError as error:
+                results.append((entry, str(error)))
+    return results
+
+
+def refresh(
+    out: str | os.PathLike,
+    tables: Sequence[Table],
+    entries: Sequence[Entry],
+    work: Callable[[Entry, Path], dict],
+    *,
+    n_jobs: int = 2,
+    chunk: int = 16,  # items per task at most: amortises the round trip to a process
+    desc: str = "prepare",
+    skip_bad: bool = False,
+) -> Refresh:
+    """Bring the cache in ``out`` up to date with ``entries`` (see the module docs). ``work``
+    must be picklable (a module-level function or a ``functools.partial`` of one) and return the
+    item's row with its id under the table's first column."""
+    out = Path(out)
+    names = {table.name for table in tables}
+    unknown = sorted({entry.table for entry in entries} - names)
+    if unknown:
+        raise ValueError(f"entries name unknown table(s) {unknown}; tables: {sorted(names)}")
+    seen = set()
+    for entry in entries:
+        if (entry.table, entry.id) in seen:
+            raise ValueError(f"{entry.table}: id {entry.id!r} is listed twice")
+        seen.add((entry.table, entry.id))
+    previous = _previous_rows(out)
+    rows: dict[tuple[str, str], dict | str] = {}
+    todo = []
+    for entry in entries:
+        row = previous.get((entry.table, entry.id))
+        fresh = row is not None and row["key"] == entry.key
+        if fresh and all((out / name).is_file() for name in entry.files):
+            rows[(entry.table, entry.id)] = row
+        else:
+            todo.append(entry)
+    cached = len(rows)
+    chunk = max(1, min(chunk, -(-len(todo) // (8 * n_jobs))))  # >= 8 chunks a process: balanced
+    chunks = [todo[i : i + chunk] for i in range(0, len(todo), chunk)]
+    if chunks:
+        jobs = Parallel(n_jobs=min(n_jobs, len(chunks)), return_as="generator_unordered")(
+            delayed(_run_chunk)(work, part, out) for part in chunks
+        )
+        with tqdm(total=len(todo), desc=desc, unit="item", disable=None) as bar:
+            for results in jobs:
+                for entry, row in results:
+                    rows[(entry.table, entry.id)] = (
+                        row if isinstance(row, str) else row | {"key": entry.key}
+                    )
+                bar.update(len(results))
+    finished = [[t, i, row] for (t, i), row in rows.items() if not isinstance(row, str)]
+    if todo:
+        os.sync()  # every worker's files, at once, before the index names them
+        write_text_atomic(out / INDEX, json.dumps(finished, default=str))
+    bad = [(e.id, e.table, r) for e in entries if isinstance(r := rows[(e.table, e.id)], str)]
+    bad_path = out / BAD_IDS
+    if bad:
+        write_text_atomic(
+            bad_path, pd.DataFrame(bad, columns=["id", "table", "reason"]).to_csv(index=False)
+        )
+        if not skip_bad:
+            raise CacheError(bad, bad_report(bad) + "\nFix them, or pass --skip-bad to go on.")
+    else:
+        bad_path.unlink(missing_ok=True)
+    frames = {}
+    for table in tables:
+        good = [
+            rows[(e.table, e.id)]
+            for e in entries
+            if e.table == table.name and not isinstance(rows[(e.table, e.id)], str)
+        ]
+        path = out / table.name
+        write_text_if_changed(
+            path, pd.DataFrame(good, columns=[*table.columns, "key"]).to_csv(index=False)
+        )
+        frames[table.name] = pd.read_csv(path, dtype={table.columns[0]: str})
+    return Refresh(frames, done=len(todo), cached=cached, bad=bad)

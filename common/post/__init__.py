@@ -1,0 +1,1 @@
+"""Post-processing, metrics, threshold and slide search, the tile filter."""

@@ -1,0 +1,1 @@
+"""Models, losses, optimisers, the trainer, checkpoints, ddp, the fold runner."""
