@@ -43,7 +43,8 @@ from common.post.metrics import dice_per_image, jaccard_per_image
 from common.post.postprocess import triplet
 from common.submit.ensemble import EnsembleTask, Member, channel_thresholds, search_oof
 from common.submit.submission import SubmissionFormat, validate_submission
-from common.train.runner import METRICS, resolve_device, train_fold, write_fold_score
+from common.train.runner import fold_dir, resolve_device, write_fold_score
+from common.train.runner import run_fold as common_run_fold
 
 VERSION = 1  # bump when the prepared files change, to redo every cached item
 TRANSFORMS = COMMON_CONFIGS / "transforms"
@@ -139,7 +140,8 @@ def folder_config(base: Path, folder: DatasetFolder, overrides=(), *, skip_bad=F
     plan = make_plan(summary, n_train=len(folder.train) - n_val, n_val=n_val, gpu=gpu,
                      throughput=first.plan.throughput or measure_throughput(first),
                      minutes=first.plan.minutes,
-                     orientation_sensitive=folder.spec.orientation_sensitive)  # fmt: skip
+                     orientation_sensitive=folder.spec.orientation_sensitive,
+                     random_init=not first.model.weights)  # fmt: skip
     if not gpu and not cpu_has_bf16():
         plan.append(("train.amp", "none", "this CPU has no native bfloat16: float32"))
     config = load_config(base, [*fixed, *plan_overrides(plan), *overrides])
@@ -245,20 +247,20 @@ def oof_task(config: Config, folder: DatasetFolder, fold: int | None = None) -> 
 def evaluate_fold(config: Config, folder: DatasetFolder, fold: int, *, log=print) -> dict:
     """The fold's held-out images predicted at their native size (TTA ``predict.tta``), the
     post-processing searched on them (``search``), overlays; adds the score to metrics.json."""
-    fold_dir = Path(config.output) / config.name / f"fold{fold}"
+    out = fold_dir(config, fold)
     ensemble = ensemble_schema({"output": config.output, "tta": list(config.predict.tta),
                                 "search": dict(config.search), "metric": folder.spec.metric,
                                 "batch_size": config.data.val_batch_size})  # fmt: skip
     members = [Member(config.name, (fold,), 1.0)]
     task = oof_task(config, folder, fold)
-    found = search_oof(ensemble, task, members, [], fold_dir, log)
-    _overlays(config, folder, task, found, fold_dir, log)
+    found = search_oof(ensemble, task, members, [], out, log)
+    _overlays(config, folder, task, found, out, log)
     metric = folder.spec.metric
     kind = "searched triplet" if len(task.channels) == 1 else "per-class thresholds"
     extra = {"empty_score": found["empty_dice"], "n_images": found["n_images"], "fold": fold}
     if len(task.channels) > 1:
         extra["per_class"] = {c: v["oof_dice"] for c, v in found["channels"].items()}
-    return write_fold_score(fold_dir, metric=f"OOF {metric.capitalize()} (mean per image, {kind})",
+    return write_fold_score(out, metric=f"OOF {metric.capitalize()} (mean per image, {kind})",
                             score=found["oof_dice"], thresholds=found, **extra)  # fmt: skip
 
 
@@ -291,16 +293,13 @@ def _oof_path(fold_dir: Path, channel: str, image_id: str, channels: int) -> Pat
 
 def run_fold(config: Config, folder: DatasetFolder, fold: int, *, resume=False, log=print) -> dict:
     """Train one fold, then evaluate it (``evaluate_fold``); returns its metrics."""
-    start = time.perf_counter()
-    fold_dir = Path(config.output) / config.name / f"fold{fold}"
     channels = list(config.data.classes) if len(config.data.classes) > 1 else None
-    trainer, _ = train_fold(config, fold, fold_dir, make_loaders, channel_names=channels,
-                            resume=resume, log=log)  # fmt: skip
-    metrics = evaluate_fold(config, folder, fold, log=log)
-    metrics["wall_seconds"] = round(time.perf_counter() - start, 1)
-    metrics["epochs_run"] = len(trainer.history)
-    write_text_atomic(fold_dir / METRICS, json.dumps(metrics, indent=2) + "\n")
-    return metrics
+
+    def held_out(trainer, last: Config, k: int, out: Path) -> dict:
+        return evaluate_fold(last, folder, k, log=log)
+
+    return common_run_fold(config, fold, make_loaders, held_out, channel_names=channels,
+                           resume=resume, log=log)  # fmt: skip
 
 
 def plan_and_prepare(base: Path, folder: DatasetFolder, overrides=(), *, skip_bad=False,

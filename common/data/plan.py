@@ -9,10 +9,13 @@ Rules (budgets stated for the device the run trains on):
 - size: images of side <= 384 train whole at their side rounded up to a multiple of 32; larger
   ones are resized to 256, unless their median object would shrink under 8 x 8 px there: then
   they are prepared at up to 512 and trained on random 256 crops (validated whole);
-- batch: 8 images of 256^2 on a CPU (32 on a GPU), scaled with the pixel count, 2 to 64;
+- batch: 8 images of 256^2 on a CPU (32 on a GPU), scaled with the pixel count, 2 to 64; on a
+  CPU the images load in the training process (workers would take the model's cores);
 - epochs: what fits ``plan.minutes`` of training at the throughput measured on this machine
   (a few steps of the model at 256^2 before planning; machines differ several-fold), counting
   each epoch's validation, 8 to 80 epochs;
+- learning rate: 1e-3 for a model from random init (the schema's 3e-4 suits pretrained
+  encoders; a short run from scratch needs the larger step);
 - sampling: non-empty images drawn at 60% of every epoch when more than half are empty;
 - post-processing: the triplet search (top, min area, bottom) for one class, a threshold per
   class for several; TTA: hflip unless the dataset says it is orientation-sensitive.
@@ -29,9 +32,10 @@ import pandas as pd
 FINGERPRINT_COLUMNS = ("height", "width", "channels", "p01", "p99", "mean", "objects",
                        "median_object")  # fmt: skip
 EPOCHS = (8, 80)  # the fewest and the most epochs a plan gives
-# the training loop on a CPU runs slower than the bare steps measured: the loader's workers share
-# its cores (2.3 img/s measured, 1.6 to 2.1 in the loop on a 2-core CPU at 256^2)
-CPU_LOOP_OVERHEAD = 1.35
+# a CPU epoch takes longer than its bare steps: loading, augmentation, validation metrics
+# (measured on a 2-core CPU at 256^2 with the loading in the training process: 15.5 s an epoch
+# against 14.4 s predicted from the probe)
+CPU_LOOP_OVERHEAD = 1.1
 MIN_OBJECT_SIDE = 8  # px at the training size under which a smaller resize loses objects
 
 
@@ -71,6 +75,7 @@ def make_plan(
     minutes: float,
     gpu: bool = False,
     orientation_sensitive: bool = False,
+    random_init: bool = True,
 ) -> list[tuple[str, object, str]]:
     """(config key, value, reason) of every planned choice, from a ``fingerprint``, the
     training and validation image counts of a fold, and ``throughput``: training images of
@@ -98,6 +103,12 @@ def make_plan(
     plan.append(("data.batch_size", batch, f"{'GPU' if gpu else 'CPU'}: 8 x 256^2 scaled"
                  if not gpu else "GPU: 32 x 256^2 scaled"))  # fmt: skip
     plan.append(("data.val_batch_size", batch * 2, "twice the training batch"))
+    if random_init:
+        plan.append(("optim.lr", 1e-3, "random init: a short run needs the larger step (cosine "
+                     "to 1e-6)"))  # fmt: skip
+    if not gpu:  # worker processes would take cores from the model's threads
+        plan.append(("data.num_workers", 0, "CPU: images load in the training process "
+                     "(2 workers on 2 cores: 18-20 s an epoch against 15-16 s)"))  # fmt: skip
     speed = throughput * scale  # training images a second at the planned side
     val_speed = 3 * speed * (side_trained / size) ** 2  # forward only, whole images
     epoch = (n_train / speed + n_val / val_speed) * (1.0 if gpu else CPU_LOOP_OVERHEAD)

@@ -22,6 +22,7 @@ import argparse
 import json
 import random
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
@@ -29,7 +30,7 @@ from typing import TypeVar
 import numpy as np
 import torch
 
-from common.config import Config, ConfigError, merge, save_config, to_config
+from common.config import Config, ConfigError, load_run_config, merge, save_config, to_config
 from common.data.datasets import check_preprocess
 from common.data.mixing import batch_mix
 from common.infer.predict import FINAL_CONFIG
@@ -231,6 +232,61 @@ def _train_parts(config, fold, fold_dir, make_loaders, channel_names, resume, lo
     if distributed.is_main():  # final.pt's own config, read by later stages without the weights
         save_config(to_config(trainer.config), fold_dir / FINAL_CONFIG)
     return trainer, configs[-1]
+
+
+def fold_dir(config: Config, fold: int) -> Path:
+    """``<output>/<name>/fold<k>/``: where a run's fold lives."""
+    return Path(config.output) / config.name / f"fold{fold}"
+
+
+HeldOut = Callable[[Trainer, Config, int, Path], dict]  # (trainer, last part, fold, fold dir)
+
+
+def run_fold(
+    config: Config,
+    fold: int,
+    make_loaders: LoaderFactory,
+    held_out: HeldOut,
+    *,
+    channel_names: Sequence[str] | None = None,
+    resume: bool = False,
+    log=print,
+) -> dict | None:
+    """One fold, the same for every competition: every part trained (``train_fold``), then, on
+    the main rank, ``held_out(trainer, last part's config, fold, fold dir)`` predicts (and
+    scores) the held-out items and returns its figures; ``wall_seconds`` and ``epochs_run`` are
+    added and the whole written to ``metrics.json``. Other DDP ranks return None."""
+    start = time.perf_counter()
+    out = fold_dir(config, fold)
+    trainer, last = train_fold(config, fold, out, make_loaders, channel_names=channel_names,
+                               resume=resume, log=log)  # fmt: skip
+    if not distributed.is_main():
+        return None
+    metrics = held_out(trainer, last, fold, out)
+    metrics |= {"wall_seconds": round(time.perf_counter() - start, 1),
+                "epochs_run": len(trainer.history)}  # fmt: skip
+    write_text_atomic(out / METRICS, json.dumps(metrics, indent=2) + "\n")
+    return metrics
+
+
+def train_main(doc: str, argv, run: Callable, *, label: str, folds_example: str = "0,1,2,3,4",
+               evaluate: bool = False) -> None:  # fmt: skip
+    """A competition's train entry point: ``--config``, ``--folds``, ``--resume``, overrides
+    (and ``--no-evaluate`` with ``evaluate``); DDP started first, the config checked before any
+    work, then ``run(config, folds, args)``; a config or data error exits with one line
+    ``label: error``."""
+    parser = train_parser(doc, folds_example)
+    if evaluate:
+        parser.add_argument("--no-evaluate", action="store_true", help="train and predict only")
+    args = parser.parse_args(argv)
+    try:
+        distributed.start()  # before anything asks which rank is the main one
+        config = check_run_config(load_run_config(args.config, args.overrides))
+        run(config, parse_folds(args.folds), args)
+    except (ValueError, FloatingPointError) as error:
+        sys.exit(f"{label}: {error}")
+    finally:
+        distributed.stop()
 
 
 def write_fold_score(

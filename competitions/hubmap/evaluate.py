@@ -28,7 +28,7 @@ from common.io.slides import open_slide, thumbnail
 from common.plots import mask_overlays
 from common.post.slide_search import score_maps, search_maps, truth_at_scale
 from common.submit.submission import write_rows
-from common.train.runner import write_fold_score
+from common.train.runner import fold_dir, write_fold_score
 from competitions.hubmap.prepare import folder, read_tiles, read_train
 
 HEADER = ("id", "predicted")
@@ -36,10 +36,6 @@ HEADER = ("id", "predicted")
 
 def run_dir(config: Config) -> Path:
     return Path(config.output) / config.name
-
-
-def fold_dir(config: Config, fold: int) -> Path:
-    return run_dir(config) / f"fold{fold}"
 
 
 def source_root(config: Config) -> Path:

@@ -19,8 +19,8 @@ from common.data.loaders import Items
 from common.infer.predict import load_fold_model
 from common.io.atomic import atomic_path
 from common.post.tile_filter import FILE, tile_dice
-from common.train.runner import config_parser, parse_folds, resolve_device
-from competitions.hubmap.evaluate import fold_dir, run_dir
+from common.train.runner import config_parser, fold_dir, parse_folds, resolve_device
+from competitions.hubmap.evaluate import run_dir
 from competitions.hubmap.prepare import read_tiles
 
 

@@ -17,26 +17,24 @@ starting from its weights when ``data.tile_filter.init``.
 
 from __future__ import annotations
 
-import json
-import sys
 import time
 from pathlib import Path
 
 import pandas as pd
 
-from common.config import Config, load_run_config, to_config
+from common.config import Config, to_config
 from common.data.loaders import Items, load_pipeline
 from common.data.loaders import make_loaders as common_loaders
 from common.infer.inference import TtaPolicy
 from common.infer.predict import final_path
 from common.infer.slide_inference import TilePlan, predict_slide, tile_predictor, write_map
-from common.io.atomic import write_text_atomic
 from common.io.slides import open_slide
 from common.post.tile_filter import FILE as FILTER_FILE
 from common.post.tile_filter import kept_items
 from common.train import distributed
-from common.train.runner import check_run_config, parse_folds, train_fold, train_parser
-from competitions.hubmap.evaluate import evaluate, fold_dir, source_root
+from common.train.runner import fold_dir, train_main
+from common.train.runner import run_fold as common_run_fold
+from competitions.hubmap.evaluate import evaluate, source_root
 from competitions.hubmap.prepare import prepare, read_tiles
 
 TRANSFORMS = Path(__file__).resolve().parent / "transforms"
@@ -99,25 +97,21 @@ def predict_held_out(model, config: Config, fold: int, device, *, log=print) -> 
 
 
 def run_fold(config: Config, fold: int, *, resume: bool = False, log=print) -> dict | None:
-    start = time.perf_counter()
     tile_filter = config.data.tile_filter
     if tile_filter.run and tile_filter.init:
         weights = final_path(config.output, tile_filter.run, fold)
         config = to_config(
             config.to_dict() | {"model": config.model.to_dict() | {"weights": str(weights)}}
         )
-    trainer, last = train_fold(
-        config, fold, fold_dir(config, fold), make_loaders, resume=resume, log=log
-    )
-    if not distributed.is_main():
-        return None
-    train_seconds = time.perf_counter() - start
-    ids = predict_held_out(trainer.model, last, fold, trainer.device, log=log)
-    metrics = {"fold": fold, "held_out": ids, "train_images": len(trainer.train_loader.dataset),
-               "train_seconds": round(train_seconds, 1), "epochs_run": len(trainer.history),
-               "wall_seconds": round(time.perf_counter() - start, 1)}  # fmt: skip
-    write_text_atomic(fold_dir(config, fold) / "metrics.json", json.dumps(metrics, indent=2) + "\n")
-    return metrics
+    start = time.perf_counter()
+
+    def held_out(trainer, last: Config, fold: int, out: Path) -> dict:
+        train_seconds = time.perf_counter() - start
+        ids = predict_held_out(trainer.model, last, fold, trainer.device, log=log)
+        return {"fold": fold, "held_out": ids, "train_images": len(trainer.train_loader.dataset),
+                "train_seconds": round(train_seconds, 1)}  # fmt: skip
+
+    return common_run_fold(config, fold, make_loaders, held_out, resume=resume, log=log)
 
 
 def train_folds(config: Config, folds, *, resume: bool = False) -> None:
@@ -132,24 +126,17 @@ def train_folds(config: Config, folds, *, resume: bool = False) -> None:
                   f"{', '.join(metrics['held_out'])} predicted in {metrics['wall_seconds']:.0f}s")  # fmt: skip
 
 
+def _run(config: Config, folds: list[int], args) -> None:
+    POLICY.check(config.predict.tta)
+    start = time.perf_counter()
+    train_folds(config, folds, resume=args.resume)
+    if distributed.is_main() and not args.no_evaluate:
+        evaluate(config)
+        print(f"hubmap: {len(folds)} fold(s) in {time.perf_counter() - start:.0f}s wall time")
+
+
 def main(argv=None) -> None:
-    parser = train_parser(__doc__)
-    parser.add_argument("--no-evaluate", action="store_true", help="train and predict only")
-    args = parser.parse_args(argv)
-    try:
-        distributed.start()
-        config = check_run_config(load_run_config(args.config, args.overrides))
-        POLICY.check(config.predict.tta)
-        folds = parse_folds(args.folds)
-        start = time.perf_counter()
-        train_folds(config, folds, resume=args.resume)
-        if distributed.is_main() and not args.no_evaluate:
-            evaluate(config)
-            print(f"hubmap: {len(folds)} fold(s) in {time.perf_counter() - start:.0f}s wall time")
-    except (ValueError, FloatingPointError) as error:
-        sys.exit(f"hubmap train: {error}")
-    finally:
-        distributed.stop()
+    train_main(__doc__, argv, _run, label="hubmap train", evaluate=True)
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ from common.post.metrics import dice_jaccard
 from common.post.postprocess import binarize, clean_mask
 from common.post.threshold_search import cross_fitted_thresholds, reduce_pairs
 from common.submit.submission import write_rows
-from common.train.runner import parse_folds, write_fold_score
+from common.train.runner import fold_dir, parse_folds, write_fold_score
 from competitions.lung.loaders import fold_cases, items, read_cases, tta_policy
 
 HEADER = ("id", "structure", "rle")
@@ -60,10 +60,6 @@ PUBLISHED = {  # Jaccard on the SCR odd/even benchmark
     },
     "FCN (Novikov et al. 2018)": {"lungs": 0.941, "heart": 0.866, "clavicles": 0.887},
 }
-
-
-def fold_dir(config: Config, fold: int) -> Path:
-    return Path(config.output) / config.name / f"fold{fold}"
 
 
 def map_path(config: Config, fold: int, structure: str, case: str) -> Path:

@@ -14,24 +14,16 @@ per-structure Dice), ``oof/<structure>/<case>.png`` and ``metrics.json``; then
 
 from __future__ import annotations
 
-import json
-import sys
 import time
 from pathlib import Path
 
 from common.config import Config, load_run_config
 from common.data.crops import crop_spec
 from common.infer.cascade import prepare_crops
-from common.io.atomic import write_text_atomic
 from common.train import distributed
-from common.train.runner import (
-    check_run_config,
-    parse_folds,
-    part_configs,
-    train_fold,
-    train_parser,
-)
-from competitions.lung.evaluate import evaluate, fold_dir, predict_held_out
+from common.train.runner import fold_dir, part_configs, train_main
+from common.train.runner import run_fold as common_run_fold
+from competitions.lung.evaluate import evaluate, predict_held_out
 from competitions.lung.loaders import make_loaders, tta_policy
 from competitions.lung.prepare import prepare
 
@@ -81,62 +73,37 @@ def train_first_stage(config: Config, spec, folds: list[int]) -> None:
 def run_fold(config: Config, fold: int, *, resume: bool = False, log=print) -> dict | None:
     """Train one fold and predict its held-out cases; returns the fold's metrics (None on DDP
     ranks other than 0)."""
-    start = time.perf_counter()
     structures = list(config.data.structures)
     tta_policy(structures).check(config.predict.tta, len(structures))  # fail before training
-    out = fold_dir(config, fold)
-    trainer, last = train_fold(
-        config, fold, out, make_loaders, channel_names=structures, resume=resume, log=log
-    )
-    if not distributed.is_main():
-        return None
-    ids = predict_held_out(  # at the last part's size
-        trainer.model,
-        last,
-        fold,
-        device=trainer.device,
-        channels_last=trainer.settings.channels_last,
-    )
-    final_row = trainer.history[-1] if trainer.history else {}
-    metrics = {
-        "fold": fold,
-        "n_held_out": len(ids),
-        "last_epoch_validation": {
-            k: v for k, v in final_row.items() if k.startswith(("dice_05", "jaccard_05"))
-        },
-        "wall_seconds": round(time.perf_counter() - start, 1),
-        "epochs_run": len(trainer.history),
-    }
-    write_text_atomic(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
-    return metrics
+
+    def held_out(trainer, last: Config, fold: int, out: Path) -> dict:
+        ids = predict_held_out(trainer.model, last, fold, device=trainer.device,
+                               channels_last=trainer.settings.channels_last)  # fmt: skip
+        final_row = trainer.history[-1] if trainer.history else {}
+        validation = {k: v for k, v in final_row.items() if k.startswith(("dice_05", "jaccard_05"))}
+        return {"fold": fold, "n_held_out": len(ids), "last_epoch_validation": validation}
+
+    return common_run_fold(config, fold, make_loaders, held_out, channel_names=structures,
+                           resume=resume, log=log)  # fmt: skip
+
+
+def _run(config: Config, folds: list[int], args) -> None:
+    start = time.perf_counter()
+    if distributed.is_main():  # one process prepares; the others wait for its files
+        prepare_sizes(config, folds)
+    distributed.barrier()
+    for fold in folds:
+        metrics = run_fold(config, fold, resume=args.resume)
+        if metrics is not None:
+            print(f"fold {fold}: trained, {metrics['n_held_out']} held-out cases predicted; "
+                  f"{metrics['wall_seconds']:.0f}s -> {fold_dir(config, fold)}")  # fmt: skip
+    if distributed.is_main() and not args.no_evaluate:
+        evaluate(config, folds)
+        print(f"lung: {len(folds)} fold(s) in {time.perf_counter() - start:.0f}s wall time")
 
 
 def main(argv=None) -> None:
-    parser = train_parser(__doc__, "0,1")
-    parser.add_argument("--no-evaluate", action="store_true", help="train and predict only")
-    args = parser.parse_args(argv)
-    try:
-        distributed.start()  # before anything asks which rank is the main one
-        config = check_run_config(load_run_config(args.config, args.overrides))
-        folds = parse_folds(args.folds)
-        start = time.perf_counter()
-        if distributed.is_main():  # one process prepares; the others wait for its files
-            prepare_sizes(config, folds)
-        distributed.barrier()
-        for fold in folds:
-            metrics = run_fold(config, fold, resume=args.resume)
-            if metrics is not None:
-                print(
-                    f"fold {fold}: trained, {metrics['n_held_out']} held-out cases predicted; "
-                    f"{metrics['wall_seconds']:.0f}s -> {fold_dir(config, fold)}"
-                )
-        if distributed.is_main() and not args.no_evaluate:
-            evaluate(config, folds)
-            print(f"lung: {len(folds)} fold(s) in {time.perf_counter() - start:.0f}s wall time")
-    except (ValueError, FloatingPointError) as error:
-        sys.exit(f"lung train: {error}")
-    finally:
-        distributed.stop()
+    train_main(__doc__, argv, _run, label="lung train", folds_example="0,1", evaluate=True)
 
 
 if __name__ == "__main__":

@@ -15,60 +15,42 @@ training size, hflip TTA), ``search.csv`` and ``search.png`` (the triplet grid),
 
 from __future__ import annotations
 
-import json
-import sys
-import time
 from pathlib import Path
 
-from common.config import Config, load_run_config
-from common.io.atomic import write_text_atomic
-from common.train import distributed
-from common.train.runner import (
-    METRICS,
-    check_run_config,
-    parse_folds,
-    train_fold,
-    train_parser,
-    write_fold_score,
-)
+from common.config import Config
+from common.train.runner import fold_dir, train_main, write_fold_score
+from common.train.runner import run_fold as common_run_fold
 from competitions.siim.loaders import make_loaders
 from competitions.siim.oof import predict_oof
+
+
+def _held_out(trainer, last: Config, fold: int, out: Path) -> dict:
+    return predict_oof(trainer, last, fold, out)
 
 
 def run_fold(config: Config, fold: int, *, resume: bool = False, log=print) -> dict | None:
     """Train (all parts), predict the fold's validation images, search, write metrics.json.
     Under DDP the ranks other than 0 return None after training."""
-    start = time.perf_counter()
-    fold_dir = Path(config.output) / config.name / f"fold{fold}"
-    trainer, last = train_fold(config, fold, fold_dir, make_loaders, resume=resume, log=log)
-    if not distributed.is_main():
+    metrics = common_run_fold(config, fold, make_loaders, _held_out, resume=resume, log=log)
+    if metrics is None:
         return None
-    metrics = predict_oof(trainer, last, fold, fold_dir)
-    metrics["wall_seconds"] = round(time.perf_counter() - start, 1)
-    metrics["epochs_run"] = len(trainer.history)
-    write_text_atomic(fold_dir / METRICS, json.dumps(metrics, indent=2) + "\n")
     if "oof_dice" in metrics:
         score = {"metric": "OOF Dice (mean per image, searched triplet)",
                  "score": metrics["oof_dice"], "thresholds": metrics["best_triplet"]}  # fmt: skip
     else:
         score = {"metric": "OOF AUC (classifier)", "score": metrics["auc"]}
-    return write_fold_score(fold_dir, **score)
+    return write_fold_score(fold_dir(config, fold), **score)
+
+
+def _run(config: Config, folds: list[int], args) -> None:
+    for fold in folds:
+        metrics = run_fold(config, fold, resume=args.resume)
+        if metrics is not None:
+            print(_report(config, metrics))
 
 
 def main(argv=None) -> None:
-    parser = train_parser(__doc__)
-    args = parser.parse_args(argv)
-    try:
-        distributed.start()  # before anything asks which rank is the main one
-        config = check_run_config(load_run_config(args.config, args.overrides))
-        for fold in parse_folds(args.folds):
-            metrics = run_fold(config, fold, resume=args.resume)
-            if metrics is not None:
-                print(_report(config, metrics))
-    except (ValueError, FloatingPointError) as error:
-        sys.exit(f"siim train: {error}")
-    finally:
-        distributed.stop()
+    train_main(__doc__, argv, _run, label="siim train")
 
 
 def _report(config: Config, metrics: dict) -> str:

@@ -122,10 +122,16 @@ def test_plan_follows_the_fingerprint():
     assert plan["data.size"] == 512 and plan["data.crop"] == 256  # small objects: crops
     assert plan["data.sample_rate.kind"] == "fixed" and plan["predict.tta"] == ["none", "hflip"]
     assert 8 <= plan["train.epochs"] <= 80 and plan["data.batch_size"] == 8
+    assert plan["data.num_workers"] == 0 and plan["optim.lr"] == 1e-3  # CPU, random init
+    slower = dict((k, v) for k, v, _ in make_plan(summary, n_train=32, n_val=8, throughput=4.0,
+                                                   minutes=2))  # fmt: skip
+    assert slower["train.epochs"] < plan["train.epochs"]  # the epochs fit the minutes
     large = summary | {"median_object": 5000.0}
     plan = dict((k, v) for k, v, _ in make_plan(large, n_train=32, n_val=8, throughput=8.0,
-                                                 minutes=2, orientation_sensitive=True))  # fmt: skip
+                                                 minutes=2, orientation_sensitive=True,
+                                                 random_init=False, gpu=True))  # fmt: skip
     assert plan["data.size"] == 256 and plan["data.crop"] == 0 and plan["predict.tta"] == ["none"]
+    assert "optim.lr" not in plan and "data.num_workers" not in plan
     assert "data.size=256" in plan_overrides([("data.size", 256, "")])
     assert "| data.size | 300 | overridden" in plan_table(summary, [("data.size", 256, "x")],
                                                           {"data.size": 300})  # fmt: skip
