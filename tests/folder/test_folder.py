@@ -137,7 +137,7 @@ def test_plan_follows_the_fingerprint():
                                                           {"data.size": 300})  # fmt: skip
 
 
-TINY = ["plan.throughput=1000", "train.epochs=1", "data.num_workers=0", "train.amp=none",
+TINY = ["plan.throughput=1000", "plan.minutes=0.5", "train.epochs=1", "data.num_workers=0", "train.amp=none",
         "predict.overlays=2", "data.n_folds=3"]  # fmt: skip
 
 
