@@ -41,7 +41,7 @@ from common.io.rle import rle_encode, siim_rle_encode
 from common.plots import mask_overlays
 from common.post.metrics import dice_per_image, jaccard_per_image
 from common.post.postprocess import triplet
-from common.submit.ensemble import EnsembleTask, Member, channel_thresholds, search_oof
+from common.submit.ensemble import EnsembleTask, Member, channel_thresholds, map_path, search_oof
 from common.submit.submission import SubmissionFormat, validate_submission
 from common.train.runner import fold_dir, resolve_device, write_fold_score
 from common.train.runner import run_fold as common_run_fold
@@ -205,11 +205,16 @@ def prepare_folder(config: Config, folder: DatasetFolder, *, skip_bad=False, log
     return out
 
 
-def _frames(config: Config, fold: int) -> tuple[Path, pd.DataFrame, pd.DataFrame]:
+def _training_table(config: Config) -> tuple[Path, pd.DataFrame]:
+    """The prepared folder and its train.csv with each image's fold from ``data.folds``."""
     root = Path(config.data.prepared) / str(config.data.size)
     table = pd.read_csv(root / "train.csv", dtype={"id": str})
     folds = read_folds(config.data.folds).rename(columns={"ImageId": "id"})
-    table = table.merge(folds, on="id", how="left", validate="one_to_one")
+    return root, table.merge(folds, on="id", how="left", validate="one_to_one")
+
+
+def _frames(config: Config, fold: int) -> tuple[Path, pd.DataFrame, pd.DataFrame]:
+    root, table = _training_table(config)
     if table["fold"].isna().any() or fold not in set(table["fold"]):
         raise ValueError(f"{config.data.folds}: fold {fold} missing or ids without a fold: "
                          "run prepare again")  # fmt: skip
@@ -234,10 +239,7 @@ def ensemble_schema(overrides: dict) -> Config:
 
 def oof_task(config: Config, folder: DatasetFolder, fold: int | None = None) -> EnsembleTask:
     """The training items (native sizes, folds) with their truth read from the folder."""
-    root = Path(config.data.prepared) / str(config.data.size)
-    train = pd.read_csv(root / "train.csv", dtype={"id": str})
-    folds = read_folds(config.data.folds).set_index("ImageId")["fold"]
-    train = train.assign(fold=train["id"].map(folds))
+    _, train = _training_table(config)
     if fold is not None:
         train = train[train["fold"] == fold]
     return EnsembleTask(channels=tuple(config.data.classes), test=train.iloc[:0], encode=None,
@@ -272,7 +274,7 @@ def _overlays(config, folder, task, thresholds, fold_dir, log) -> None:
     panels = []
     for row in chosen.itertuples():
         shape = (int(row.height), int(row.width))
-        maps = [read_png(_oof_path(fold_dir, c, row.id, len(task.channels)), shape)
+        maps = [read_png(map_path(fold_dir / "oof", c, row.id, len(task.channels)), shape)
                 for c in task.channels]  # fmt: skip
         t = channel_thresholds(thresholds, task.channels)
         pred = np.stack(
@@ -285,10 +287,6 @@ def _overlays(config, folder, task, thresholds, fold_dir, log) -> None:
             (f"{row.id[-14:]} area {row.mask_area}", image, squeeze(truth), squeeze(pred))
         )
     mask_overlays(panels, fold_dir / "overlays.png")
-
-
-def _oof_path(fold_dir: Path, channel: str, image_id: str, channels: int) -> Path:
-    return fold_dir / "oof" / (f"{image_id}.png" if channels == 1 else f"{channel}/{image_id}.png")
 
 
 def run_fold(config: Config, folder: DatasetFolder, fold: int, *, resume=False, log=print) -> dict:

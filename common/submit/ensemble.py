@@ -291,7 +291,7 @@ def search_oof(config: Config, task: EnsembleTask, members, classifiers, out: Pa
             for pred in tqdm(predictions, total=len(ids), desc=f"oof fold {fold}", disable=None):
                 maps = _maps(config.combine, pred)
                 for c, name in enumerate(task.channels):
-                    write_png(_map_path(out / "oof", name, pred.image_id, channels), maps[c])
+                    write_png(map_path(out / "oof", name, pred.image_id, channels), maps[c])
                 if config.combine in TWO_STAGE:
                     scores.append(_score(config.combine, pred))
                 yield from zip(maps, task.truth(pred.image_id, maps.shape[1:]), strict=True)
@@ -335,7 +335,8 @@ def search_oof(config: Config, task: EnsembleTask, members, classifiers, out: Pa
     return thresholds
 
 
-def _map_path(folder: Path, channel: str, image_id: str, channels: int) -> Path:
+def map_path(folder: Path, channel: str, image_id: str, channels: int) -> Path:
+    """Where a map is written: ``<folder>/<id>.png`` for one channel, else per channel."""
     return folder / f"{image_id}.png" if channels == 1 else folder / channel / f"{image_id}.png"
 
 
@@ -356,7 +357,7 @@ def predict_test(
     )
     for pred in tqdm(predictions, total=len(ids), desc="test", disable=None):
         for c, name in enumerate(task.channels):
-            write_png(_map_path(out / "test", name, pred.image_id, channels), pred.mask[c])
+            write_png(map_path(out / "test", name, pred.image_id, channels), pred.mask[c])
         masks = apply_thresholds(thresholds, pred, task.channels, task.postprocess)
         rows.extend(task.encode(pred.image_id, masks))
         if task.images is not None and masks.any() and len(panels) < config.overlays:
