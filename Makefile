@@ -32,7 +32,7 @@ LUNG_STAGE_CONFIG ?= competitions/lung/configs/unet_resnet18_cpu.yaml
 LUNG_TRAIN = $(LAUNCH) -m competitions.lung.train --config $(LUNG_CONFIG) $(if $(RESUME),--resume)
 HUBMAP_CONFIG ?= competitions/hubmap/configs/unet_resnet18_cpu.yaml
 HUBMAP_FILTERED ?= competitions/hubmap/configs/filtered.yaml
-HUBMAP_TRAIN = $(LAUNCH) -m competitions.hubmap.train $(if $(RESUME),--resume)
+HUBMAP_TRAIN = $(LAUNCH) -m common.cli train --competition hubmap $(if $(RESUME),--resume) $(if $(SKIP_BAD),--skip-bad)
 
 .DEFAULT_GOAL := help
 .PHONY: help venv test test-all fixup lint bench clean fold0 folds siim-synthetic siim-prepare siim-fold0 siim-folds ensemble submit kaggle-bundle kaggle-push lung-prepare lung-fold0 lung-folds hubmap-prepare hubmap-fold0 hubmap-folds hubmap-filter leaderboard siim-pseudo lung-techniques
@@ -90,7 +90,7 @@ lung-folds: $(STAMP)  ## both SCR folds: every case predicted once -> submission
 	$(LUNG_TRAIN) --folds 0,1 $(ARGS)
 
 hubmap-prepare: $(STAMP)  ## tile data/hubmap/raw (or the synthetic slides) at HUBMAP_CONFIG's window and size
-	$(PY) -m competitions.hubmap.prepare --config $(HUBMAP_CONFIG)
+	$(CLI) prepare --competition hubmap --config $(HUBMAP_CONFIG) $(if $(SKIP_BAD),--skip-bad) $(PREPARE_ARGS)
 
 hubmap-fold0: $(STAMP)  ## train fold 0 on tiles, predict its held-out slide whole, search and score; HUBMAP_CONFIG=
 	$(HUBMAP_TRAIN) --config $(HUBMAP_CONFIG) --folds 0 $(ARGS)
@@ -99,7 +99,7 @@ hubmap-folds: $(STAMP)  ## the same for every fold in FOLDS (folds grouped by sl
 	$(HUBMAP_TRAIN) --config $(HUBMAP_CONFIG) --folds $(FOLDS) $(ARGS)
 
 hubmap-filter: $(STAMP)  ## the seed's tile filter: score HUBMAP_CONFIG's fold-0 tiles, train HUBMAP_FILTERED on the rest; FILTER_FOLDS=0,1
-	$(PY) -m competitions.hubmap.tile_filter --config $(HUBMAP_CONFIG) --folds $(or $(FILTER_FOLDS),0)
+	$(CLI) tile-filter --competition hubmap --config $(HUBMAP_CONFIG) --folds $(or $(FILTER_FOLDS),0)
 	$(HUBMAP_TRAIN) --config $(HUBMAP_FILTERED) --folds $(or $(FILTER_FOLDS),0) $(ARGS)
 
 # fold0 / folds: a dataset folder's (no code), else the competition's own target
@@ -131,7 +131,7 @@ clean:  ## remove caches (keeps .venv, data, models)
 	rm -rf .pytest_cache .ruff_cache .hypothesis
 
 leaderboard: $(STAMP)  ## every run and submission in one table, by CV; COMPETITION=, PUBLIC="name=0.861", KAGGLE=<slug>
-	$(PY) -m common.leaderboard $(if $(COMPETITION),--competition $(COMPETITION)) $(if $(PUBLIC),--record $(PUBLIC)) $(if $(KAGGLE),--kaggle $(KAGGLE))
+	$(CLI) leaderboard $(if $(COMPETITION),--competition $(COMPETITION)) $(if $(PUBLIC),--record $(PUBLIC)) $(if $(KAGGLE),--kaggle $(KAGGLE))
 
 siim-pseudo: $(STAMP)  ## pseudo-labels from ENSEMBLE's confident test predictions -> data/siim/pseudo/<ensemble>/ (train with configs/pseudo.yaml)
 	$(PY) -m competitions.siim.pseudo --config $(ENSEMBLE) $(ARGS)

@@ -9,12 +9,14 @@ only when run (a descriptor costs nothing to read, and ``common`` never imports 
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 STAGES = ("prepare", "train", "evaluate", "ensemble", "offline", "bundle", "submit", "pseudo",
-          "leaderboard")  # fmt: skip
+          "leaderboard", "tile-filter")  # fmt: skip
 UNITS = ("image", "slide")
 
 
@@ -23,8 +25,11 @@ class Competition:
     """A competition: its name (``models/<name>/``, ``data/<name>/``), its unit (``image``, or a
     huge ``slide`` predicted in tiles), its source (``download`` with an embedded ``synthetic``
     set, or a dataset ``folder``), its mask channels (empty: read from the data), metric,
-    configs folder with the default experiment and ensemble, TTA views it allows, and its
-    stages (``STAGES`` name -> ``module:function(argv)``)."""
+    configs folder with the default experiment and ensemble, TTA views it allows, its stages
+    (``STAGES`` name -> ``module:function(argv)``; a function with a ``competition`` keyword is
+    given this descriptor, so one common stage serves every competition), its data spec
+    (``module:attribute``, e.g. a ``common.data.slide_tiles.SlideSet``) and its Kaggle bundle
+    (``common.submit.kaggle.BundleSpec``'s fields but the package)."""
 
     name: str
     unit: str
@@ -37,7 +42,8 @@ class Competition:
     channels: tuple[str, ...] = ()
     tta: tuple[str, ...] = ("none", "hflip")
     notes: str = ""
-    extra: Mapping[str, str] = field(default_factory=dict)
+    data: str = ""
+    bundle: Mapping = field(default_factory=dict)
 
     def __post_init__(self):
         if self.unit not in UNITS:
@@ -51,9 +57,8 @@ class Competition:
         if stage not in self.stages:
             raise ValueError(f"{self.name} has no stage {stage!r}; its stages: "
                              f"{', '.join(s for s in STAGES if s in self.stages)}")  # fmt: skip
-        module, function = self.stages[stage].split(":")
         argv = list(argv)
-        entry = getattr(importlib.import_module(module), function)
+        entry = self.entry(stage)
         if stage == "offline":  # predict_submission(bundle, data, working), as a notebook runs it
             import argparse
 
@@ -66,6 +71,21 @@ class Competition:
         if stage == "leaderboard" and "--competition" not in argv:
             argv = ["--competition", self.name, *argv]
         return entry(argv)
+
+    def entry(self, stage: str):
+        """The stage's function, imported now, with this descriptor bound when it takes one."""
+        module, function = self.stages[stage].split(":")
+        entry = getattr(importlib.import_module(module), function)
+        if "competition" in inspect.signature(entry).parameters:
+            return partial(entry, competition=self)
+        return entry
+
+    def data_spec(self):
+        """The object ``data`` names (``module:attribute``), imported now."""
+        if not self.data:
+            raise ValueError(f"{self.name}: the descriptor names no data spec")
+        module, attribute = self.data.split(":")
+        return getattr(importlib.import_module(module), attribute)
 
 
 def load_competition(name: str) -> Competition:

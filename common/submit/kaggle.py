@@ -12,13 +12,15 @@ the authenticated ``kaggle`` API (submit, push) with one-line failures, for any 
     dataset/wheels/           wheels of the pinned packages Kaggle's image may lack, installed by the
                               notebook with pip --no-index only when an import fails
     dataset/dataset-metadata.json
-    kernel/inference.ipynb    the notebook: it runs ``competitions.<name>.offline.predict_submission``
-                              on the input data and writes submission.csv;
+    kernel/inference.ipynb    the notebook: it runs the competition descriptor's ``offline`` stage
+                              (``predict_submission(bundle, input, working)``) and writes
+                              submission.csv;
     kernel/kernel-metadata.json   (internet off, GPU on, the dataset and the competition's data as
                               sources)
 
-A competition states what differs in a ``BundleSpec``: its package, the Kaggle competition or
-dataset holding its test data, and the wheels its reader needs. ``push`` creates (or versions)
+A competition states what differs in its descriptor's ``bundle`` (a ``BundleSpec`` but the
+package): the Kaggle competition or dataset holding its test data, and the wheels its reader
+needs. ``push`` creates (or versions)
 the dataset and pushes the kernel; without credentials or a network it fails with one line. No
 credential is ever written into the bundle.
 """
@@ -64,7 +66,7 @@ WHEELS = {
 class BundleSpec:
     """What one competition's bundle differs in."""
 
-    package: str  # competitions.<package>.offline.predict_submission runs in the notebook
+    package: str  # the competition: its descriptor's offline stage runs in the notebook
     title: str  # e.g. "SIIM"
     input_slug: str  # the folder under /kaggle/input holding the test data
     competition: str | None = None  # the Kaggle competition (a kernel source), if it is one
@@ -137,7 +139,8 @@ if wheels:
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-index", "--no-deps", *wheels], check=True)
 print("installed offline:", [os.path.basename(w) for w in wheels] or "nothing needed")""",
         f"""sys.path.insert(0, os.path.join(BUNDLE, "src"))
-from competitions.{spec.package}.offline import predict_submission
+from common.competition import load_competition
+predict_submission = load_competition("{spec.package}").entry("offline")
 path = predict_submission(BUNDLE, COMPETITION, WORKING)
 print(open(path).read()[:500])""",
     ]
@@ -278,6 +281,11 @@ def push(root: Path, log=print) -> None:
 
     call_kaggle(upload, "push")
     log(f"pushed {root.name}: dataset and kernel")
+
+
+def competition_main(argv=None, *, competition) -> None:
+    """The ``bundle`` stage of a competition whose descriptor states its ``bundle`` fields."""
+    main(BundleSpec(package=competition.name, **competition.bundle), argv)
 
 
 def main(spec: BundleSpec, argv=None) -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import sys
 import time
@@ -270,7 +271,7 @@ def run_fold(
 
 
 def train_main(doc: str, argv, run: Callable, *, label: str, folds_example: str = "0,1,2,3,4",
-               evaluate: bool = False) -> None:  # fmt: skip
+               evaluate: bool = False, skip_bad: bool = False) -> None:  # fmt: skip
     """A competition's train entry point: ``--config``, ``--folds``, ``--resume``, overrides
     (and ``--no-evaluate`` with ``evaluate``); DDP started first, the config checked before any
     work, then ``run(config, folds, args)``; a config or data error exits with one line
@@ -278,6 +279,8 @@ def train_main(doc: str, argv, run: Callable, *, label: str, folds_example: str 
     parser = train_parser(doc, folds_example)
     if evaluate:
         parser.add_argument("--no-evaluate", action="store_true", help="train and predict only")
+    if skip_bad:  # the data is prepared first
+        add_skip_bad(parser)
     args = parser.parse_args(argv)
     try:
         distributed.start()  # before anything asks which rank is the main one
@@ -318,19 +321,34 @@ def config_parser(doc: str, what: str = "experiment YAML") -> argparse.ArgumentP
     return parser
 
 
-def config_main(doc: str, argv, run: Callable[[Config], T], *, label: str,
-                what: str = "experiment YAML") -> T:  # fmt: skip
+def config_main(doc: str, argv, run: Callable[..., T], *, label: str,
+                what: str = "experiment YAML", skip_bad: bool = False) -> T:  # fmt: skip
     """An entry point that reads one config: ``--config`` and overrides parsed, the config
-    loaded and given to ``run``; a config or data error exits with one line ``label: error``."""
+    loaded and given to ``run``; a config or data error exits with one line ``label: error``.
+    With ``skip_bad`` the command line takes ``--skip-bad`` (or ``SKIP_BAD=1`` in the
+    environment), given to ``run`` as its second argument: a prepare stage leaves unreadable
+    items out instead of stopping."""
     from common.config import load_run_config
 
     parser = config_parser(doc, what)
+    if skip_bad:
+        add_skip_bad(parser)
     parser.add_argument("overrides", nargs="*", help="key.sub=value overrides")
     args = parser.parse_args(argv)
     try:
-        return run(load_run_config(args.config, args.overrides))
+        config = load_run_config(args.config, args.overrides)
+        return run(config, args.skip_bad) if skip_bad else run(config)
     except (ValueError, FloatingPointError, FileNotFoundError) as error:
         sys.exit(f"{label}: {error}")
+    except OSError as error:  # a full disk, a read-only folder: one line naming the path
+        sys.exit(f"{label}: {error.strerror or error} ({error.filename or 'no path given'})")
+
+
+def add_skip_bad(parser: argparse.ArgumentParser) -> None:
+    """``--skip-bad``, on by default when ``SKIP_BAD`` is set to a non-empty value but 0."""
+    parser.add_argument("--skip-bad", action="store_true",
+                        default=os.environ.get("SKIP_BAD", "") not in ("", "0"),
+                        help="leave unreadable items out (listed in bad_ids.csv) instead of stopping")  # fmt: skip
 
 
 def train_parser(doc: str, folds_example: str = "0,1,2,3,4") -> argparse.ArgumentParser:

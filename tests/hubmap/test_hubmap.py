@@ -56,7 +56,12 @@ def _config(name, workspace, synthetic, *more):
 
 
 def test_tiles_folds_and_bad_input(synthetic, tmp_path):
-    from competitions.hubmap.prepare import prepare, read_tiles
+    from common.data.slide_tiles import prepare as prepare_slides
+    from common.data.slide_tiles import read_tiles
+    from competitions.hubmap.data import SLIDES
+
+    def prepare(config, **kwargs):
+        return prepare_slides(config, SLIDES, **kwargs)
 
     config = _config("unet_resnet18_cpu.yaml", tmp_path, synthetic)
     out = prepare(config, log=lambda _: None)
@@ -92,14 +97,18 @@ def test_tiles_folds_and_bad_input(synthetic, tmp_path):
 
 
 def test_fold_filter_ensemble_and_bundle(synthetic, tmp_path, monkeypatch):
-    from competitions.hubmap import ensemble, tile_filter, train
-    from competitions.hubmap.kaggle_bundle import build
-    from competitions.hubmap.offline import predict_submission
+    from common.data.slide_tiles import make_loaders
+    from common.post.slide_evaluate import evaluate
+    from common.submit import kaggle
+    from common.submit import slide_ensemble as ensemble
+    from common.train.slide_runner import score_fold, train_folds
+    from competitions.hubmap import COMPETITION
+    from competitions.hubmap.data import SLIDES
 
     monkeypatch.setenv("KSEG_WORKSPACE", str(tmp_path))
     first = _config("unet_resnet18_cpu.yaml", tmp_path, synthetic)
-    train.train_folds(first, [0])
-    summary = train.evaluate(first, log=lambda _: None)
+    train_folds(first, [0], SLIDES)
+    summary = evaluate(first, SLIDES, log=lambda _: None)
     run = tmp_path / "models" / "unet_resnet18_cpu"
     for name in ("thresholds.yaml", "search.csv", "search.png", "oof.csv", "oof.json", "oof.png"):
         assert (run / name).is_file(), name
@@ -111,17 +120,17 @@ def test_fold_filter_ensemble_and_bundle(synthetic, tmp_path, monkeypatch):
         "threshold": summary["threshold"],
         "min_size": summary["min_size"],
     }
-    stats = tile_filter.score_fold(first, 0, log=lambda _: None)
+    stats = score_fold(first, 0, log=lambda _: None)
     scores = pd.read_csv(run / "fold0" / "tile_filter.csv")
     assert len(scores) == stats["tiles"] and scores["dice"].between(0, 1).all()
     filtered = _config("filtered.yaml", tmp_path, synthetic, "data.tile_filter.min_dice=0.0")
     with pytest.raises(ValueError, match="would drop every tile"):
-        train.make_loaders(filtered, 0, 1)
+        make_loaders(filtered, 0, 1)
     missing = _config("filtered.yaml", tmp_path, synthetic, "data.tile_filter.run=never_trained")
     with pytest.raises(
         ValueError, match=r"tile_filter.run 'never_trained': .*tile_filter.csv not found"
     ):
-        train.make_loaders(missing, 0, 1)
+        make_loaders(missing, 0, 1)
     other = _config("unet_1536_256.yaml", tmp_path, synthetic, "data.window=384")
     with pytest.raises(ValueError, match=r"members tile differently \[\(256, 64\), \(384, 64\)\]"):
         ensemble.tile_plan(load_run_config(CONFIGS / "ensembles" / "default.yaml"), [first, other])
@@ -134,7 +143,7 @@ def test_fold_filter_ensemble_and_bundle(synthetic, tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=r"members preprocess differently \(data\.preprocess\)"):
         ensemble.tile_plan(plan_config, [first, to_config(older)])
     kept = _config("filtered.yaml", tmp_path, synthetic, "data.tile_filter.min_dice=1.01")
-    loader, _ = train.make_loaders(kept, 0, 1)
+    loader, _ = make_loaders(kept, 0, 1)
     assert len(loader.dataset) == stats["tiles"]
     ensemble_config = load_run_config(
         CONFIGS / "ensembles" / "default.yaml",
@@ -148,12 +157,16 @@ def test_fold_filter_ensemble_and_bundle(synthetic, tmp_path, monkeypatch):
             "overlap=16",
         ],
     )
-    result = ensemble.run(ensemble_config, log=lambda _: None)
+    result = ensemble.run(ensemble_config, SLIDES, log=lambda _: None)
     csv = tmp_path / "subs" / "default.csv"
     assert result["rows"]["rows"] == 2 and 0 <= result["test_dice"] <= 1
     assert json.loads(csv.with_suffix(".json").read_text())["thresholds"]["threshold"] > 0
-    root = build(ensemble_config, tmp_path / "dist", "me", wheels=False, log=lambda _: None)
-    offline = predict_submission(
+    spec = kaggle.BundleSpec(package="hubmap", **COMPETITION.bundle)
+    root = kaggle.build(ensemble_config, tmp_path / "dist", "me", spec=spec, wheels=False,
+                        log=lambda _: None)  # fmt: skip
+    notebook = (root / "kernel" / "inference.ipynb").read_text()
+    assert 'load_competition(\\"hubmap\\").entry(\\"offline\\")' in notebook
+    offline = COMPETITION.entry("offline")(
         root / "dataset", synthetic, tmp_path / "working", log=lambda _: None
     )
     assert offline.read_bytes() == csv.read_bytes()
@@ -161,8 +174,8 @@ def test_fold_filter_ensemble_and_bundle(synthetic, tmp_path, monkeypatch):
 
 def test_test_slides_are_shared_out_across_ranks(synthetic, monkeypatch):
     from common.infer.slide_inference import TilePlan
+    from common.submit import slide_ensemble as ensemble
     from common.train import distributed
-    from competitions.hubmap import ensemble
 
     ids, paths = ensemble.test_slides(synthetic)
     (synthetic.parent / "incomplete" / "test").mkdir(parents=True)

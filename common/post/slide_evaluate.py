@@ -1,15 +1,18 @@
-"""Out-of-fold search and score of a HuBMAP experiment, from its folds' held-out slide maps.
+"""Out-of-fold search and score of a slide experiment, from its folds' held-out slide maps.
 
-    models/hubmap/<name>/thresholds.yaml    threshold and min_size (full-resolution pixels)
-                                            chosen on the out-of-fold maps, with their scores
-    models/hubmap/<name>/search.csv, .png   every (threshold, min size) with its mean Dice
-    models/hubmap/<name>/oof.csv            id,predicted: the full-resolution RLE of each slide
-    models/hubmap/<name>/oof.json           per-slide full-resolution Dice, mean, all-empty
-    models/hubmap/<name>/oof.png            each slide with its truth (green) and prediction (red)
+    <output>/<name>/thresholds.yaml    threshold and min_size (full-resolution pixels) chosen on
+                                       the out-of-fold maps, with their scores
+    <output>/<name>/search.csv, .png   every (threshold, min size) with its mean Dice
+    <output>/<name>/oof.csv            id,<prediction>: the full-resolution RLE of each slide
+    <output>/<name>/oof.json           per-slide full-resolution Dice, mean, all-empty
+    <output>/<name>/oof.png            each slide with its truth (green) and prediction (red)
 
-The search runs at model scale (``common.post.slide_search``); the score is the competition's: the
-mean over slides of the Dice of the full-resolution masks, each made strip by strip from the map
-and compared run by run with ``train.csv``.
+The grid is the experiment's ``search`` section as a slide reads it: ``search.bottoms`` are the
+probability thresholds and ``search.min_areas`` the minimum object sizes in full-resolution
+pixels (``search.tops`` has no meaning for a slide). The search runs at model scale
+(``common.post.slide_search``); the score is the competition's: the mean over slides of the Dice
+of the full-resolution masks, each made strip by strip from the map and compared run by run with
+``train.csv``.
 """
 
 from __future__ import annotations
@@ -23,30 +26,34 @@ import tifffile
 import yaml
 
 from common.config import Config
+from common.data.slide_tiles import DEFAULT_SLIDES, SlideSet, read_tiles, read_train, source_root
 from common.io.atomic import write_text_atomic
 from common.io.slides import open_slide, thumbnail
 from common.plots import mask_overlays
 from common.post.slide_search import score_maps, search_maps, truth_at_scale
 from common.submit.submission import write_rows
 from common.train.runner import fold_dir, write_fold_score
-from competitions.hubmap.prepare import folder, read_tiles, read_train
 
-HEADER = ("id", "predicted")
+THRESHOLDS = (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7)  # when search.bottoms is null
+MIN_SIZES = (0, 1000, 2000, 4000, 8000, 16000)  # full-resolution pixels, when min_areas is null
+METRIC = "OOF Dice (full resolution, mean over slides)"
+
+
+def slide_grid(search) -> tuple[list[float], list[int]]:
+    """(thresholds, min sizes) of a ``search`` section: its ``bottoms`` and ``min_areas``."""
+    thresholds = list(search.get("bottoms") or THRESHOLDS)
+    min_sizes = [int(v) for v in (search.get("min_areas") or MIN_SIZES)]
+    return thresholds, min_sizes
 
 
 def run_dir(config: Config) -> Path:
     return Path(config.output) / config.name
 
 
-def source_root(config: Config) -> Path:
-    """Where the prepared tiles' slides were read from (raw or synthetic)."""
-    return Path(json.loads((folder(config) / "source.json").read_text())["root"])
-
-
-def oof_slides(config: Config) -> list[dict]:
+def oof_slides(config: Config, slides_set: SlideSet = DEFAULT_SLIDES) -> list[dict]:
     """Every slide with an out-of-fold map from the fold that holds it out."""
     _, slides, _ = read_tiles(config)
-    truth = dict(read_train(source_root(config)).itertuples(index=False))
+    truth = dict(read_train(source_root(config), slides_set).itertuples(index=False))
     out = []
     for row in slides.itertuples(index=False):
         path = fold_dir(config, row.fold) / "oof" / f"{row.id}.tiff"
@@ -60,15 +67,14 @@ def _read(slide: dict) -> np.ndarray:
     return tifffile.imread(slide["map"])
 
 
-def evaluate(config: Config, *, log=print) -> dict:
-    slides = oof_slides(config)
+def evaluate(config: Config, slides_set: SlideSet = DEFAULT_SLIDES, *, log=print) -> dict:
+    slides = oof_slides(config, slides_set)
     if not slides:
         raise ValueError(
             f"no out-of-fold maps under {run_dir(config)}/fold*/oof/: train a fold first"
         )
     scale = config.data.window / config.data.size
-    p = config.predict
-    search = search_maps(slides, _read, p.thresholds, p.min_sizes, scale * scale)
+    search = search_maps(slides, _read, *slide_grid(config.search), scale * scale)
     out = run_dir(config)
     search.to_csv(out / "search.csv")
     search.heatmap(out / "search.png")
@@ -78,13 +84,13 @@ def evaluate(config: Config, *, log=print) -> dict:
     for s, prob, rle, dice in score_maps(slides, _read, threshold=threshold, min_size=min_size):
         scores[s["id"]] = dice
         rows.append((s["id"], rle))
-        with open_slide(root / "train" / f"{s['id']}.tiff") as slide:
+        with open_slide(slides_set.slide(root, "train", s["id"])) as slide:
             image = thumbnail(slide, 768)
         small = cv2.resize(prob, image.shape[1::-1], interpolation=cv2.INTER_AREA)
         truth = truth_at_scale(s["rle"], s["shape"], image.shape[:2])
         panels.append((f"{s['id']} (fold {s['fold']}): Dice {dice:.3f}", image, truth,
                        (small > threshold * 255).astype(np.uint8)))  # fmt: skip
-    write_rows(rows, out / "oof.csv", HEADER)
+    write_rows(rows, out / "oof.csv", slides_set.header)
     mask_overlays(panels, out / "oof.png", columns=min(3, len(panels)))
     empty = float(np.mean([1.0 if not str(s["rle"]).strip() else 0.0 for s in slides]))
     summary = {
@@ -100,18 +106,18 @@ def evaluate(config: Config, *, log=print) -> dict:
     write_text_atomic(out / "oof.json", json.dumps(summary, indent=2) + "\n")
     for fold in summary["folds"]:
         held_out = {s["id"]: scores[s["id"]] for s in slides if s["fold"] == fold}
-        write_fold_score(fold_dir(config, fold), metric="OOF Dice (full resolution, mean over slides)",
+        write_fold_score(fold_dir(config, fold), metric=METRIC,
                          score=float(np.mean(list(held_out.values()))),
                          thresholds={"threshold": threshold, "min_size": min_size},
-                         per_slide={k: round(v, 4) for k, v in held_out.items()})  # fmt: skip
+                         per_slide={k: round(v, 4) for k, v in held_out.items()}, empty_score=empty)  # fmt: skip
     thresholds = {
         key: summary[key] for key in ("threshold", "min_size", "oof_dice", "empty_dice", "folds")
     }
     write_text_atomic(
         out / "thresholds.yaml",
-        "# written by competitions.hubmap.evaluate\n" + yaml.safe_dump(thresholds, sort_keys=False),
+        "# written by common.post.slide_evaluate\n" + yaml.safe_dump(thresholds, sort_keys=False),
     )
-    log(f"hubmap {config.name}: OOF Dice {summary['oof_dice']:.4f} (full resolution, mean over "
+    log(f"{config.name}: OOF Dice {summary['oof_dice']:.4f} (full resolution, mean over "
         f"{len(slides)} slide(s)) against {empty:.4f} all-empty; threshold {threshold:g}, "
         f"min size {min_size} px -> {out}/oof.json")  # fmt: skip
     return summary

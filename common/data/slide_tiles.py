@@ -1,0 +1,243 @@
+"""A slide competition's data: huge TIFFs with one RLE per slide, cut into training tiles.
+
+    <raw> (or <synthetic>)              train/<id>.tiff, test/<id>.tiff, train.csv (id,<rle>),
+                                        sample_submission.csv (id,<prediction column>)
+    <prepared>/<window>_<size>/
+      images/<tile>.png, masks/<tile>.png   tiles of `window` full-resolution pixels at `size`
+      tiles/<id>.csv                    one slide's tiles: id, slide, y, x, kind (grid | object),
+                                        tissue, mask_area (full-resolution pixels)
+      slides.csv                        id, height, width, tiles, object_tiles, positives, key
+      source.json                       where the slides were read from
+
+Grid tiles cover each slide (``data.grid_overlap``); those with less stained tissue than
+``data.min_tissue`` are skipped. With ``data.object_tiles`` every object (a cell of the RLE's
+mask pixels) adds a tile centred on it, shifted by up to ``data.jitter`` of a window. Each slide
+is one cache entry (``common.io.cache``): re-running redoes only slides whose file, RLE or tile
+settings changed. Tiles are read through ``common.io.slides`` one window at a time. Folds are
+grouped by slide (``data.n_folds``, ``data.fold_seed``).
+
+What differs between slide competitions is a ``SlideSet``: the column names and the embedded
+synthetic set.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from common.config import Config
+from common.data.folds import group_folds
+from common.data.loaders import Items, load_pipeline
+from common.data.loaders import make_loaders as common_loaders
+from common.data.sources import Source, raw_or_synthetic
+from common.data.tiles import object_centres, tissue_fraction, training_windows
+from common.io.atomic import write_text_atomic, write_text_if_changed
+from common.io.cache import Entry, Table, refresh, source_key
+from common.io.images import resize_mask, write_mask, write_png
+from common.io.paths import check_id
+from common.io.rle import rle_decode_window, rle_runs
+from common.io.slides import SlideError, open_slide
+from common.post.tile_filter import FILE as FILTER_FILE
+from common.post.tile_filter import kept_items
+
+VERSION = 1
+SLIDES = Table("slides.csv", ("id", "height", "width", "tiles", "object_tiles", "positives"))
+TILE_COLUMNS = ["id", "slide", "y", "x", "kind", "tissue", "mask_area"]
+TRANSFORMS = Path(__file__).resolve().parents[1] / "configs" / "transforms"
+
+
+@dataclass(frozen=True)
+class SlideSet:
+    """What a slide competition's files look like: the RLE column of ``train.csv``, the
+    prediction column of the submission, the slides' extension, and its synthetic set
+    (``generate(folder, scale)``, described in one line for the banner)."""
+
+    truth_column: str = "encoding"
+    prediction_column: str = "predicted"
+    extension: str = ".tiff"
+    generate: Callable[[Path, float], object] | None = None
+    describe: str = "synthetic slides"
+
+    @property
+    def header(self) -> tuple[str, str]:
+        return ("id", self.prediction_column)
+
+    def slide(self, root: Path, split: str, image_id: str) -> Path:
+        return root / split / f"{image_id}{self.extension}"
+
+
+DEFAULT_SLIDES = SlideSet()  # HuBMAP's names, the form Kaggle's slide competitions use
+
+
+def source(slides: SlideSet, data: Config, log=print) -> Source:
+    """``data.raw`` when it holds the download, else the synthetic set (at ``synthetic_scale``)."""
+    scale = float(data.get("synthetic_scale", 1.0))
+    if slides.generate is None:
+        raise ValueError(f"{data.raw}: no slides there and no synthetic set for this competition")
+    return raw_or_synthetic(
+        data.raw,
+        data.synthetic,
+        has_data=lambda root: (root / "train.csv").is_file() or (root / "test").is_dir(),
+        expected=f"train.csv, train/<id>{slides.extension}, test/<id>{slides.extension}",
+        generate=lambda root: slides.generate(root, scale),
+        describe=f"{slides.describe} ({scale:g} x scale),",
+        log=log,
+    )
+
+
+def read_train(root: Path, slides: SlideSet = DEFAULT_SLIDES) -> pd.DataFrame:
+    """train.csv as (id, encoding), each id safe as a file name and with its slide present."""
+    path = root / "train.csv"
+    table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    if list(table.columns[:2]) != ["id", slides.truth_column]:
+        raise ValueError(
+            f"{path}: columns {list(table.columns)}, expected id,{slides.truth_column}"
+        )
+    for row, image_id in enumerate(table["id"], start=2):
+        check_id(image_id, f"{path} line {row}")
+        if not slides.slide(root, "train", image_id).is_file():
+            raise ValueError(f"{path} line {row}: {slides.slide(root, 'train', image_id)} not found")
+    if table["id"].duplicated().any():
+        raise ValueError(f"{path}: id {table['id'][table['id'].duplicated()].iloc[0]!r} repeats")
+    return table[["id", slides.truth_column]].set_axis(["id", "encoding"], axis=1)
+
+
+def folder(config: Config) -> Path:
+    return Path(config.data.prepared) / f"{config.data.window}_{config.data.size}"
+
+
+def source_root(config: Config) -> Path:
+    """Where the prepared tiles' slides were read from (raw or synthetic)."""
+    return Path(json.loads((folder(config) / "source.json").read_text())["root"])
+
+
+def _settings(config: Config) -> dict:
+    d = config.data
+    for key in ("window", "size"):
+        if int(d[key]) <= 0:
+            raise ValueError(f"data.{key} = {d[key]}: must be a positive number of pixels")
+    return {"window": d.window, "size": d.size, "grid_overlap": d.grid_overlap,
+            "object_tiles": d.object_tiles, "jitter": d.jitter, "min_tissue": d.min_tissue,
+            "seed": config.seed}  # fmt: skip
+
+
+def _work(entry: Entry, out: Path) -> dict:
+    path, encoding, s = entry.source
+    image_id = entry.id
+    try:
+        with open_slide(path) as slide:
+            shape = slide.shape
+            try:
+                runs = rle_runs(encoding, shape)
+            except ValueError as error:
+                raise ValueError(
+                    f"train.csv, id {image_id} ({shape[0]}x{shape[1]}): {error}"
+                ) from None
+            centres = object_centres(runs, shape, s["window"] // 2) if s["object_tiles"] else None
+            windows = training_windows(shape, s["window"], overlap=s["grid_overlap"],
+                                       centres=centres, jitter=s["jitter"], seed=s["seed"])  # fmt: skip
+            rows = []
+            for tile, kind in windows:
+                image = slide.read(tile.y0, tile.y1, tile.x0, tile.x1, shape=(s["size"],) * 2)
+                tissue = tissue_fraction(image)
+                if kind == "grid" and tissue < s["min_tissue"]:
+                    continue
+                full = rle_decode_window(encoding, shape, (tile.y0, tile.y1, tile.x0, tile.x1))
+                name = f"{image_id}_{tile.y0}_{tile.x0}_{kind[0]}"
+                write_png(out / "images" / f"{name}.png", image)
+                write_mask(out / "masks" / f"{name}.png", resize_mask(full, s["size"]))
+                rows.append(
+                    [name, image_id, tile.y0, tile.x0, kind, round(tissue, 3), int(full.sum())]
+                )
+    except SlideError as error:
+        raise ValueError(str(error)) from None
+    tiles = pd.DataFrame(rows, columns=TILE_COLUMNS)
+    write_text_atomic(out / entry.files[0], tiles.to_csv(index=False))
+    return {"id": image_id, "height": shape[0], "width": shape[1], "tiles": len(tiles),
+            "object_tiles": int((tiles["kind"] == "object").sum()),
+            "positives": int((tiles["mask_area"] > 0).sum())}  # fmt: skip
+
+
+def prepare(config: Config, slides: SlideSet, *, n_jobs: int = 2, skip_bad: bool = False,
+            log=print) -> Path:  # fmt: skip
+    """Bring ``<prepared>/<window>_<size>/`` up to date; returns the folder. A slide that
+    cannot be read stops it (every one named), or with ``skip_bad`` is left out; a slide without
+    a ``train.csv`` row is named and left out, its old tiles with it."""
+    settings = _settings(config)
+    src = source(slides, config.data, log=log)
+    train = read_train(src.root, slides)
+    out = folder(config)
+    entries = []
+    for image_id, encoding in zip(train["id"], train["encoding"], strict=True):
+        tiff = slides.slide(src.root, "train", image_id)
+        digest = hashlib.sha1(encoding.encode()).hexdigest()
+        key = source_key(VERSION, [tiff], digest, sorted(settings.items()))
+        entries.append(Entry(image_id, SLIDES.name, key, (f"tiles/{image_id}.csv",),
+                             (str(tiff), encoding, settings)))  # fmt: skip
+    unlisted = sorted(p.name for p in (src.root / "train").glob(f"*{slides.extension}")
+                      if p.name[: -len(slides.extension)] not in set(train["id"]))  # fmt: skip
+    if unlisted:
+        log(f"prepare: {len(unlisted)} slide(s) in {src.root / 'train'} have no train.csv row "
+            f"and are left out: {', '.join(unlisted[:5])}{' ...' if len(unlisted) > 5 else ''}")  # fmt: skip
+    result = refresh(out, [SLIDES], entries, _work, n_jobs=n_jobs, chunk=1, desc="slide tiles",
+                     skip_bad=skip_bad)  # fmt: skip
+    stamp = {"root": str(src.root), "synthetic": src.synthetic} | settings
+    write_text_if_changed(out / "source.json", json.dumps(stamp) + "\n")
+    table = result.tables[SLIDES.name]
+    if result.done:
+        log(f"prepare: {len(table)} slides from {src.root} -> {out}: {int(table['tiles'].sum())} "
+            f"tiles of {config.data.window} px at {config.data.size} px ({result.done} slides tiled, "
+            f"{result.cached} unchanged)")  # fmt: skip
+    return out
+
+
+def read_tiles(config: Config) -> tuple[Path, pd.DataFrame, pd.DataFrame]:
+    """The prepared folder, its slides (with ``fold``, grouped by slide) and every tile (with
+    its slide's ``fold`` and ``has_mask``)."""
+    out = folder(config)
+    if not (out / "slides.csv").is_file():
+        raise ValueError(f"{out}/slides.csv not found: run the prepare stage first")
+    slides = pd.read_csv(out / "slides.csv", dtype={"id": str})
+    folds = group_folds(
+        slides["id"], slides["tiles"].to_numpy(), config.data.n_folds, config.data.fold_seed
+    )
+    slides["fold"] = slides["id"].map(folds)
+    tiles = pd.concat([pd.read_csv(out / "tiles" / f"{i}.csv", dtype={"id": str, "slide": str})
+                       for i in slides["id"]], ignore_index=True)  # fmt: skip
+    tiles["fold"] = tiles["slide"].map(folds)
+    tiles["has_mask"] = (tiles["mask_area"] > 0).astype(int)
+    return out, slides, tiles
+
+
+def filter_scores(config: Config, fold: int) -> pd.DataFrame | None:
+    """The tile filter's scores of ``data.tile_filter.run``'s same fold (None when off)."""
+    run = config.data.tile_filter.run
+    if not run:
+        return None
+    path = Path(config.output) / run / f"fold{fold}" / FILTER_FILE
+    if not path.is_file():
+        raise ValueError(f"data.tile_filter.run {run!r}: {path} not found (run the tile filter)")
+    return pd.read_csv(path, dtype={"id": str})
+
+
+def make_loaders(config: Config, fold: int, seed: int):
+    """Training tiles of the other folds' slides (less the perfect ones under the tile filter)
+    and this rank's share of the held-out slides' tiles."""
+    out, slides, tiles = read_tiles(config)
+    if fold not in set(slides["fold"]):
+        raise ValueError(f"fold {fold} does not exist: {config.data.n_folds} folds")
+    train = tiles[tiles["fold"] != fold].reset_index(drop=True)
+    scores = filter_scores(config, fold)
+    if scores is not None:
+        train = kept_items(train, scores, config.data.tile_filter.min_dice)
+    held = tiles[tiles["fold"] == fold].reset_index(drop=True)
+    pipeline = load_pipeline(config, TRANSFORMS)
+    return common_loaders(
+        config, Items(train, out / "images", out / "masks"), Items(held, out / "images", out / "masks"),
+        seed, pipeline,
+    )  # fmt: skip

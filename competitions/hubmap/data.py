@@ -1,0 +1,22 @@
+"""HuBMAP's files: ``train.csv`` (id,encoding), ``sample_submission.csv`` (id,predicted),
+``train/<id>.tiff`` and ``test/<id>.tiff``; without the download, seven synthetic slides in six
+TIFF layouts (``synthetic.py``)."""
+
+from pathlib import Path
+
+from common.data.slide_tiles import SlideSet
+
+
+def generate(root: Path, scale: float) -> None:
+    from competitions.hubmap.synthetic import SyntheticSpec, generate
+
+    generate(root, SyntheticSpec(scale=scale))
+
+
+SLIDES = SlideSet(
+    truth_column="encoding",
+    prediction_column="predicted",
+    extension=".tiff",
+    generate=generate,
+    describe="HuBMAP: 5 train and 2 test slides (3,000-15,000 px) in six TIFF layouts",
+)
