@@ -29,7 +29,7 @@ SIIM_TRAIN = $(LAUNCH) -m competitions.siim.train --config $(CONFIG) $(if $(RESU
 # the lung default is a cascade: clavicles_refine.yaml trains its first stage (unet_resnet18_cpu)
 LUNG_CONFIG ?= competitions/lung/configs/clavicles_refine.yaml
 LUNG_STAGE_CONFIG ?= competitions/lung/configs/unet_resnet18_cpu.yaml
-LUNG_TRAIN = $(LAUNCH) -m competitions.lung.train --config $(LUNG_CONFIG) $(if $(RESUME),--resume)
+LUNG_TRAIN = $(LAUNCH) -m common.cli train --competition lung --config $(LUNG_CONFIG) $(if $(RESUME),--resume) $(if $(SKIP_BAD),--skip-bad)
 HUBMAP_CONFIG ?= competitions/hubmap/configs/unet_resnet18_cpu.yaml
 HUBMAP_FILTERED ?= competitions/hubmap/configs/filtered.yaml
 HUBMAP_TRAIN = $(LAUNCH) -m common.cli train --competition hubmap $(if $(RESUME),--resume) $(if $(SKIP_BAD),--skip-bad)
@@ -81,7 +81,7 @@ lung-techniques: $(STAMP)  ## each seed technique on/off against LUNG_STAGE_CONF
 	$(PY) -m experiments.lung_techniques --config $(LUNG_STAGE_CONFIG) --prefix $(or $(PREFIX),abl) $(if $(VARIANTS),--variants $(VARIANTS)) $(ARGS)
 
 lung-prepare: $(STAMP)  ## read data/lung/raw (or the synthetic lung set) at LUNG_CONFIG's size (a refinement's frame)
-	$(PY) -m competitions.lung.prepare --config $(LUNG_CONFIG)
+	$(CLI) prepare --competition lung --config $(LUNG_CONFIG) $(if $(SKIP_BAD),--skip-bad) $(PREPARE_ARGS)
 
 lung-fold0: $(STAMP)  ## train on the odd SCR cases (the default: first stage, then clavicle refinement), predict the even ones, print Dice/Jaccard; LUNG_CONFIG=
 	$(LUNG_TRAIN) --folds 0 $(ARGS)

@@ -26,11 +26,12 @@ from common.config import load_run_config
 from common.data.loaders import eval_loader
 from common.infer.inference import TtaPolicy, forward, tta_augment, tta_deaugment
 from common.io.atomic import write_text_atomic
+from common.post.channel_evaluate import final_mask, fold_dir, reference_mask
 from common.post.metrics import jaccard_from_counts
 from common.post.postprocess import binarize
 from common.train.checkpoints import load_checkpoint
 from common.train.runner import build_model_from, parse_folds, resolve_device
-from competitions.lung.evaluate import GROUPS, final_mask, fold_dir, reference_mask
+from competitions.lung.evaluate import GROUPS
 from competitions.lung.loaders import items, read_cases, tta_policy
 
 VARIANTS = ("none", "hflip_swapped", "hflip_not_swapped")

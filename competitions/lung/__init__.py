@@ -17,10 +17,12 @@ COMPETITION = Competition(
     stages={
         "prepare": "competitions.lung.prepare:main",
         "train": "competitions.lung.train:main",
-        "evaluate": "competitions.lung.evaluate:main",
+        "evaluate": "common.post.channel_evaluate:main",
         "ensemble": "competitions.lung.ensemble:main",
         "offline": "competitions.lung.offline:predict_submission",
-        "bundle": "competitions.lung.kaggle_bundle:main",
+        "bundle": "common.submit.kaggle:competition_main",
         "leaderboard": "common.submit.leaderboard:main",
     },
+    data="competitions.lung.evaluate:CASES",
+    bundle={"title": "Lung", "input_slug": "jsrt-scr-chest-xrays"},  # a Kaggle dataset, JSRT layout
 )

@@ -21,16 +21,18 @@ import pandas as pd
 from common.config import Config, load_config
 from common.infer.predict import final_config
 from common.io.rle import rle_encode
-from common.post.metrics import dice_jaccard
-from common.submit.ensemble import EnsembleTask, check_trained, ensemble_members, train_missing
-from common.submit.ensemble import run_ensemble as run_common
-from common.train.runner import config_main
-from competitions.lung.evaluate import (
+from common.post.channel_evaluate import (
     HEADER,
     read_submission,
     reference_mask,
     summarise,
+    validate_long,
 )
+from common.post.metrics import dice_jaccard
+from common.submit.ensemble import EnsembleTask, check_trained, ensemble_members, train_missing
+from common.submit.ensemble import run_ensemble as run_common
+from common.train.runner import config_main
+from competitions.lung.evaluate import GROUPS
 from competitions.lung.loaders import read_cases, tta_policy
 from competitions.lung.prepare import sample_centres
 from competitions.lung.raw import (
@@ -87,24 +89,13 @@ def score_test(csv: Path, member: Config, ids: list[str]) -> dict:
             scores = dice_jaccard(masks[(case, structure)], sample_centres(truth, size))
             rows.append({"structure": structure} | scores)
     table = pd.DataFrame(rows)
-    per_structure, groups = summarise(table)
+    per_structure, groups = summarise(table, GROUPS)
     return {
         "test_dice": float(table["dice"].mean()),
         "test_jaccard": float(table["jaccard"].mean()),
         "test_structures": per_structure,
         "test_groups": groups,
     }
-
-
-def _validate(csv: Path, ids: list[str], structures: list[str], size: int) -> dict:
-    masks = read_submission(csv, size)
-    expected = {(case, s) for case in ids for s in structures}
-    if set(masks) != expected:
-        missing, extra = expected - set(masks), set(masks) - expected
-        raise ValueError(
-            f"{csv}: {len(missing)} (case, structure) pair(s) missing, {len(extra)} extra"
-        )
-    return {"rows": len(masks), "non_empty": sum(bool(m.any()) for m in masks.values())}
 
 
 def task(config: Config, *, with_train: bool = True) -> EnsembleTask:
@@ -131,7 +122,7 @@ def task(config: Config, *, with_train: bool = True) -> EnsembleTask:
         truth=lambda i, shape: np.stack([reference_mask(root, s, i, size) for s in structures]),
         policy=tta_policy(structures),
         postprocess=member.predict.postprocess,
-        validate=lambda csv: _validate(csv, ids, list(structures), size),
+        validate=lambda csv: validate_long(csv, ids, list(structures), size),
         score=lambda csv: score_test(csv, member, ids),
         images=root / "images",
         prepared=config.prepared or None,

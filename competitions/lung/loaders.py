@@ -59,9 +59,7 @@ def read_cases(config: Config) -> tuple[Path, pd.DataFrame]:
     ``id`` (the case) and ``has_mask`` (every case has lungs)."""
     root = frame_root(config.data)  # whole images (a refinement stage's crops: prepared_root)
     if not (root / "cases.csv").is_file():
-        raise ValueError(
-            f"{root}/cases.csv not found: run `python -m competitions.lung.prepare --config ...`"
-        )
+        raise ValueError(f"{root}/cases.csv not found: run the prepare stage (`make lung-prepare`)")
     cases = pd.read_csv(root / "cases.csv", dtype={"case": str})
     cases["fold"] = assign_folds(
         cases, config.data.split, config.data.n_folds, config.data.fold_seed

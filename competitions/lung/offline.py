@@ -16,10 +16,10 @@ import os
 from pathlib import Path
 
 from common.infer.predict import final_config
+from common.post.channel_evaluate import HEADER
 from common.submit.ensemble import frozen_ensemble, predict_test
 from common.submit.submission import write_rows
 from competitions.lung.ensemble import task
-from competitions.lung.evaluate import HEADER
 from competitions.lung.prepare import prepare_test
 from competitions.lung.raw import find_test_images
 

@@ -1,6 +1,6 @@
 """Prepare JSRT/SCR cases for training and scoring.
 
-    python -m competitions.lung.prepare [--size 256] [--score-size 512] [--config ...]
+    python -m common.cli prepare --competition lung --config competitions/lung/configs/clavicles_refine.yaml [--skip-bad] [key=value ...]
 
 Reads ``data/lung/raw/`` (either layout of ``competitions.lung.raw``: native 2048 palette PNGs
 with 1024 GIF masks, or the 512 PNGs), or the embedded synthetic set when ``raw/`` is absent,
@@ -22,10 +22,7 @@ Reference masks are sampled from the image-grid mask at the centre of each block
 
 from __future__ import annotations
 
-import argparse
 import json
-import shutil
-import sys
 from functools import partial
 from pathlib import Path
 
@@ -33,13 +30,14 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from common.config import load_run_config
+from common.config import Config
 from common.data.crops import crop_spec
 from common.data.sources import Source, raw_or_synthetic
 from common.io.atomic import write_text_if_changed
 from common.io.cache import Entry, Table, refresh, source_key
 from common.io.images import resize_image, resize_mask, write_mask, write_png
 from common.io.paths import data_dir
+from common.train.runner import config_main
 from competitions.lung.raw import (
     STRUCTURES,
     Case,
@@ -147,10 +145,12 @@ def prepare(
     synthetic: str | Path = SYNTHETIC,
     prepared: str | Path = PREPARED,
     n_jobs: int = 2,
+    skip_bad: bool = False,
     log=print,
 ) -> Path:
     """Bring ``prepared/<size>/`` (see the module docs) up to date with the input
-    (``common.io.cache``: only what changed is redone)."""
+    (``common.io.cache``: only what changed is redone); with ``skip_bad`` an unreadable case is
+    left out (``bad_ids.csv``) instead of stopping."""
     source = resolve_raw(raw, synthetic, log)
     cases = find_cases(source.root)
     tests = find_test_images(source.root)
@@ -163,7 +163,8 @@ def prepare(
     entries = [_case_entry(case, size, score_size) for case in cases]
     entries += [_test_entry(case_id, path, size, score_size) for case_id, path in tests.items()]
     work = partial(_prepare_one, size=size, score_size=score_size)
-    result = refresh(out, [CASES, TEST], entries, work, n_jobs=n_jobs, desc="lung prepare")
+    result = refresh(out, [CASES, TEST], entries, work, n_jobs=n_jobs, desc="lung prepare",
+                     skip_bad=skip_bad)  # fmt: skip
     stamp = {"root": str(source.root), "synthetic": source.synthetic, "size": size,
              "score_size": score_size}  # fmt: skip
     write_text_if_changed(out / "source.json", json.dumps(stamp) + "\n")
@@ -176,29 +177,17 @@ def prepare(
     return out
 
 
+def prepare_config(config: Config, skip_bad: bool = False, log=print) -> Path:
+    """The prepare stage of an experiment: its whole images at ``data.size`` (a refinement
+    stage's ``frame``) and ``data.score_size``, from its folders."""
+    d = config.data
+    spec = crop_spec(d)  # a refinement stage cuts its crops from the frame
+    for key in ("size", "score_size"):
+        if int(d[key]) <= 0:
+            raise ValueError(f"data.{key} = {d[key]}: must be a positive number of pixels")
+    return prepare(spec.frame if spec else d.size, d.score_size, raw=d.raw, synthetic=d.synthetic,
+                   prepared=d.prepared, skip_bad=skip_bad, log=log)  # fmt: skip
+
+
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size", type=int, default=256, help="training size")
-    parser.add_argument("--score-size", type=int, default=512, help="scoring size")
-    parser.add_argument("--config", help="take the sizes and folders from this experiment")
-    parser.add_argument("--clean", action="store_true", help="remove prepared/<size>/ first")
-    args = parser.parse_args(argv)
-    try:
-        size, score_size = args.size, args.score_size
-        raw, synthetic, prepared = RAW, SYNTHETIC, PREPARED
-        if args.config:
-            config = load_run_config(args.config, [])
-            spec = crop_spec(config.data)  # a refinement stage cuts its crops from the frame
-            size, score_size = spec.frame if spec else config.data.size, config.data.score_size
-            raw, synthetic = Path(config.data.raw), Path(config.data.synthetic)
-            prepared = Path(config.data.prepared)
-        if args.clean:
-            shutil.rmtree(prepared / str(size), ignore_errors=True)
-        out = prepare(size, score_size, raw=raw, synthetic=synthetic, prepared=prepared)
-        print(f"lung prepare: {out} ready")
-    except ValueError as error:
-        sys.exit(f"lung prepare: {error}")
-
-
-if __name__ == "__main__":
-    main()
+    config_main(__doc__, argv, prepare_config, label="lung prepare", skip_bad=True)

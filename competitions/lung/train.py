@@ -9,7 +9,7 @@
 ``data/lung/raw/``, or the synthetic set), and writes ``models/lung/<name>/fold<k>/``:
 ``config.yaml``, ``checkpoints/``, ``final.pt``, ``log.csv``, ``curves.png`` (losses and
 per-structure Dice), ``oof/<structure>/<case>.png`` and ``metrics.json``; then
-``competitions.lung.evaluate`` over the folds trained.
+``common.post.channel_evaluate`` over the folds trained.
 """
 
 from __future__ import annotations
@@ -20,17 +20,18 @@ from pathlib import Path
 from common.config import Config, load_run_config
 from common.data.crops import crop_spec
 from common.infer.cascade import prepare_crops
+from common.post.channel_evaluate import evaluate, predict_held_out
 from common.train import distributed
 from common.train.runner import fold_dir, part_configs, train_main
 from common.train.runner import run_fold as common_run_fold
-from competitions.lung.evaluate import evaluate, predict_held_out
+from competitions.lung.evaluate import CASES
 from competitions.lung.loaders import make_loaders, tta_policy
 from competitions.lung.prepare import prepare
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 
 
-def prepare_sizes(config: Config, folds: list[int] = (0, 1)) -> None:
+def prepare_sizes(config: Config, folds: list[int] = (0, 1), *, skip_bad: bool = False) -> None:
     """Prepare the data at every size the experiment's parts train at. A refinement stage
     (``data.crop_stage``) prepares the whole images at its ``frame`` side, trains the first
     stage's missing folds (``configs/<run name>.yaml``), then cuts each fold's crops."""
@@ -39,7 +40,7 @@ def prepare_sizes(config: Config, folds: list[int] = (0, 1)) -> None:
     sizes = sorted({part.data.size for part in part_configs(config)})
     for size in [spec.frame] if spec else sizes:
         prepare(size, data.score_size, raw=data.raw, synthetic=data.synthetic,
-                prepared=data.prepared)  # fmt: skip
+                prepared=data.prepared, skip_bad=skip_bad)  # fmt: skip
     if spec is None:
         return
     train_first_stage(config, spec, folds)
@@ -77,7 +78,7 @@ def run_fold(config: Config, fold: int, *, resume: bool = False, log=print) -> d
     tta_policy(structures).check(config.predict.tta, len(structures))  # fail before training
 
     def held_out(trainer, last: Config, fold: int, out: Path) -> dict:
-        ids = predict_held_out(trainer.model, last, fold, device=trainer.device,
+        ids = predict_held_out(trainer.model, last, fold, CASES, device=trainer.device,
                                channels_last=trainer.settings.channels_last)  # fmt: skip
         final_row = trainer.history[-1] if trainer.history else {}
         validation = {k: v for k, v in final_row.items() if k.startswith(("dice_05", "jaccard_05"))}
@@ -90,7 +91,7 @@ def run_fold(config: Config, fold: int, *, resume: bool = False, log=print) -> d
 def _run(config: Config, folds: list[int], args) -> None:
     start = time.perf_counter()
     if distributed.is_main():  # one process prepares; the others wait for its files
-        prepare_sizes(config, folds)
+        prepare_sizes(config, folds, skip_bad=args.skip_bad)
     distributed.barrier()
     for fold in folds:
         metrics = run_fold(config, fold, resume=args.resume)
@@ -98,12 +99,13 @@ def _run(config: Config, folds: list[int], args) -> None:
             print(f"fold {fold}: trained, {metrics['n_held_out']} held-out cases predicted; "
                   f"{metrics['wall_seconds']:.0f}s -> {fold_dir(config, fold)}")  # fmt: skip
     if distributed.is_main() and not args.no_evaluate:
-        evaluate(config, folds)
+        evaluate(config, folds, CASES)
         print(f"lung: {len(folds)} fold(s) in {time.perf_counter() - start:.0f}s wall time")
 
 
 def main(argv=None) -> None:
-    train_main(__doc__, argv, _run, label="lung train", folds_example="0,1", evaluate=True)
+    train_main(__doc__, argv, _run, label="lung train", folds_example="0,1", evaluate=True,
+               skip_bad=True)  # fmt: skip
 
 
 if __name__ == "__main__":

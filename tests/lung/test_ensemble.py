@@ -13,9 +13,9 @@ import yaml
 from common.config import load_config
 from common.infer.predict import Prediction
 from common.io.images import read_png
+from common.post.channel_evaluate import read_submission
 from common.submit.ensemble import apply_thresholds
 from competitions.lung.ensemble import run_ensemble
-from competitions.lung.evaluate import read_submission
 from tests.conftest import REPO
 from tests.notebook import run_offline
 
@@ -84,10 +84,14 @@ def test_a_flip_the_lung_policy_forbids_is_refused(workspace):
 
 
 def test_lung_notebook_offline_matches_make_ensemble(workspace, ensembled, tmp_path):
-    from competitions.lung.kaggle_bundle import DATA, build
+    from common.submit import kaggle
+    from competitions.lung import COMPETITION
 
+    DATA = COMPETITION.bundle["input_slug"]
+    spec = kaggle.BundleSpec(package="lung", **COMPETITION.bundle)
     config, report = ensembled
-    bundle = build(config, tmp_path / "dist", "someone", wheels=False, log=lambda _: None)
+    bundle = kaggle.build(config, tmp_path / "dist", "someone", spec=spec, wheels=False,
+                          log=lambda _: None)  # fmt: skip
     kernel = json.loads((bundle / "kernel" / "kernel-metadata.json").read_text())
     assert kernel["enable_internet"] is False and kernel["competition_sources"] == []
     kaggle = tmp_path / "kaggle"
@@ -99,7 +103,7 @@ def test_lung_notebook_offline_matches_make_ensemble(workspace, ensembled, tmp_p
 
 
 def test_bad_inputs_name_what_is_wrong(workspace, ensembled, tmp_path):
-    from competitions.lung.ensemble import _validate
+    from common.post.channel_evaluate import validate_long as _validate
     from competitions.lung.prepare import prepare
 
     _, report = ensembled

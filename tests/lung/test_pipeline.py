@@ -12,8 +12,9 @@ import pytest
 
 from common.config import load_run_config
 from common.io.images import read_png
+from common.post import channel_evaluate as lung_evaluate
 from common.submit.leaderboard import write_leaderboard
-from competitions.lung import evaluate as lung_evaluate
+from competitions.lung.evaluate import CASES, GROUPS, PUBLISHED
 from competitions.lung.loaders import assign_folds, transforms, tta_policy
 from competitions.lung.train import main
 from experiments.lung_ablation import ablate
@@ -86,7 +87,7 @@ def test_both_folds_and_the_csv_round_trip(workspace, monkeypatch):
     lines = csv.read_text().splitlines()
     assert lines[0] == "id,structure,rle" and len(lines) == 1 + 40 * 5
     masks = lung_evaluate.read_submission(csv, 256)
-    _, cases = lung_evaluate.read_cases(config)
+    _, cases = CASES.read_cases(config)
     for case, fold in zip(cases["case"], cases["fold"], strict=True):
         for structure in config.data.structures:
             prob = read_png(
@@ -99,7 +100,7 @@ def test_both_folds_and_the_csv_round_trip(workspace, monkeypatch):
     with pytest.raises(
         ValueError, match=r"fold 0: no held-out map for 20 case\(s\).*train the fold first"
     ):
-        lung_evaluate.evaluate(untrained, [0])
+        lung_evaluate.evaluate(untrained, [0], CASES)
     assert not list(Path(config.submissions).glob("never_trained*"))  # nothing half-written
     ablation = ablate(config, [0, 1])
     assert ablation["n_cases"] == 40 and len(ablation["jaccard"]) == 6
@@ -184,6 +185,7 @@ def test_report_shows_the_published_figures_only_for_real_data():
         "score_size": 512,
         "structures": {"heart": {"dice": 0.9, "jaccard": 0.8}},
         "groups": {"heart": {"dice": 0.9, "jaccard": 0.8}},
+        "published_jaccard": PUBLISHED,
         "synthetic": False,
     }
     assert "human observer 0.878" in lung_evaluate.format_report(report)
@@ -220,7 +222,7 @@ def test_refinement_stage_on_crops_around_the_clavicles(workspace, monkeypatch, 
         assert len(boxes) == 48  # 40 cases + 8 test images
         assert {p.name for p in (folder / "masks").iterdir()} == set(config.data.structures)
         assert read_png(folder / "images" / f"{next(iter(boxes))}.png").shape == (64, 64)
-        held_out = lung_evaluate.fold_cases(config, fold)[2]["case"]
+        held_out = CASES.fold_cases(config, fold)[2]["case"]
         for case in held_out[:5]:  # zero outside the fold's box, at the scoring size
             box = boxes[case].scaled((256, 256))
             oof = read_png(
@@ -260,7 +262,7 @@ def test_refinement_member_replaces_its_channels_in_the_ensemble(workspace, monk
     stage = load_fold_model(output, "stage", 0, 1.0, cpu, classes=5, channels=channels)
     second = load_fold_model(output, "clavicles_refine", 0, 1.0, cpu, classes=5, channels=channels)
     assert stage.channels is None and second.channels == (3, 4)
-    cases = list(lung_evaluate.fold_cases(config, 0)[2]["case"][:3])
+    cases = list(CASES.fold_cases(config, 0)[2]["case"][:3])
     shapes = dict.fromkeys(cases, (256, 256))
     options = PredictOptions(device=cpu, policy=tta_policy(channels))
     both = list(predict_ids(cases, shapes, [stage, second], [], options))
@@ -286,7 +288,7 @@ def test_refinement_member_replaces_its_channels_in_the_ensemble(workspace, monk
 
 
 def test_two_sided_groups_are_also_scored_as_one_object():
-    from competitions.lung.evaluate import object_scores
+    from common.post.channel_evaluate import object_scores
 
     truth = {s: np.zeros((10, 10), np.uint8) for s in ("left_lung", "right_lung", "heart")}
     truth["left_lung"][:, 6:] = 1  # 40 px
@@ -294,7 +296,7 @@ def test_two_sided_groups_are_also_scored_as_one_object():
     pred = {s: m.copy() for s, m in truth.items()}
     pred["left_lung"][:, 8:] = 0  # 20 of 40 found
     pred["right_lung"][:, 2] = 1  # 10 px too many
-    rows = object_scores(pred, truth)
+    rows = object_scores(pred, truth, GROUPS)
     assert [r["group"] for r in rows] == ["lungs"]  # no clavicles here; the heart is one already
     # union: truth 60 px, prediction 20 + 30 = 50 px, overlap 40 px
     assert rows[0]["jaccard"] == pytest.approx(40 / 70) and rows[0]["dice"] == pytest.approx(
