@@ -25,7 +25,7 @@ ENSEMBLE_PREPARE := $(if $(filter siim,$(ENSEMBLE_COMPETITION)),siim-prepare)
 LAUNCH := $(if $(GPUS),$(PY) -m torch.distributed.run --standalone --nproc_per_node=$(GPUS),$(PY))
 # training overrides (ARGS) reach prepare too (a crop stage's settings), an ensemble's do not
 PREPARE_ARGS = $(if $(filter ensemble siim-pseudo,$(MAKECMDGOALS)),,$(ARGS))
-SIIM_TRAIN = $(LAUNCH) -m competitions.siim.train --config $(CONFIG) $(if $(RESUME),--resume)
+SIIM_TRAIN = $(LAUNCH) -m common.cli train --competition siim --config $(CONFIG) $(if $(RESUME),--resume)
 # the lung default is a cascade: clavicles_refine.yaml trains its first stage (unet_resnet18_cpu)
 LUNG_CONFIG ?= competitions/lung/configs/clavicles_refine.yaml
 LUNG_STAGE_CONFIG ?= competitions/lung/configs/unet_resnet18_cpu.yaml
@@ -118,13 +118,13 @@ ensemble: $(STAMP) $(if $(DATASET),,$(ENSEMBLE_PREPARE))  ## OOF search + test s
 	$(if $(DATASET),$(CLI) ensemble --dataset $(DATASET) $(if $(SKIP_BAD),--skip-bad) $(ARGS),$(CLI) ensemble --competition $(ENSEMBLE_COMPETITION) --config $(ENSEMBLE) $(ARGS))
 
 submit: $(STAMP)  ## validate the ensemble's CSV (or CSV=...), then kaggle competitions submit; MESSAGE=
-	$(PY) -m competitions.siim.submit --csv $(or $(CSV),submissions/siim/$(basename $(notdir $(ENSEMBLE))).csv) $(if $(MESSAGE),--message "$(MESSAGE)")
+	$(CLI) submit --competition $(ENSEMBLE_COMPETITION) --csv $(or $(CSV),submissions/$(ENSEMBLE_COMPETITION)/$(basename $(notdir $(ENSEMBLE))).csv) $(if $(MESSAGE),--message "$(MESSAGE)")
 
 kaggle-bundle: $(STAMP)  ## frozen code + ENSEMBLE's (or DATASET's) weights + offline notebook in dist/kaggle/<name>/; OWNER=
 	$(if $(DATASET),$(CLI) bundle --dataset $(DATASET) $(if $(OWNER),--owner $(OWNER)),$(CLI) bundle --competition $(ENSEMBLE_COMPETITION) build --ensemble $(ENSEMBLE) $(if $(OWNER),--owner $(OWNER)))
 
 kaggle-push: $(STAMP)  ## create or version the bundle's dataset and push its notebook (needs credentials)
-	$(PY) -m competitions.$(ENSEMBLE_COMPETITION).kaggle_bundle push --ensemble $(ENSEMBLE)
+	$(CLI) bundle --competition $(ENSEMBLE_COMPETITION) push --ensemble $(ENSEMBLE)
 
 clean:  ## remove caches (keeps .venv, data, models)
 	find . -name __pycache__ -type d -prune -not -path './.venv/*' -exec rm -rf {} +

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
-STAGES = ("prepare", "train", "evaluate", "ensemble", "offline", "bundle", "submit", "pseudo",
-          "leaderboard", "tile-filter")  # fmt: skip
+STAGES = ("prepare", "train", "evaluate", "ensemble", "offline", "bundle", "validate", "submit",
+          "pseudo", "leaderboard", "tile-filter")  # fmt: skip
 UNITS = ("image", "slide")
 
 
@@ -68,6 +68,16 @@ class Competition:
             parser.add_argument("--dataset", help="(the folder competition's data by default)")
             args = parser.parse_args(argv)
             return entry(args.bundle, args.data, args.working)
+        if stage == "validate":  # validate(csv, sample=None) -> (counts, sample, synthetic)
+            import argparse
+
+            parser = argparse.ArgumentParser(description=f"{self.name}: validate a submission")
+            parser.add_argument("--csv", required=True)
+            parser.add_argument("--sample", help="sample submission (found if omitted)")
+            args = parser.parse_args(argv)
+            counts, sample, _ = entry(args.csv, sample=args.sample)
+            print(f"{args.csv}: valid against {sample} ({counts['rows']} rows)")
+            return counts
         if stage == "leaderboard" and "--competition" not in argv:
             argv = ["--competition", self.name, *argv]
         return entry(argv)

@@ -52,14 +52,16 @@ class CaseSet:
     """A multi-channel competition's held-out contract: ``read_cases(config)`` -> (prepared
     folder, cases with ``case`` and ``fold``), ``fold_cases(config, fold)`` -> (folder the fold's
     model reads, train, held-out), ``items(config, root, frame)`` -> loader items,
-    ``policy(channels)`` -> its ``TtaPolicy``; and how it reports: ``groups`` (name -> channels,
+    ``policy(channels)`` -> its ``TtaPolicy``, ``make_loaders(config, fold, seed)`` -> the
+    fold's (train, held-out) loaders; and how it reports: ``groups`` (name -> channels,
     the figures the literature gives), ``published`` (who -> group -> Jaccard), the CSV
     ``header``, the headline metric's name and the label its report starts with."""
 
-    read_cases: Callable
+    read_cases: Callable | None
     fold_cases: Callable
     items: Callable
     policy: Callable
+    make_loaders: Callable | None = None
     groups: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     published: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
     header: tuple[str, str, str] = HEADER

@@ -283,6 +283,38 @@ def push(root: Path, log=print) -> None:
     log(f"pushed {root.name}: dataset and kernel")
 
 
+def submit_main(argv=None, *, competition) -> None:
+    """``submit``: validate a CSV (always first, by the competition's ``validate`` stage:
+    ``validate(csv, sample=None)`` -> (counts, the sample it matched, whether that sample is the
+    synthetic set's)), then send it with the ``kaggle`` package. A CSV made for the synthetic
+    test set is refused: Kaggle would score it against other images. Without credentials or a
+    network it fails with one line; nothing is changed and no credential is printed."""
+    parser = argparse.ArgumentParser(description=f"{competition.name}: validate, then submit")
+    parser.add_argument("--csv", required=True, type=Path)
+    parser.add_argument("--sample", type=Path, help="sample submission (found if omitted)")
+    parser.add_argument("--message", default="", help="submission description")
+    parser.add_argument("--kaggle", default=competition.bundle.get("competition"),
+                        help="the Kaggle competition's slug")  # fmt: skip
+    parser.add_argument("--check-only", action="store_true", help="validate, do not submit")
+    args = parser.parse_args(argv)
+    try:
+        counts, sample, synthetic = competition.entry("validate")(args.csv, sample=args.sample)
+        print(f"{args.csv}: valid against {sample} ({counts['rows']} rows, "
+              f"{counts['non_empty']} non-empty)")  # fmt: skip
+        if args.check_only:
+            return
+        if synthetic:
+            raise RuntimeError("this CSV is for the synthetic test set (no competition data in "
+                               "its raw folder); not submitted")  # fmt: skip
+        if not args.kaggle:
+            raise ValueError(f"{competition.name} is not a Kaggle competition: pass --kaggle SLUG")
+        result = call_kaggle(lambda api: api.competition_submit(
+            str(args.csv), args.message or args.csv.stem, args.kaggle), "submission")  # fmt: skip
+        print(result)
+    except (ValueError, RuntimeError) as error:
+        sys.exit(f"{competition.name} submit: {error}")
+
+
 def competition_main(argv=None, *, competition) -> None:
     """The ``bundle`` stage of a competition whose descriptor states its ``bundle`` fields."""
     main(BundleSpec(package=competition.name, **competition.bundle), argv)

@@ -6,7 +6,7 @@ thresholds cross-fitted between folds, Dice and Jaccard per structure and group)
 """
 
 from common.post.channel_evaluate import CaseSet
-from competitions.lung.loaders import fold_cases, items, read_cases, tta_policy
+from competitions.lung.loaders import fold_cases, items, make_loaders, read_cases, tta_policy
 
 GROUPS = {  # the literature reports these three figures
     "lungs": ("left_lung", "right_lung"),
@@ -20,6 +20,7 @@ PUBLISHED = {  # Jaccard on the SCR odd/even benchmark
 
 CASES = CaseSet(
     read_cases=read_cases,
+    make_loaders=make_loaders,
     fold_cases=fold_cases,
     items=items,
     policy=tta_policy,

@@ -15,12 +15,21 @@ COMPETITION = Competition(
     channels=("mask",),
     stages={
         "prepare": "competitions.siim.prepare:main",
-        "train": "competitions.siim.train:main",  # the out-of-fold search follows each fold
+        "train": "common.post.image_oof:main",  # the out-of-fold search follows each fold
         "ensemble": "competitions.siim.ensemble:main",
         "offline": "competitions.siim.offline:predict_submission",
-        "bundle": "competitions.siim.kaggle_bundle:main",
-        "submit": "competitions.siim.submit:main",
+        "bundle": "common.submit.kaggle:competition_main",
+        "submit": "common.submit.kaggle:submit_main",
+        "validate": "competitions.siim.submission:validate_found",
         "pseudo": "competitions.siim.pseudo:main",
         "leaderboard": "common.submit.leaderboard:main",
     },
-)
+    data="competitions.siim.loaders:FRAMES",
+    bundle={
+        "title": "SIIM",
+        "input_slug": "siim-acr-pneumothorax-segmentation",
+        "competition": "siim-acr-pneumothorax-segmentation",
+        "wheels": {"pydicom": "pydicom", "pylibjpeg": "pylibjpeg", "pylibjpeg-libjpeg": "libjpeg",
+                   "pylibjpeg-openjpeg": "openjpeg", "pylibjpeg-rle": "rle"},  # DICOM and decoders
+    },
+)  # fmt: skip

@@ -25,6 +25,7 @@ from common.infer.predict import final_config
 from common.io.images import read_mask
 from common.io.paths import data_dir
 from common.io.rle import siim_rle_encode
+from common.post.image_oof import run_fold
 from common.submit.ensemble import (
     EnsembleTask,
     check_trained,
@@ -34,10 +35,10 @@ from common.submit.ensemble import (
 )
 from competitions.siim import submission
 from competitions.siim.layout import find_sample as find_sample_in
+from competitions.siim.loaders import FRAMES
 from competitions.siim.prepare import full_mask_path
 from competitions.siim.prepare import main as prepare_main
 from competitions.siim.raw import read_rle_csv
-from competitions.siim.train import run_fold
 
 
 def ensure_trained(config: Config, log=print) -> None:
@@ -47,7 +48,7 @@ def ensure_trained(config: Config, log=print) -> None:
         experiment = load_config(path, [f"output={config.output}", f"name={path.stem}"])
         if not (prepared_root(experiment.data, fold=fold) / "train.csv").is_file():
             prepare_main(["--config", str(path)])
-        run_fold(experiment, fold, log=log)
+        run_fold(experiment, fold, FRAMES, log=log)
 
     train_missing(config, train, log)
 

@@ -12,6 +12,8 @@ from common.data.crops import prepared_root
 from common.data.folds import read_folds
 from common.data.loaders import Extra, Items, load_pipeline
 from common.data.loaders import make_loaders as common_loaders
+from common.infer.inference import TtaPolicy
+from common.post.channel_evaluate import CaseSet
 from common.submit.pseudo import read_pseudo_set
 
 TRANSFORMS = Path(__file__).resolve().parent / "transforms"
@@ -69,3 +71,14 @@ def make_loaders(config: Config, fold: int, seed: int):
     transform = load_pipeline(config, TRANSFORMS)
     extra = pseudo_items(config, set(train["id"]) | set(val["id"]))
     return common_loaders(config, items(root, train), items(root, val), seed, transform, extra)
+
+
+FRAMES = CaseSet(
+    read_cases=None,
+    fold_cases=fold_frames,
+    items=lambda config, root, frame: items(root, frame),
+    policy=lambda channels: TtaPolicy(),
+    make_loaders=make_loaders,
+    header=("ImageId", "EncodedPixels", ""),
+    label="siim",
+)

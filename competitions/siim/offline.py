@@ -30,8 +30,6 @@ from competitions.siim.prepare import prepare
 from competitions.siim.raw import RLE_COLUMNS, find_dicoms
 from competitions.siim.submission import FORMAT
 
-COMPETITION = "siim-acr-pneumothorax-segmentation"
-
 
 def test_inputs(competition: Path) -> Inputs:
     """Test ids (the sample submission's, else the DICOMs under dicom-images-test) and files."""
@@ -46,16 +44,16 @@ def test_inputs(competition: Path) -> Inputs:
 
 def predict_submission(
     bundle: str | os.PathLike,
-    competition: str | os.PathLike,
+    data: str | os.PathLike,
     working: str | os.PathLike,
     *,
     n_jobs: int = 2,
     log=print,
 ) -> Path:
     """Write ``<working>/submission.csv`` from the bundle's ensemble; returns its path."""
-    bundle, competition, working = Path(bundle), Path(competition), Path(working)
+    bundle, data, working = Path(bundle), Path(data), Path(working)
     config, thresholds, members, classifiers = frozen_ensemble(bundle, working)
-    inputs = test_inputs(competition)
+    inputs = test_inputs(data)
     datas = [
         (final_config(config.output, m.experiment, k).data, k)
         for m in members + classifiers

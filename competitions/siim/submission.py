@@ -13,9 +13,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from common.io.paths import data_dir
 from common.io.rle import SIIM_EMPTY, SIIM_SHAPE, siim_rle_decode
 from common.post.metrics import dice_per_image
 from common.submit.submission import SubmissionFormat, validate_submission
+from competitions.siim import layout
 from competitions.siim.raw import merged_mask_rows, read_rle_csv
 
 FORMAT = SubmissionFormat("ImageId", "EncodedPixels", SIIM_EMPTY, siim_rle_decode)
@@ -44,6 +46,22 @@ def validate(
     expected = list(dict.fromkeys(read_rle_csv(sample)["ImageId"]))
     shapes = shapes_from(test_csv)
     return validate_submission(path, expected, FORMAT, lambda i: shapes.get(i, SIIM_SHAPE))
+
+
+def validate_found(csv: str | os.PathLike, sample: str | os.PathLike | None = None
+                   ) -> tuple[dict[str, int], Path, bool]:  # fmt: skip
+    """The ``validate`` stage: ``validate`` against ``sample``, else the download's sample
+    submission (or the synthetic set's); returns (counts, that sample, whether synthetic)."""
+    synthetic = False
+    if sample is None:
+        found = [(layout.find_sample(data_dir("siim", kind)), kind == "synthetic")
+                 for kind in ("raw", "synthetic")]  # fmt: skip
+        sample, synthetic = next(((s, syn) for s, syn in found if s is not None), (None, False))
+        if sample is None:
+            raise ValueError(f"no sample submission in {data_dir('siim', 'raw')}/ or "
+                             f"{data_dir('siim', 'synthetic')}/: pass --sample")  # fmt: skip
+    test_csv = next(iter(sorted(data_dir("siim", "prepared").glob("*/test.csv"))), None)
+    return validate(csv, sample, test_csv), Path(sample), synthetic
 
 
 def score(

@@ -9,6 +9,7 @@ import copy
 import json
 import os
 import shutil
+from functools import partial
 
 import numpy as np
 import pandas as pd
@@ -20,11 +21,13 @@ import common.infer.cascade
 from common.config import load_config
 from common.data.crops import crop_dir, crop_mask, crop_spec, read_box_table
 from common.io.images import read_mask, read_png, resize_image
+from common.post import image_oof
+from competitions.siim.loaders import FRAMES
 from competitions.siim.prepare import main as prepare_main
-from competitions.siim.train import run_fold
 from tests.conftest import REPO
 from tests.siim.tiny import constant_stage, tiny_siim
 
+run_fold = partial(image_oof.run_fold, cases=FRAMES)
 CONFIGS = REPO / "competitions" / "siim" / "configs"
 TINY = ["data.batch_size=4", "data.val_batch_size=8", "data.num_workers=0", "train.epochs=1",
         "train.max_steps=2", "predict.overlays=2"]  # fmt: skip
@@ -156,8 +159,8 @@ def test_bundle_carries_the_crop_stage_to_the_notebook(workspace, tmp_path):
     """A stage that finds both lungs everywhere (whole-image boxes, no fallback): the notebook
     runs the bundle's copy of it and writes what `make ensemble` wrote."""
     from competitions.siim.ensemble import ensemble as run_ensemble
-    from competitions.siim.kaggle_bundle import build
     from tests.notebook import run_offline
+    from tests.siim.test_kaggle_bundle import build
 
     experiment = {"base": str(CONFIGS / "lung_crop.yaml"), "predict": {"overlays": 0}}
     experiment["data"] = {"prepared": str(workspace / "prepared"), "size": 32,

@@ -92,7 +92,17 @@ def test_two_process_run_matches_one_process(workspace, tmp_path):
     rounding; with BatchNorm or a batch-level Dice the two runs differ by design. SGD, because
     Adam's first steps are sign-like and turn rounding noise on near-zero gradients into
     full-size steps."""
-    args = ["-m", "competitions.siim.train", "--config", str(BASE), "--folds", "0"]
+    args = [
+        "-m",
+        "common.cli",
+        "train",
+        "--competition",
+        "siim",
+        "--config",
+        str(BASE),
+        "--folds",
+        "0",
+    ]
     common = _overrides(
         workspace,
         "train.epochs=2",

@@ -8,16 +8,21 @@ import os
 import shutil
 import subprocess
 import sys
+from functools import partial
 
 import pytest
 import yaml
 
 from common.config import load_config
+from common.submit import kaggle
+from competitions.siim import COMPETITION
 from competitions.siim.ensemble import ensemble as run_ensemble
-from competitions.siim.kaggle_bundle import build, main
 from tests.conftest import REPO
 from tests.notebook import run_offline
 from tests.siim.tiny import tiny_siim
+
+build = partial(kaggle.build, spec=kaggle.BundleSpec(package="siim", **COMPETITION.bundle))
+main = COMPETITION.entry("bundle")
 
 CONFIGS = REPO / "competitions" / "siim" / "configs"
 
@@ -86,7 +91,7 @@ def test_bundle_needs_the_ensemble_run_and_push_needs_credentials(ensemble, tmp_
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(config.to_dict()))
     env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "PYTHONPATH": str(REPO)}
     result = subprocess.run(
-        [sys.executable, "-m", "competitions.siim.kaggle_bundle", "push", "--ensemble",
+        [sys.executable, "-m", "common.cli", "bundle", "--competition", "siim", "push", "--ensemble",
          str(tmp_path / "tiny.yaml"), "--out", str(tmp_path / "dist")],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
     )  # fmt: skip

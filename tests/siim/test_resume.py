@@ -28,7 +28,7 @@ def workspace(tmp_path_factory):
 
 def _command(workspace, output, *extra):
     return [
-        sys.executable, "-m", "competitions.siim.train", "--config", str(BASE), "--folds", "0",
+        sys.executable, "-m", "common.cli", "train", "--competition", "siim", "--config", str(BASE), "--folds", "0",
         f"data.prepared={workspace / 'prepared'}", f"data.folds={workspace / 'folds.csv'}",
         f"output={output}", "name=run", "data.size=64", "data.batch_size=4",
         "data.num_workers=0", "train.epochs=5", "train.top_k=2", "train.ema=0.9",

@@ -29,7 +29,7 @@ def _submit(cwd, *args, **env):
     clean = {"PATH": os.environ["PATH"], "HOME": str(cwd / "home"), "PYTHONPATH": str(REPO)}
     clean["KSEG_WORKSPACE"] = str(cwd)  # its data/siim/ is the one searched
     result = subprocess.run(
-        [sys.executable, "-m", "competitions.siim.submit", *args],
+        [sys.executable, "-m", "common.cli", "submit", "--competition", "siim", *args],
         cwd=cwd, env=clean | env, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     return result.returncode, result.stdout, result.stderr.strip()

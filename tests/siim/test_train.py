@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from functools import partial
 
 import numpy as np
 import pandas as pd
@@ -13,10 +14,14 @@ import torch
 import yaml
 
 from common.config import load_config
-from competitions.siim.train import main, run_fold
+from common.post import image_oof
+from competitions.siim import COMPETITION
+from competitions.siim.loaders import FRAMES
 from tests.conftest import REPO
 from tests.siim.tiny import tiny_siim
 
+run_fold = partial(image_oof.run_fold, cases=FRAMES)
+main = COMPETITION.entry("train")
 BASE = REPO / "competitions" / "siim" / "configs" / "base.yaml"
 TINY = [
     "data.size=64",
