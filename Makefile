@@ -69,7 +69,7 @@ siim-synthetic: $(STAMP)  ## write the embedded synthetic SIIM set to data/siim/
 	$(PY) -m competitions.siim.synthetic --out data/siim/synthetic --size $(or $(SIZE),256)
 
 siim-prepare: $(STAMP)  ## decode raw (or synthetic) SIIM at the CONFIG's size + folds.csv; SKIP_BAD=1
-	$(PY) -m competitions.siim.prepare --config $(CONFIG) $(if $(SIZE),--size $(SIZE)) $(if $(SKIP_BAD),--skip-bad) $(PREPARE_ARGS)
+	$(CLI) prepare --competition siim --config $(CONFIG) $(if $(SIZE),--size $(SIZE)) $(if $(SKIP_BAD),--skip-bad) $(PREPARE_ARGS)
 
 siim-fold0: siim-prepare  ## prepare, train fold 0 of CONFIG, OOF maps, threshold search; GPUS=N, RESUME=1
 	$(SIIM_TRAIN) --folds 0 $(ARGS)

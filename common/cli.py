@@ -4,8 +4,10 @@
     python -m common.cli STAGE --dataset FOLDER   [the stage's arguments]   (no code: docs/DATASETS.md)
     python -m common.cli list                     (the competitions and their stages)
 
-STAGE is one of prepare, train, evaluate, ensemble, offline, bundle, submit, pseudo,
-leaderboard (a competition lists those it has). The make targets are thin aliases of it.
+STAGE is one of prepare, train, evaluate, ensemble, offline, bundle, validate, submit, pseudo,
+leaderboard, tile-filter (a competition lists those it has). The make targets are thin aliases
+of it. Every prepare (and every train that prepares first) takes ``--skip-bad`` (or
+``SKIP_BAD=1`` in the environment) and ``key=value`` overrides.
 """
 
 from __future__ import annotations
@@ -62,6 +64,8 @@ def main(argv=None) -> None:
         competition.run(stage, rest)
     except ValueError as error:
         sys.exit(f"{name} {stage}: {error}")
+    except OSError as error:  # a full disk, a read-only folder: one line naming the path
+        sys.exit(f"{name} {stage}: {error.strerror or error} ({error.filename or 'no path given'})")
 
 
 if __name__ == "__main__":

@@ -15,9 +15,12 @@ leaves whole files and tables that name only finished items; the next run redoes
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import hashlib
 import json
 import os
+import signal
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,7 +95,29 @@ def _previous_rows(out: Path) -> dict[tuple[str, str], dict]:
         return {}
 
 
-def _run_chunk(work: Callable, entries: list[Entry], out: Path) -> list[tuple[Entry, dict | str]]:
+_DEATH_SIGNAL_SET = False
+
+
+def _die_with_parent(parent: int) -> None:
+    """In a worker process that ``parent`` started: ask Linux to stop it (SIGTERM) when
+    ``parent`` dies, so that a killed prepare leaves no worker writing on for seconds, or idle
+    for minutes. In ``parent`` itself, or another system, nothing happens."""
+    global _DEATH_SIGNAL_SET
+    if _DEATH_SIGNAL_SET or os.getpid() == parent or os.getppid() != parent:
+        return
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    _DEATH_SIGNAL_SET = True
+    if os.getppid() != parent:  # the parent died before the request was made
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _run_chunk(work: Callable, entries: list[Entry], out: Path, parent: int = 0
+               ) -> list[tuple[Entry, dict | str]]:  # fmt: skip
+    _die_with_parent(parent)
     results = []
     with deferred_sync():  # refresh syncs once before its index names these files
         for entry in entries:
@@ -142,7 +167,7 @@ def refresh(
     chunks = [todo[i : i + chunk] for i in range(0, len(todo), chunk)]
     if chunks:
         jobs = Parallel(n_jobs=min(n_jobs, len(chunks)), return_as="generator_unordered")(
-            delayed(_run_chunk)(work, part, out) for part in chunks
+            delayed(_run_chunk)(work, part, out, os.getpid()) for part in chunks
         )
         with tqdm(total=len(todo), desc=desc, unit="item", disable=None) as bar:
             for results in jobs:

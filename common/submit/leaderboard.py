@@ -330,6 +330,39 @@ def write_leaderboard(competition: str, *, models: Path | None = None,
     return runs, subs, models / "leaderboard.md"
 
 
+def check_competition(name: str) -> None:
+    """A competition with a package, or one with runs or submissions (a dataset folder's);
+    anything else is refused before a folder is made for it."""
+    packages = {p.parent.name for p in (REPO / "competitions").glob("*/__init__.py")}
+    known = sorted(packages | set(_competitions()))
+    if name not in known:
+        raise ValueError(f"competition {name!r} is unknown: it has no package and no runs; "
+                         f"known: {', '.join(known)}")  # fmt: skip
+
+
+def parse_scores(items, folder: Path) -> dict[str, float]:
+    """``NAME=SCORE`` items as {submission: score}: the submission must exist in ``folder``
+    and the score be a number in [0, 1] (Dice, Jaccard and the like); one error names them all."""
+    scores, problems = {}, []
+    for item in items:
+        name, sep, value = (part.strip() for part in item.partition("="))
+        try:
+            score = float(value) if sep else math.nan
+        except ValueError:
+            score = math.nan
+        if not sep or not name or not math.isfinite(score):
+            problems.append(f"{item!r}: expected NAME=SCORE with a number")
+        elif not 0.0 <= score <= 1.0:
+            problems.append(f"{item!r}: a public score is between 0 and 1")
+        elif not (folder / f"{name}.csv").is_file():
+            problems.append(f"{item!r}: no submission {folder / name}.csv")
+        else:
+            scores[name] = score
+    if problems:
+        raise ValueError("nothing recorded: " + "; ".join(problems))
+    return scores
+
+
 def _competitions() -> list[str]:
     roots = [models_dir("x").parent, submissions_dir("x").parent]
     names = {d.name for root in roots if root.is_dir() for d in root.iterdir() if d.is_dir()}
@@ -345,16 +378,12 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     try:
         if (args.record or args.kaggle) and not args.competition:
-            raise ValueError("--record and --kaggle need --competition")
+            raise ValueError("--record and --kaggle need --competition (COMPETITION=)")
+        if args.competition:
+            check_competition(args.competition)
         if args.record:
-            scores = {}
-            for item in args.record:
-                name, _, value = item.partition("=")
-                try:
-                    scores[name.strip()] = float(value)
-                except ValueError:
-                    raise ValueError(f"--record {item!r}: expected NAME=SCORE") from None
-            record_public(submissions_dir(args.competition), scores)
+            record_public(submissions_dir(args.competition), parse_scores(args.record,
+                          submissions_dir(args.competition)))  # fmt: skip
         if args.kaggle:
             record_public(submissions_dir(args.competition), fetch_kaggle(args.kaggle), "kaggle")
         names = [args.competition] if args.competition else _competitions()

@@ -288,6 +288,8 @@ def train_main(doc: str, argv, run: Callable, *, label: str, folds_example: str 
         run(config, parse_folds(args.folds), args)
     except (ValueError, FloatingPointError) as error:
         sys.exit(f"{label}: {error}")
+    except OSError as error:  # a full disk, a read-only folder: one line naming the path
+        sys.exit(f"{label}: {error.strerror or error} ({error.filename or 'no path given'})")
     finally:
         distributed.stop()
 

@@ -14,7 +14,7 @@ from common.infer.predict import final_config
 from common.io.folder import scan
 from common.io.paths import dist_dir, resolve
 from common.stages import dataset_paths, evaluate_fold, folder_ensemble, plan_and_prepare, run_fold
-from common.train.runner import parse_folds
+from common.train.runner import add_skip_bad, parse_folds
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 
@@ -24,7 +24,7 @@ def _parser(config: str) -> argparse.ArgumentParser:
     parser.add_argument("--dataset", required=True, help="the dataset folder")
     parser.add_argument("--config", default=config, help="an experiment of configs/ (or a file)")
     parser.add_argument("--folds", default="0", help="comma-separated folds, e.g. 0,1,2,3,4")
-    parser.add_argument("--skip-bad", action="store_true", help="leave bad items out")
+    add_skip_bad(parser)
     parser.add_argument("--resume", action="store_true", help="continue a killed run")
     parser.add_argument("overrides", nargs="*", help="key.sub=value overrides (win over the plan)")
     return parser

@@ -27,7 +27,7 @@ def fold_frames(config: Config, fold: int) -> tuple[Path, pd.DataFrame, pd.DataF
     if not (root / "train.csv").is_file():
         raise ValueError(
             f"{root}/train.csv not found: run `make siim-prepare CONFIG=...` (or "
-            f"`python -m competitions.siim.prepare --size {config.data.size}`) first"
+            f"`python -m common.cli prepare --competition siim --size {config.data.size}`) first"
         )
     table = pd.read_csv(root / "train.csv", dtype={"ImageId": str})
     folds = read_folds(config.data.folds)

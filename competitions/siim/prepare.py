@@ -1,6 +1,6 @@
 """Prepare SIIM for training: decode every DICOM and merge every mask once, at the training size.
 
-    python -m competitions.siim.prepare --size 256
+    python -m common.cli prepare --competition siim --config competitions/siim/configs/unet_resnet18_cpu.yaml [--size 256] [--skip-bad] [key=value ...]
 
 reads ``data/siim/raw/`` (or the synthetic set when it is absent) and writes
 
@@ -41,6 +41,7 @@ from common.io.cache import BAD_IDS, Entry, Table, bad_report, refresh, source_k
 from common.io.dicom import read_dicom_with_tags
 from common.io.images import resize_image, resize_mask, write_mask, write_png
 from common.io.paths import data_dir
+from common.train.runner import add_skip_bad
 from competitions.siim.layout import Inputs, resolve_inputs
 from competitions.siim.raw import merged_mask_rows
 from competitions.siim.synthetic import SyntheticSpec
@@ -151,9 +152,7 @@ def main(argv=None) -> None:
     parser.add_argument("--out", default=str(data_dir("siim", "prepared")))
     parser.add_argument("--folds", default=str(data_dir("siim", "folds.csv")))
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
-    parser.add_argument(
-        "--skip-bad", action="store_true", help="report bad images and go on without them"
-    )
+    add_skip_bad(parser)
     parser.add_argument(
         "overrides", nargs="*", help="key.sub=value overrides of --config (as training takes them)"
     )
@@ -196,6 +195,8 @@ def main(argv=None) -> None:
             prepare_crops(data, [table.name for table in TABLES], n_jobs=args.jobs)
     except ValueError as error:
         sys.exit(f"siim prepare: {error}")
+    except OSError as error:  # a full disk, a read-only folder: one line naming the path
+        sys.exit(f"siim prepare: {error.strerror or error} ({error.filename or 'no path given'})")
 
 
 if __name__ == "__main__":

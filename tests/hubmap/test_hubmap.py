@@ -94,6 +94,14 @@ def test_tiles_folds_and_bad_input(synthetic, tmp_path):
     first.assign(id="../escape").to_csv(raw / "train.csv", index=False)
     with pytest.raises(ValueError, match=r"train.csv line 2: image id '../escape'"):
         prepare(config, log=lambda _: None)
+    first.to_csv(raw / "train.csv", index=False)  # a slide without a row is named, left out
+    (raw / "train" / "extra0001.tiff").write_bytes(
+        (raw / "train" / f"{first.id[0]}.tiff").read_bytes()
+    )
+    said = []
+    prepare(config, log=said.append)
+    assert any("1 slide(s)" in line and "extra0001.tiff" in line for line in said)
+    assert list(pd.read_csv(out / "slides.csv", dtype=str)["id"]) == [first.id[0]]
 
 
 def test_fold_filter_ensemble_and_bundle(synthetic, tmp_path, monkeypatch):

@@ -1,0 +1,135 @@
+"""The defects a hostile user found (issue "Faults and bad input"): each one a test that fails on
+the code before the fix."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from common.competition import load_competition
+from common.submit.leaderboard import main as leaderboard_main
+from common.submit.leaderboard import parse_scores
+from tests.conftest import REPO
+
+HUBMAP = "competitions/hubmap/configs/unet_resnet18_cpu.yaml"
+LUNG = "competitions/lung/configs/unet_resnet18_cpu.yaml"
+SIIM = "competitions/siim/configs/unet_resnet18_cpu.yaml"
+
+
+def _stage(name: str, stage: str, *argv: str) -> str:
+    """The one line a stage exits with (it must exit with one)."""
+    with pytest.raises(SystemExit) as exit_info:
+        load_competition(name).run(stage, list(argv))
+    return str(exit_info.value.code)
+
+
+@pytest.mark.parametrize(("name", "config"), [("hubmap", HUBMAP), ("lung", LUNG), ("siim", SIIM)])
+def test_every_prepare_takes_skip_bad_and_its_overrides(name, config, monkeypatch, tmp_path):
+    monkeypatch.setenv("KSEG_WORKSPACE", str(tmp_path))
+    message = _stage(name, "prepare", "--config", config, "--skip-bad", "data.windw=512")
+    assert "unknown key 'data.windw'" in message  # parsed: neither refused nor ignored
+    monkeypatch.setenv("SKIP_BAD", "1")
+    message = _stage(name, "prepare", "--config", config, "data.windw=512")
+    assert "unknown key 'data.windw'" in message
+    assert not (tmp_path / "data").exists()  # nothing made for a bad command line
+
+
+@pytest.mark.parametrize(
+    ("name", "config", "override", "expected"),
+    [
+        ("hubmap", HUBMAP, "data.window=0", "data.window = 0: must be a positive number"),
+        ("hubmap", HUBMAP, "data.window=-5", "data.window = -5: must be a positive number"),
+        ("hubmap", HUBMAP, "data.size=0", "data.size = 0: must be a positive number"),
+        ("lung", LUNG, "data.size=0", "data.size = 0: must be a positive number"),
+        ("lung", LUNG, "data.score_size=-1", "data.score_size = -1: must be a positive number"),
+    ],
+)
+def test_zero_or_negative_sizes_are_one_line(name, config, override, expected, monkeypatch,
+                                             tmp_path):  # fmt: skip
+    monkeypatch.setenv("KSEG_WORKSPACE", str(tmp_path))
+    assert expected in _stage(name, "prepare", "--config", config, override)
+    assert not (tmp_path / "data" / name / "prepared").exists()
+
+
+def test_an_unwritable_output_is_one_line_naming_the_path(monkeypatch, tmp_path):
+    monkeypatch.setenv("KSEG_WORKSPACE", str(tmp_path))
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    message = _stage("lung", "prepare", "--config", LUNG, "data.size=64", "data.score_size=64",
+                     f"data.prepared={blocker / 'prepared'}")  # fmt: skip
+    assert str(blocker) in message and "\n" not in message
+
+
+def test_leaderboard_of_an_unknown_competition_makes_nothing(monkeypatch, tmp_path):
+    monkeypatch.setenv("KSEG_WORKSPACE", str(tmp_path))
+    with pytest.raises(SystemExit, match=r"competition 'nonexistent' is unknown"):
+        leaderboard_main(["--competition", "nonexistent"])
+    assert not (tmp_path / "models").exists()
+
+
+def test_public_scores_are_checked(tmp_path):
+    (tmp_path / "default.csv").write_text("ImageId,EncodedPixels\n")
+    assert parse_scores(["default=0.8612"], tmp_path) == {"default": 0.8612}
+    for bad, reason in [("default=nan", "with a number"), ("default=-3", "between 0 and 1"),
+                        ("default=1.7", "between 0 and 1"), ("nosuch=0.5", "no submission"),
+                        ("default", "with a number"), ("=0.5", "with a number")]:  # fmt: skip
+        with pytest.raises(ValueError, match=reason):
+            parse_scores([bad], tmp_path)
+    with pytest.raises(SystemExit, match="need --competition"):
+        leaderboard_main(["--record", "default=0.5"])
+
+
+def _children(pid: int) -> set[int]:
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.add(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+def test_workers_stop_when_a_prepare_is_killed(tmp_path):
+    script = f"""
+import sys
+sys.path.insert(0, {str(REPO)!r})
+from pathlib import Path
+from common.io.cache import Entry, Table, refresh
+from tests.faults.slow_work import slow
+entries = [Entry(f"i{{k:03d}}", "t.csv", "k", (f"i{{k:03d}}.txt",), None) for k in range(200)]
+refresh(Path({str(tmp_path / "out")!r}), [Table("t.csv", ("id",))], entries, slow, n_jobs=2, chunk=1)
+"""
+    parent = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, start_new_session=False)
+    try:
+        workers: set[int] = set()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not list((tmp_path / "out").glob("*.txt")):
+            time.sleep(0.2)
+        workers = {p for p in _children(parent.pid) if _alive(p)}
+        assert workers, "the prepare started no worker process"
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(_alive(p) for p in workers):
+            time.sleep(0.2)
+        assert not any(_alive(p) for p in workers), "workers outlived the killed prepare"
+    finally:
+        if parent.poll() is None:
+            parent.kill()
