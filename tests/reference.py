@@ -89,3 +89,27 @@ def ref_jaccard(pred: np.ndarray, truth: np.ndarray) -> float:
     t = truth.astype(bool)
     union = np.logical_or(p, t).sum()
     return 1.0 if union == 0 else np.logical_and(p, t).sum() / union
+
+
+def _in_ring(x: float, y: float, ring) -> bool:
+    """Ray casting of one point against one closed ring (pure Python)."""
+    inside = False
+    points = [tuple(map(float, p)) for p in ring]
+    for (xa, ya), (xb, yb) in zip(points, points[1:] + points[:1], strict=True):
+        if (ya <= y) != (yb <= y) and x < xa + (y - ya) * (xb - xa) / (yb - ya):
+            inside = not inside
+    return inside
+
+
+def ref_inside(x: float, y: float, rings) -> bool:
+    """Inside the outline (the first ring) and inside none of the holes (the others)."""
+    return _in_ring(x, y, rings[0]) and not any(_in_ring(x, y, hole) for hole in rings[1:])
+
+
+def ref_rasterize(polygons, shape: tuple[int, int]) -> np.ndarray:
+    """A pixel is set when its centre is inside some polygon (holes out), one point at a time."""
+    mask = np.zeros(shape, np.uint8)
+    for r in range(shape[0]):
+        for c in range(shape[1]):
+            mask[r, c] = any(ref_inside(c + 0.5, r + 0.5, p) for p in polygons)
+    return mask

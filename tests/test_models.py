@@ -76,3 +76,19 @@ def test_multi_label_model_has_one_channel_per_class():
         task="segmentation", arch="Unet", encoder="resnet18", in_channels=1, classes=5
     )
     assert model(torch.randn(2, 1, 64, 64))["mask"].shape == (2, 5, 64, 64)
+
+
+def test_timm_encoders_through_the_tu_prefix(tmp_path):
+    """Any timm model as an encoder (2nd place in HuBMAP used a RegNet), random init, and
+    pretrained weights from a local file of its encoder."""
+    source = build_model(task="segmentation", arch="Unet", encoder="tu-regnetx_002")
+    assert _one_step(source, 64)["mask"].shape == (2, 1, 64, 64)
+    torch.save(source.encoder.state_dict(), tmp_path / "regnet.pt")
+    target = build_model(task="segmentation", arch="FPN", encoder="tu-regnetx_002",
+                         weights=tmp_path / "regnet.pt")  # fmt: skip
+    for key, value in source.encoder.state_dict().items():
+        assert torch.equal(target.encoder.state_dict()[key], value)
+    with pytest.raises(
+        ValueError, match=r"timm has no model 'regnetx_0002'; close: .*tu-regnetx_002"
+    ):
+        build_model(task="segmentation", arch="Unet", encoder="tu-regnetx_0002")

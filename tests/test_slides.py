@@ -13,6 +13,7 @@ import tifffile
 from common.io.polygons import check_inside, rasterize, read_geojson
 from common.io.slides import SlideError, open_slide
 from tests.conftest import shared_path
+from tests.reference import ref_rasterize
 
 RNG = np.random.default_rng(7)
 IMAGE = RNG.integers(0, 256, (300, 410, 3), dtype=np.uint8)
@@ -121,10 +122,10 @@ def test_polygons_holes_parts_and_lines(tmp_path):
         read_geojson(path, strict=True)
     mask = rasterize(polygons, (50, 90))
     expected = np.zeros((50, 90), np.uint8)
-    expected[10:41, 10:41] = 1
-    expected[20:31, 20:31] = 0  # the hole, its outline included
-    expected[5:16, 50:61] = 1
-    expected[5:16, 70:81] = 1
+    expected[10:40, 10:40] = 1  # a 30 px square covers 30 x 30 pixel centres
+    expected[20:30, 20:30] = 0  # the hole: its 10 x 10 centres, nothing around it
+    expected[5:15, 50:60] = 1
+    expected[5:15, 70:80] = 1
     np.testing.assert_array_equal(mask, expected)
     np.testing.assert_array_equal(
         rasterize(polygons, (50, 90), (8, 33, 15, 75)), expected[8:33, 15:75]
@@ -132,6 +133,30 @@ def test_polygons_holes_parts_and_lines(tmp_path):
     check_inside(polygons, (50, 90), "a.json")
     with pytest.raises(ValueError, match=r"a\.json: polygon 2 spans x 70..80.*outside the 50x75"):
         check_inside(polygons, (50, 75), "a.json")
+
+
+def test_rasterize_by_pixel_centres_against_a_reference():
+    rng = np.random.default_rng(3)
+    polygons = []
+    for _ in range(6):  # star-shaped polygons with fractional vertices, some with a hole
+        cy, cx, radius = rng.uniform(8, 40), rng.uniform(8, 56), rng.uniform(3, 12)
+        angles = np.sort(rng.uniform(0, 2 * np.pi, rng.integers(3, 12)))
+        scale = radius * rng.uniform(0.5, 1.0, len(angles))
+        outline = np.stack([cx + scale * np.cos(angles), cy + scale * np.sin(angles)], axis=1)
+        rings = [outline]
+        if rng.random() < 0.5:
+            rings.append(np.array([[cx - 1.5, cy - 1.5], [cx + 1.7, cy - 1.2], [cx, cy + 2.1]]))
+        polygons.append(rings)
+    polygons.append([np.array([[0.0, 0.0], [64.0, 0.0], [64.0, 2.5]])])  # along the border
+    shape = (48, 64)
+    expected = ref_rasterize(polygons, shape)
+    np.testing.assert_array_equal(rasterize(polygons, shape), expected)
+    np.testing.assert_array_equal(rasterize(polygons, shape, (5, 40, 7, 50)), expected[5:40, 7:50])
+    # a hole clears only its own polygon: a second polygon under it stays
+    ring, hole = np.array(_square(0, 0, 20, 20), float), np.array(_square(5, 5, 15, 15), float)
+    inner = np.array(_square(8, 8, 12, 12), float)
+    both = rasterize([[ring, hole], [inner]], (20, 20))
+    assert both[8:12, 8:12].all() and not both[5:8, 5:15].any() and both.sum() == 400 - 100 + 16
 
 
 def test_real_geojson_mixed_geometries():

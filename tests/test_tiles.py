@@ -136,3 +136,13 @@ def test_tiles_to_rle_streaming_equals_the_whole_image_pipeline():
     clear = np.abs(whole - 0.5) > 1e-4
     assert clear.mean() > 0.99
     np.testing.assert_array_equal(streamed[clear], (whole > 0.5)[clear])
+
+
+def test_gaussian_blend_sigma_is_a_quarter_tile():
+    from common.data.tiles import blend_weights
+
+    size = 64
+    row = blend_weights(size, "gaussian")[size // 2]  # the middle row: the 1-D profile
+    centre = (np.arange(size) + 0.5) / size - 0.5
+    expected = np.exp(-0.5 * (centre / 0.25) ** 2)
+    np.testing.assert_allclose(row, (expected / expected.max()).clip(1e-3), rtol=1e-5)

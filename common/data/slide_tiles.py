@@ -14,7 +14,10 @@ Grid tiles cover each slide (``data.grid_overlap``); those with less stained tis
 mask pixels) adds a tile centred on it, shifted by up to ``data.jitter`` of a window. Each slide
 is one cache entry (``common.io.cache``): re-running redoes only slides whose file, RLE or tile
 settings changed. Tiles are read through ``common.io.slides`` one window at a time. Folds are
-grouped by slide (``data.n_folds``, ``data.fold_seed``).
+grouped by slide (``data.n_folds``, ``data.fold_seed``). With ``data.extra_annotations`` (a
+folder of ``<id>.json`` GeoJSON in full-resolution pixels, as QuPath writes them), each slide's
+extra polygons are drawn by pixel centres (``common.io.polygons``) and OR-ed into its training
+masks, and each adds an object tile; the files are part of the cache key.
 
 What differs between slide competitions is a ``SlideSet``: the column names and the embedded
 synthetic set.
@@ -28,6 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from common.config import Config
@@ -40,13 +44,15 @@ from common.io.atomic import write_text_atomic, write_text_if_changed
 from common.io.cache import Entry, Table, refresh, source_key
 from common.io.images import resize_mask, write_mask, write_png
 from common.io.paths import check_id
+from common.io.polygons import bounds, check_inside, rasterize, read_geojson
 from common.io.rle import rle_decode_window, rle_runs
 from common.io.slides import SlideError, open_slide
 from common.post.tile_filter import FILE as FILTER_FILE
 from common.post.tile_filter import kept_items
 
-VERSION = 1
-SLIDES = Table("slides.csv", ("id", "height", "width", "tiles", "object_tiles", "positives"))
+VERSION = 2  # 2: object tiles numbered (two clipped to one corner no longer share a name), extras
+SLIDES = Table("slides.csv", ("id", "height", "width", "tiles", "object_tiles", "positives",
+                              "extra_objects"))  # fmt: skip
 TILE_COLUMNS = ["id", "slide", "y", "x", "kind", "tissue", "mask_area"]
 TRANSFORMS = Path(__file__).resolve().parents[1] / "configs" / "transforms"
 
@@ -123,11 +129,20 @@ def _settings(config: Config) -> dict:
             raise ValueError(f"data.{key} = {d[key]}: must be a positive number of pixels")
     return {"window": d.window, "size": d.size, "grid_overlap": d.grid_overlap,
             "object_tiles": d.object_tiles, "jitter": d.jitter, "min_tissue": d.min_tissue,
-            "seed": config.seed}  # fmt: skip
+            "seed": config.seed, "extra_annotations": str(d.get("extra_annotations") or "")}  # fmt: skip
+
+
+def _extra_polygons(path: str | None, shape: tuple[int, int]) -> list:
+    """The extra annotations of one slide (none without a file), checked to lie on it."""
+    if not path:
+        return []
+    polygons = read_geojson(path, log=lambda _: None)  # lines and points enclose nothing
+    check_inside(polygons, shape, str(path))
+    return polygons
 
 
 def _work(entry: Entry, out: Path) -> dict:
-    path, encoding, s = entry.source
+    path, encoding, s, extra = entry.source
     image_id = entry.id
     try:
         with open_slide(path) as slide:
@@ -138,17 +153,24 @@ def _work(entry: Entry, out: Path) -> dict:
                 raise ValueError(
                     f"train.csv, id {image_id} ({shape[0]}x{shape[1]}): {error}"
                 ) from None
+            polygons = _extra_polygons(extra, shape)
             centres = object_centres(runs, shape, s["window"] // 2) if s["object_tiles"] else None
+            if centres is not None and polygons:  # one more object tile per extra polygon
+                middle = [((b + t) / 2, (r + left) / 2) for t, b, left, r in map(bounds, polygons)]
+                centres = np.concatenate([centres, np.rint(middle).astype(np.int64)])
             windows = training_windows(shape, s["window"], overlap=s["grid_overlap"],
                                        centres=centres, jitter=s["jitter"], seed=s["seed"])  # fmt: skip
             rows = []
-            for tile, kind in windows:
+            for number, (tile, kind) in enumerate(windows):
                 image = slide.read(tile.y0, tile.y1, tile.x0, tile.x1, shape=(s["size"],) * 2)
                 tissue = tissue_fraction(image)
                 if kind == "grid" and tissue < s["min_tissue"]:
                     continue
-                full = rle_decode_window(encoding, shape, (tile.y0, tile.y1, tile.x0, tile.x1))
-                name = f"{image_id}_{tile.y0}_{tile.x0}_{kind[0]}"
+                box = (tile.y0, tile.y1, tile.x0, tile.x1)
+                full = rle_decode_window(encoding, shape, box)
+                if polygons:
+                    full |= rasterize(polygons, shape, box)
+                name = f"{image_id}_{tile.y0}_{tile.x0}_" + ("g" if kind == "grid" else f"o{number}")
                 write_png(out / "images" / f"{name}.png", image)
                 write_mask(out / "masks" / f"{name}.png", resize_mask(full, s["size"]))
                 rows.append(
@@ -160,7 +182,7 @@ def _work(entry: Entry, out: Path) -> dict:
     write_text_atomic(out / entry.files[0], tiles.to_csv(index=False))
     return {"id": image_id, "height": shape[0], "width": shape[1], "tiles": len(tiles),
             "object_tiles": int((tiles["kind"] == "object").sum()),
-            "positives": int((tiles["mask_area"] > 0).sum())}  # fmt: skip
+            "positives": int((tiles["mask_area"] > 0).sum()), "extra_objects": len(polygons)}  # fmt: skip
 
 
 def prepare(config: Config, slides: SlideSet, *, n_jobs: int = 2, skip_bad: bool = False,
@@ -172,13 +194,18 @@ def prepare(config: Config, slides: SlideSet, *, n_jobs: int = 2, skip_bad: bool
     src = source(slides, config.data, log=log)
     train = read_train(src.root, slides)
     out = folder(config)
+    extras = Path(settings["extra_annotations"]) if settings["extra_annotations"] else None
+    if extras is not None and not extras.is_dir():
+        raise ValueError(f"data.extra_annotations: {extras} is not a folder")
     entries = []
     for image_id, encoding in zip(train["id"], train["encoding"], strict=True):
         tiff = slides.slide(src.root, "train", image_id)
+        extra = extras / f"{image_id}.json" if extras is not None else None
+        extra = extra if extra is not None and extra.is_file() else None
         digest = hashlib.sha1(encoding.encode()).hexdigest()
-        key = source_key(VERSION, [tiff], digest, sorted(settings.items()))
+        key = source_key(VERSION, [tiff, extra], digest, sorted(settings.items()))
         entries.append(Entry(image_id, SLIDES.name, key, (f"tiles/{image_id}.csv",),
-                             (str(tiff), encoding, settings)))  # fmt: skip
+                             (str(tiff), encoding, settings, extra and str(extra))))  # fmt: skip
     unlisted = sorted(p.name for p in (src.root / "train").glob(f"*{slides.extension}")
                       if p.name[: -len(slides.extension)] not in set(train["id"]))  # fmt: skip
     if unlisted:

@@ -60,7 +60,8 @@ def tile_grid(height: int, width: int, size: int, overlap: int = 0) -> list[Tile
 
 def blend_weights(size: int, kind: str = "gaussian") -> np.ndarray:
     """(size, size) float32 weights for a tile's prediction: ``gaussian`` (sigma of a quarter
-    tile, the nnU-Net choice), ``linear`` (a pyramid falling towards the edges) or ``flat``.
+    tile; nnU-Net's is an eighth, which trusts the tile's edges less), ``linear`` (a pyramid
+    falling towards the edges) or ``flat``.
     The smallest weight is positive, so every pixel of a covered image gets a value."""
     if kind not in BLENDS:
         raise ValueError(f"blend {kind!r}: valid: {', '.join(BLENDS)}")

@@ -6,8 +6,11 @@ Feature: each polygon is a list of rings, (N, 2) float arrays of (x, y), the fir
 and the rest its holes; a MultiPolygon gives one polygon per part. Geometries that enclose no
 area (LineString, Point, ...) are skipped with one message naming the file and the feature, or
 refused with ``strict=True``. ``rasterize(polygons, shape, window)`` fills them into a uint8
-mask of the image or of one window of it, holes cleared, the pixel (x, y) set when it lies
-inside the outline as ``cv2.fillPoly`` draws it on coordinates rounded to the nearest pixel.
+mask of the image or of one window of it, as the organisers' masks are drawn: the pixel in row
+r and column c (the square [c, c+1) x [r, r+1)) is set when its centre (c + 0.5, r + 0.5) lies
+inside a polygon's outline and inside none of its holes (a centre exactly on an edge is in on
+the left and top edges, out on the right and bottom: a 30 px square covers 30 x 30 pixels).
+Each polygon is filled on its own and the masks OR-ed, so a hole never clears a neighbour.
 """
 
 from __future__ import annotations
@@ -17,7 +20,6 @@ import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 Polygon = list[np.ndarray]  # [outline, *holes], each (N, 2) float64 (x, y)
@@ -98,21 +100,46 @@ def bounds(polygon: Polygon) -> tuple[float, float, float, float]:
     return outline[:, 1].min(), outline[:, 1].max(), outline[:, 0].min(), outline[:, 0].max()
 
 
+def _ring_rows(ring: np.ndarray, rows: np.ndarray, x0: int, width: int) -> np.ndarray:
+    """(len(rows), width) bool: the pixel centres inside one closed ring (even-odd) on each row
+    of ``rows``, columns from ``x0``."""
+    (xa, ya), (xb, yb) = ring.T, np.roll(ring, -1, axis=0).T
+    yc = rows[:, None] + 0.5
+    crossing = (ya[None] <= yc) != (yb[None] <= yc)  # half-open in y: each crossing counted once
+    with np.errstate(divide="ignore", invalid="ignore"):
+        x = xa[None] + (yc - ya[None]) * (xb - xa)[None] / (yb - ya)[None]
+    x = np.sort(np.where(crossing, x, np.inf), axis=1)
+    count = int(crossing.sum(axis=1).max(initial=0))
+    x = x[:, : count - count % 2]
+    starts, ends = np.ceil(x[:, 0::2] - 0.5), np.ceil(x[:, 1::2] - 0.5)  # [start, end) columns
+    empty = ~np.isfinite(starts) | ~np.isfinite(ends)
+    starts = np.clip(np.where(empty, x0, starts) - x0, 0, width).astype(np.int64)
+    ends = np.clip(np.where(empty, x0, ends) - x0, 0, width).astype(np.int64)
+    diff = np.zeros((len(rows), width + 1), np.int32)
+    index = np.broadcast_to(np.arange(len(rows))[:, None], starts.shape)
+    np.add.at(diff, (index, starts), 1)
+    np.add.at(diff, (index, ends), -1)
+    return np.cumsum(diff[:, :width], axis=1) > 0
+
+
 def rasterize(
     polygons: Sequence[Polygon],
     shape: tuple[int, int],
     window: tuple[int, int, int, int] | None = None,
 ) -> np.ndarray:
-    """A uint8 0/1 mask of the (height, width) image, or of its ``window`` (y0, y1, x0, x1)."""
+    """A uint8 0/1 mask of the (height, width) image, or of its ``window`` (y0, y1, x0, x1), by
+    pixel centres (see the module docs)."""
     y0, y1, x0, x1 = window if window is not None else (0, shape[0], 0, shape[1])
     mask = np.zeros((y1 - y0, x1 - x0), np.uint8)
-    origin = np.array([x0, y0], np.float64)
+    width = x1 - x0
     for polygon in polygons:
         top, bottom, left, right = bounds(polygon)
-        if bottom < y0 - 1 or top > y1 or right < x0 - 1 or left > x1:
+        first, last = max(y0, int(np.floor(top - 0.5))), min(y1, int(np.ceil(bottom + 0.5)))
+        if last <= first or right < x0 or left > x1:
             continue
-        rings = [np.rint(ring - origin).astype(np.int32) for ring in polygon]
-        cv2.fillPoly(mask, rings[:1], 1)
-        if len(rings) > 1:
-            cv2.fillPoly(mask, rings[1:], 0)
+        rows = np.arange(first, last, dtype=np.float64)
+        inside = _ring_rows(polygon[0], rows, x0, width)
+        for hole in polygon[1:]:  # a hole removes only from its own outline
+            inside &= ~_ring_rows(hole, rows, x0, width)
+        mask[first - y0 : last - y0] |= inside.astype(np.uint8)
     return mask

@@ -30,7 +30,7 @@ from common.data.slide_tiles import DEFAULT_SLIDES, SlideSet, read_tiles, read_t
 from common.io.atomic import write_text_atomic
 from common.io.slides import open_slide, thumbnail
 from common.plots import mask_overlays
-from common.post.slide_search import score_maps, search_maps, truth_at_scale
+from common.post.slide_search import score_honestly, search_maps, truth_at_scale
 from common.submit.submission import write_rows
 from common.train.runner import fold_dir, write_fold_score
 
@@ -79,9 +79,10 @@ def evaluate(config: Config, slides_set: SlideSet = DEFAULT_SLIDES, *, log=print
     search.to_csv(out / "search.csv")
     search.heatmap(out / "search.png")
     threshold, min_size = float(search.best["threshold"]), int(search.best["min_size"])
+    scored, mode = score_honestly(slides, _read, search)
     root = source_root(config)
     rows, scores, panels = [], {}, []
-    for s, prob, rle, dice in score_maps(slides, _read, threshold=threshold, min_size=min_size):
+    for s, prob, rle, dice, pair in scored:
         scores[s["id"]] = dice
         rows.append((s["id"], rle))
         with open_slide(slides_set.slide(root, "train", s["id"])) as slide:
@@ -89,35 +90,38 @@ def evaluate(config: Config, slides_set: SlideSet = DEFAULT_SLIDES, *, log=print
         small = cv2.resize(prob, image.shape[1::-1], interpolation=cv2.INTER_AREA)
         truth = truth_at_scale(s["rle"], s["shape"], image.shape[:2])
         panels.append((f"{s['id']} (fold {s['fold']}): Dice {dice:.3f}", image, truth,
-                       (small > threshold * 255).astype(np.uint8)))  # fmt: skip
+                       (small > pair["threshold"] * 255).astype(np.uint8)))  # fmt: skip
     write_rows(rows, out / "oof.csv", slides_set.header)
     mask_overlays(panels, out / "oof.png", columns=min(3, len(panels)))
     empty = float(np.mean([1.0 if not str(s["rle"]).strip() else 0.0 for s in slides]))
+    by_fold = {s["fold"]: pair for s, *_, pair in scored}
     summary = {
         "metric": "Dice at full resolution, mean over slides",
         "oof_dice": round(float(np.mean(list(scores.values()))), 4),
+        "threshold_search": mode,
         "empty_dice": empty,
         "search_dice_model_scale": round(float(search.best["dice"]), 4),
         "threshold": threshold,
         "min_size": min_size,
-        "folds": sorted({s["fold"] for s in slides}),
+        "fold_thresholds": {str(k): v for k, v in sorted(by_fold.items())},
+        "folds": sorted(by_fold),
         "per_slide": {k: round(v, 4) for k, v in scores.items()},
     }
     write_text_atomic(out / "oof.json", json.dumps(summary, indent=2) + "\n")
     for fold in summary["folds"]:
         held_out = {s["id"]: scores[s["id"]] for s in slides if s["fold"] == fold}
-        write_fold_score(fold_dir(config, fold), metric=METRIC,
-                         score=float(np.mean(list(held_out.values()))),
-                         thresholds={"threshold": threshold, "min_size": min_size},
+        write_fold_score(fold_dir(config, fold), metric=f"{METRIC}, {mode} threshold",
+                         score=float(np.mean(list(held_out.values()))), thresholds=by_fold[fold],
                          per_slide={k: round(v, 4) for k, v in held_out.items()}, empty_score=empty)  # fmt: skip
-    thresholds = {
-        key: summary[key] for key in ("threshold", "min_size", "oof_dice", "empty_dice", "folds")
-    }
+    thresholds = {key: summary[key]
+                  for key in ("threshold", "min_size", "oof_dice", "threshold_search", "empty_dice", "folds")}  # fmt: skip
     write_text_atomic(
         out / "thresholds.yaml",
-        "# written by common.post.slide_evaluate\n" + yaml.safe_dump(thresholds, sort_keys=False),
+        "# written by common.post.slide_evaluate: the pair searched on every out-of-fold slide (for "
+        "test slides); oof_dice scores each slide with a pair searched without it when folds allow\n"
+        + yaml.safe_dump(thresholds, sort_keys=False),
     )
-    log(f"{config.name}: OOF Dice {summary['oof_dice']:.4f} (full resolution, mean over "
-        f"{len(slides)} slide(s)) against {empty:.4f} all-empty; threshold {threshold:g}, "
-        f"min size {min_size} px -> {out}/oof.json")  # fmt: skip
+    log(f"{config.name}: OOF Dice {summary['oof_dice']:.4f} ({mode} threshold; full resolution, mean "
+        f"over {len(slides)} slide(s)) against {empty:.4f} all-empty; for the test slides threshold "
+        f"{threshold:g}, min size {min_size} px -> {out}/oof.json")  # fmt: skip
     return summary

@@ -76,6 +76,25 @@ class SlideSearch:
     best: dict
     empty_dice: float
     n_slides: int
+    per_slide: np.ndarray | None = None  # (slides, thresholds, min sizes) Dice at model scale
+    axes: tuple[tuple, tuple] = ((), ())  # the thresholds and min sizes of per_slide's axes
+
+    def cross_fitted(self, folds: Sequence[int]) -> dict[int, dict] | None:
+        """{fold: {threshold, min_size}}, each fold's pair searched on the other folds' slides
+        only (``folds``: each slide's fold, in search order), so that no slide is scored with
+        a pair chosen on it; None with fewer than two folds."""
+        folds = np.asarray(list(folds))
+        if self.per_slide is None or len(set(folds.tolist())) < 2:
+            return None
+        if len(folds) != len(self.per_slide):
+            raise ValueError(f"{len(folds)} folds for {len(self.per_slide)} searched slides")
+        thresholds, min_sizes = self.axes
+        out = {}
+        for fold in sorted(set(folds.tolist())):
+            mean = self.per_slide[folds != fold].mean(axis=0)
+            i, j = np.unravel_index(int(np.argmax(mean)), mean.shape)  # first best, as `best`
+            out[int(fold)] = {"threshold": float(thresholds[i]), "min_size": int(min_sizes[j])}
+        return out
 
     def to_csv(self, path: str | os.PathLike) -> None:
         with atomic_path(path) as tmp:
@@ -113,7 +132,8 @@ def search_slides(
         columns=["threshold", "min_size", "dice"],
     )
     best = table.iloc[int(np.argmax(table["dice"].to_numpy()))].to_dict()
-    return SlideSearch(table, best, float(np.mean(empty)), len(dice))
+    return SlideSearch(table, best, float(np.mean(empty)), len(dice), np.stack(dice),
+                       (tuple(thresholds), tuple(min_sizes)))  # fmt: skip
 
 
 MapReader = Callable[[dict], np.ndarray]  # a slide -> its quantised uint8 map at model scale
@@ -143,3 +163,26 @@ def score_maps(
             map_bands(prob), prob.shape, s["shape"], threshold=threshold, min_size=min_size
         )
         yield s, prob, rle, dice_of_runs(rle_runs(rle, s["shape"]), rle_runs(s["rle"], s["shape"]))
+
+
+def score_honestly(
+    slides: Sequence[dict], read: MapReader, search: SlideSearch
+) -> tuple[list[tuple[dict, np.ndarray, str, float, dict]], str]:
+    """Each slide scored at full resolution with the pair searched on the *other* folds' slides
+    (``SlideSearch.cross_fitted``, slides with ``fold``), or with one fold only, with the pair
+    searched on all (in-sample, said so). Returns ((slide, map, RLE, Dice, pair) per slide in
+    order, "cross-fitted" | "in-sample (one fold)")."""
+    pairs = search.cross_fitted([s["fold"] for s in slides])
+    mode = "cross-fitted"
+    if pairs is None:
+        best = {
+            "threshold": float(search.best["threshold"]),
+            "min_size": int(search.best["min_size"]),
+        }
+        pairs, mode = {s["fold"]: best for s in slides}, "in-sample (one fold)"
+    out = []
+    for s in slides:
+        pair = pairs[s["fold"]]
+        (_, prob, rle, dice), = score_maps([s], read, **pair)  # fmt: skip
+        out.append((s, prob, rle, dice, pair))
+    return out, mode

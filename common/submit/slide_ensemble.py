@@ -43,7 +43,7 @@ from common.io.rle import rle_runs
 from common.io.slides import open_slide, slide_shape
 from common.post.metrics import dice_of_runs
 from common.post.slide_evaluate import METRIC, oof_slides, slide_grid
-from common.post.slide_search import score_maps, search_maps
+from common.post.slide_search import score_honestly, search_maps
 from common.submit.ensemble import check_trained, frozen_ensemble, train_missing
 from common.submit.submission import SubmissionFormat, validate_submission, write_rows
 from common.train import distributed
@@ -101,14 +101,13 @@ def search_oof(config: Config, members, configs, plan: TilePlan, slides_set: Sli
     search.to_csv(out / "search.csv")
     search.heatmap(out / "search.png")
     threshold, min_size = float(search.best["threshold"]), int(search.best["min_size"])
-    scores = [
-        dice for *_, dice in score_maps(slides, mean_map, threshold=threshold, min_size=min_size)
-    ]
+    scored, mode = score_honestly(slides, mean_map, search)
+    scores = [dice for _, _, _, dice, _ in scored]
     result = {"threshold": threshold, "min_size": min_size, "oof_dice": round(float(np.mean(scores)), 4),
-              "empty_dice": search.empty_dice, "n_slides": len(slides)}  # fmt: skip
+              "threshold_search": mode, "empty_dice": search.empty_dice, "n_slides": len(slides)}  # fmt: skip
     write_text_atomic(out / "thresholds.yaml", "# written by common.submit.slide_ensemble from the "
                       "out-of-fold search; do not edit\n" + yaml.safe_dump(result, sort_keys=False))  # fmt: skip
-    log(f"ensemble: OOF Dice {result['oof_dice']:.4f} (full resolution, {len(slides)} slides; "
+    log(f"ensemble: OOF Dice {result['oof_dice']:.4f} ({mode} threshold; full resolution, {len(slides)} slides; "
         f"all-empty {search.empty_dice:.4f}), threshold {threshold:g}, min size {min_size} px")  # fmt: skip
     return result
 

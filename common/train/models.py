@@ -89,6 +89,24 @@ class Classifier(nn.Module):
 TASKS = ("segmentation", "classification")
 
 
+def check_encoder(encoder: str) -> None:
+    """An smp encoder name, or any timm model through smp's ``tu-`` prefix (``tu-regnety_040``,
+    2nd place in HuBMAP; random init here, pretrained from a local ``model.weights`` file);
+    ``ValueError`` naming the valid ones otherwise."""
+    if encoder.startswith("tu-"):
+        import timm
+
+        if not timm.is_model(encoder[3:]):
+            close = timm.list_models(f"*{encoder[3:].split('_')[0]}*")[:8]
+            raise ValueError(f"model.encoder {encoder!r}: timm has no model {encoder[3:]!r}"
+                             + (f"; close: {', '.join('tu-' + c for c in close)}" if close else ""))  # fmt: skip
+        return
+    encoders = sorted(get_encoder_names())
+    if encoder not in encoders:
+        raise ValueError(f"model.encoder {encoder!r} is unknown; valid: {', '.join(encoders)}, "
+                         "or any timm model as tu-<name>")  # fmt: skip
+
+
 def build_model(
     *,
     task: str,
@@ -104,9 +122,7 @@ def build_model(
     is the number of mask channels of a segmentation model."""
     if task not in TASKS:
         raise ValueError(f"model.task {task!r} is unknown; valid: {', '.join(TASKS)}")
-    encoders = sorted(get_encoder_names())
-    if encoder not in encoders:
-        raise ValueError(f"model.encoder {encoder!r} is unknown; valid: {', '.join(encoders)}")
+    check_encoder(encoder)
     if task == "segmentation":
         if arch not in ARCHITECTURES:
             valid = ", ".join(ARCHITECTURES)

@@ -12,7 +12,7 @@ import pytest
 
 from common.config import load_run_config, to_config
 from common.io.polygons import rasterize, read_geojson
-from common.io.rle import rle_decode
+from common.io.rle import rle_decode, rle_decode_window
 from common.io.slides import open_slide
 from competitions.hubmap.synthetic import SyntheticSpec, generate
 
@@ -74,6 +74,34 @@ def test_tiles_folds_and_bad_input(synthetic, tmp_path):
     before = (out / "slides.csv").stat().st_mtime_ns
     prepare(config, log=lambda _: None)  # nothing changed: nothing redone
     assert (out / "slides.csv").stat().st_mtime_ns == before
+    assert tiles["id"].is_unique  # object tiles clipped to one corner get their own names
+    # extra annotations: a square no RLE holds, OR-ed into the masks with an object tile of its own
+    slide = tiles["slide"].iloc[0]
+    height, width = (int(v) for v in pd.read_csv(out / "slides.csv", dtype={"id": str})
+                     .set_index("id").loc[slide, ["height", "width"]])  # fmt: skip
+    x0, y0 = width // 2 - 15, height // 2 - 15
+    extras = tmp_path / "extras"
+    extras.mkdir()
+    square = [[x0, y0], [x0 + 30, y0], [x0 + 30, y0 + 30], [x0, y0 + 30], [x0, y0]]
+    (extras / f"{slide}.json").write_text(json.dumps([{"type": "Feature", "properties": {},
+        "geometry": {"type": "Polygon", "coordinates": [square]}}]))  # fmt: skip
+    merged = _config(
+        "unet_resnet18_cpu.yaml", tmp_path, synthetic, f"data.extra_annotations={extras}"
+    )
+    prepare(merged, log=lambda _: None)
+    _, slides_after, after = read_tiles(merged)
+    assert slides_after.set_index("id").loc[slide, "extra_objects"] == 1
+    new = after[(after["slide"] == slide) & ~after["id"].isin(tiles["id"])]
+    assert (new["kind"] == "object").any()
+    covering = after[(after["slide"] == slide) & (after["y"] <= y0) & (after["x"] <= x0)
+                     & (after["y"] + config.data.window >= y0 + 30)
+                     & (after["x"] + config.data.window >= x0 + 30)]  # fmt: skip
+    encoding = pd.read_csv(synthetic / "train.csv", dtype=str, keep_default_na=False)
+    encoding = encoding.set_index("id").loc[slide, "encoding"]
+    overlap = int(rle_decode_window(encoding, (height, width), (y0, y0 + 30, x0, x0 + 30)).sum())
+    old = tiles.set_index("id")["mask_area"]
+    grown = [r.mask_area - old[r.id] for r in covering.itertuples() if r.id in old.index]
+    assert grown and all(g == 900 - overlap for g in grown)  # 30 x 30 pixel centres, no more
     raw = tmp_path / "raw"
     (raw / "train").mkdir(parents=True)
     first = pd.read_csv(synthetic / "train.csv", dtype=str).iloc[:1]
