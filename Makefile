@@ -95,8 +95,8 @@ hubmap-prepare: $(STAMP)  ## tile data/hubmap/raw (or the synthetic slides) at H
 hubmap-fold0: $(STAMP)  ## train fold 0 on tiles, predict its held-out slide whole, search and score; HUBMAP_CONFIG=
 	$(HUBMAP_TRAIN) --config $(HUBMAP_CONFIG) --folds 0 $(ARGS)
 
-hubmap-folds: $(STAMP)  ## the same for every fold in FOLDS (folds grouped by slide)
-	$(HUBMAP_TRAIN) --config $(HUBMAP_CONFIG) --folds $(FOLDS) $(ARGS)
+hubmap-folds: $(STAMP)  ## the same for every fold in HUBMAP_FOLDS (default 0,1,2; folds grouped by patient)
+	$(HUBMAP_TRAIN) --config $(HUBMAP_CONFIG) --folds $(or $(HUBMAP_FOLDS),0,1,2) $(ARGS)
 
 hubmap-filter: $(STAMP)  ## the seed's tile filter: score HUBMAP_CONFIG's fold-0 tiles, train HUBMAP_FILTERED on the rest; FILTER_FOLDS=0,1
 	$(CLI) tile-filter --competition hubmap --config $(HUBMAP_CONFIG) --folds $(or $(FILTER_FOLDS),0)

@@ -68,6 +68,7 @@ class SlideSet:
     extension: str = ".tiff"
     generate: Callable[[Path, float], object] | None = None
     describe: str = "synthetic slides"
+    patients: str = "HuBMAP-20-dataset_information.csv"  # image_file, patient_number (optional)
 
     @property
     def header(self) -> tuple[str, str]:
@@ -223,17 +224,39 @@ def prepare(config: Config, slides: SlideSet, *, n_jobs: int = 2, skip_bad: bool
     return out
 
 
-def read_tiles(config: Config) -> tuple[Path, pd.DataFrame, pd.DataFrame]:
-    """The prepared folder, its slides (with ``fold``, grouped by slide) and every tile (with
-    its slide's ``fold`` and ``has_mask``)."""
+def patients(root: Path, ids, slides: SlideSet = DEFAULT_SLIDES) -> dict[str, str] | None:
+    """Slide id -> patient, from the dataset's information file when it names them (the real
+    download's ``HuBMAP-20-dataset_information.csv`` does), else None; an id it does not list
+    keeps a group of its own."""
+    path = root / slides.patients
+    if not path.is_file():
+        return None
+    info = pd.read_csv(path, dtype=str, keep_default_na=False)
+    if not {"image_file", "patient_number"} <= set(info.columns):
+        return None
+    stems = info["image_file"].str.rsplit(".", n=1).str[0]
+    known = dict(zip(stems, info["patient_number"], strict=True))
+    return {i: f"patient {known[i]}" if known.get(i) else f"slide {i}" for i in ids}
+
+
+def read_tiles(config: Config, slides_set: SlideSet = DEFAULT_SLIDES
+               ) -> tuple[Path, pd.DataFrame, pd.DataFrame]:  # fmt: skip
+    """The prepared folder, its slides (with ``fold``: grouped by patient when the data says
+    which, else by slide) and every tile (with its slide's ``fold`` and ``has_mask``)."""
     out = folder(config)
     if not (out / "slides.csv").is_file():
         raise ValueError(f"{out}/slides.csv not found: run the prepare stage first")
     slides = pd.read_csv(out / "slides.csv", dtype={"id": str})
-    folds = group_folds(
-        slides["id"], slides["tiles"].to_numpy(), config.data.n_folds, config.data.fold_seed
-    )
-    slides["fold"] = slides["id"].map(folds)
+    groups = patients(source_root(config), slides["id"], slides_set)
+    slides["group"] = slides["id"].map(groups) if groups else slides["id"]
+    sizes = slides.groupby("group", sort=True)["tiles"].sum()
+    n_groups = len(sizes)
+    if config.data.n_folds > n_groups:
+        raise ValueError(f"data.n_folds = {config.data.n_folds}, but the slides come from "
+                         f"{n_groups} {'patients' if groups else 'slides'}: at most {n_groups}")  # fmt: skip
+    folds = group_folds(sizes.index, sizes.to_numpy(), config.data.n_folds, config.data.fold_seed)
+    slides["fold"] = slides["group"].map(folds)
+    folds = dict(zip(slides["id"], slides["fold"], strict=True))
     tiles = pd.concat([pd.read_csv(out / "tiles" / f"{i}.csv", dtype={"id": str, "slide": str})
                        for i in slides["id"]], ignore_index=True)  # fmt: skip
     tiles["fold"] = tiles["slide"].map(folds)

@@ -9,7 +9,8 @@
       <split>/<id>-anatomical-structure.json   the tissue outline ("Cortex")
       train.csv                            id,encoding: column-major RLE of the polygons
       sample_submission.csv                id,predicted with every value empty
-      HuBMAP-20-dataset_information.csv    image_file, width_pixels, height_pixels, ...
+      HuBMAP-20-dataset_information.csv    image_file, width_pixels, height_pixels, split, layout,
+                                           patient_number (the train slides: three patients)
       test_truth.csv                       the test masks, id,encoding (held back: scoring only)
       manifest.json                        the generation parameters; a re-run with them does nothing
 
@@ -47,6 +48,7 @@ TRAIN = [
     (8000, 9000, "pages"),
 ]
 TEST = [(4000, 5000, "tiled"), (15000, 12000, "pyramid")]
+PATIENTS = [1, 1, 2, 2, 3, 4, 5]  # by index: train slides of three patients, test of two more
 BAND = 1024  # rows rendered at once
 LOW = 16  # the texture and tissue fields are drawn at 1/16 and resized up
 
@@ -244,6 +246,7 @@ def _make_one(
         (root / split / f"{image_id}.json").write_text(json.dumps([*features, note]))
     return {
         "id": image_id,
+        "patient_number": PATIENTS[index],
         "split": split,
         "encoding": encoding,
         "height": height,
@@ -255,7 +258,7 @@ def _make_one(
 def generate(out: str | Path, spec: SyntheticSpec = SyntheticSpec(), *, n_jobs: int = 2) -> Path:
     """Write the set into ``out`` (atomically, as a whole); reuse it when its manifest matches."""
     out = Path(out)
-    manifest = {"spec": asdict(spec), "version": 3}
+    manifest = {"spec": asdict(spec), "version": 4}  # 4: masks by pixel centres, patients
     if (out / "manifest.json").is_file() and json.loads(
         (out / "manifest.json").read_text()
     ) == manifest:
@@ -282,6 +285,7 @@ def generate(out: str | Path, spec: SyntheticSpec = SyntheticSpec(), *, n_jobs: 
         info = pd.DataFrame({
             "image_file": table["id"] + ".tiff", "width_pixels": table["width"],
             "height_pixels": table["height"], "split": table["split"], "layout": table["layout"],
+            "patient_number": table["patient_number"],
         })  # fmt: skip
         info.to_csv(tmp / "HuBMAP-20-dataset_information.csv", index=False)
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")

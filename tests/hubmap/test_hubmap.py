@@ -67,7 +67,14 @@ def test_tiles_folds_and_bad_input(synthetic, tmp_path):
     out = prepare(config, log=lambda _: None)
     _, _, tiles = read_tiles(config)
     assert set(tiles["kind"]) == {"grid", "object"}
-    assert tiles.groupby("slide")["fold"].nunique().max() == 1  # grouped by slide
+    assert tiles.groupby("slide")["fold"].nunique().max() == 1  # a slide's tiles in one fold
+    info = pd.read_csv(synthetic / "HuBMAP-20-dataset_information.csv", dtype=str)
+    patient = dict(zip(info["image_file"].str[:-5], info["patient_number"], strict=True))
+    by_patient = tiles.assign(patient=tiles["slide"].map(patient)).groupby("patient")["fold"]
+    assert by_patient.nunique().max() == 1 and tiles["fold"].nunique() == 3  # grouped by patient
+    assert tiles.groupby("fold")["slide"].nunique().max() > 1  # a fold holds several slides
+    with pytest.raises(ValueError, match=r"data.n_folds = 4, but the slides come from 3 patients"):
+        read_tiles(_config("unet_resnet18_cpu.yaml", tmp_path, synthetic, "data.n_folds=4"))
     assert (tiles["tissue"][tiles["kind"] == "grid"] >= config.data.min_tissue).all()
     assert all((out / "images" / f"{i}.png").is_file() and (out / "masks" / f"{i}.png").is_file()
                for i in tiles["id"])  # fmt: skip
