@@ -93,7 +93,7 @@ def test_public_scores_recorded_and_refused(workspace, capsys):
     _, subs, _ = leaderboard.write_leaderboard("siim")
     public = subs.set_index("submission")["public"]
     assert public["blend"] == 0.87 and public["old"] == 0.81
-    with pytest.raises(SystemExit, match=r"--record 'blend': expected NAME=SCORE"):
+    with pytest.raises(SystemExit, match=r"nothing recorded: 'blend': expected NAME=SCORE"):
         leaderboard.main(["--competition", "siim", "--record", "blend"])
     with pytest.raises(SystemExit, match="need --competition"):
         leaderboard.main(["--record", "blend=1"])
