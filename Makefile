@@ -131,7 +131,7 @@ clean:  ## remove caches (keeps .venv, data, models)
 	rm -rf .pytest_cache .ruff_cache .hypothesis
 
 leaderboard: $(STAMP)  ## every run and submission in one table, by CV; COMPETITION=, PUBLIC="name=0.861", KAGGLE=<slug>
-	$(CLI) leaderboard $(if $(COMPETITION),--competition $(COMPETITION)) $(if $(PUBLIC),--record $(PUBLIC)) $(if $(KAGGLE),--kaggle $(KAGGLE))
+	$(PY) -m common.submit.leaderboard $(if $(COMPETITION),--competition $(COMPETITION)) $(if $(PUBLIC),--record $(PUBLIC)) $(if $(KAGGLE),--kaggle $(KAGGLE))
 
 siim-pseudo: $(STAMP)  ## pseudo-labels from ENSEMBLE's confident test predictions -> data/siim/pseudo/<ensemble>/ (train with configs/pseudo.yaml)
 	$(PY) -m competitions.siim.pseudo --config $(ENSEMBLE) $(ARGS)

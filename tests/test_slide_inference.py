@@ -163,3 +163,34 @@ def test_tile_predictor_averages_views_and_models():
     assert one.shape == (2, 32, 32) and np.allclose(one, two, atol=1e-6)
     d4 = tile_predictor([Net()], device=torch.device("cpu"), tta=D4)(images)
     assert d4.shape == (2, 32, 32) and not np.allclose(one, d4)
+
+
+def test_background_tiles_are_neither_read_nor_predicted(tmp_path):
+    """With min_tissue, tiles of glass (a thumbnail says so) are blended in as zeros: the
+    predictor never sees them, the tissue tiles come out as without skipping."""
+    from common.infer.slide_inference import TilePlan, predict_slide, tissue_tiles
+    from common.io.slides import open_slide
+
+    image = np.full((600, 900, 3), 235, np.uint8)  # pale glass
+    image[:, :300] = (180, 60, 160)  # stained tissue on the left third
+    path = tmp_path / "half.tiff"
+    tifffile.imwrite(path, image, tile=(128, 128))
+    seen = []
+
+    def ones(images):
+        seen.append(len(images))
+        return np.ones(images.shape[:3], np.float32)
+
+    with open_slide(path) as slide:
+        full = TilePlan(tile=64, scale=3, overlap=16, batch_size=4)
+        skip = TilePlan(tile=64, scale=3, overlap=16, batch_size=4, min_tissue=0.05)
+        everything = np.concatenate([b for _, b in predict_slide(slide, ones, full)])
+        n_all = sum(seen)
+        seen.clear()
+        skipped = np.concatenate([b for _, b in predict_slide(slide, ones, skip)])
+        keep = tissue_tiles(slide, skip, tile_grid(200, 300, 64, 16))
+    assert np.allclose(everything, 1.0) and sum(seen) == sum(keep) < n_all
+    assert np.allclose(skipped[:, : 100 - 16], 1.0)  # inside the tissue: as before
+    assert np.allclose(skipped[:, 100 + 64 :], 0.0)  # far from it: zero, never predicted
+    with pytest.raises(ValueError, match=r"min_tissue 1\.5"):
+        TilePlan(tile=64, scale=3, min_tissue=1.5)

@@ -100,7 +100,10 @@ def source(slides: SlideSet, data: Config, log=print) -> Source:
 def read_train(root: Path, slides: SlideSet = DEFAULT_SLIDES) -> pd.DataFrame:
     """train.csv as (id, encoding), each id safe as a file name and with its slide present."""
     path = root / "train.csv"
-    table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    try:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (OSError, ValueError) as error:  # pandas' parser and UTF-8 errors are ValueErrors
+        raise ValueError(f"{path}: cannot read ({str(error).splitlines()[0]})") from None
     if list(table.columns[:2]) != ["id", slides.truth_column]:
         raise ValueError(
             f"{path}: columns {list(table.columns)}, expected id,{slides.truth_column}"

@@ -181,11 +181,16 @@ def upsample_rows(
         )
 
 
-def tissue_fraction(rgb: np.ndarray, min_saturation: int = 40) -> float:
-    """Share of an RGB uint8 window that is stained tissue: HSV saturation (0..255) above
+def tissue_mask(rgb: np.ndarray, min_saturation: int = 40) -> np.ndarray:
+    """Where an RGB uint8 image is stained tissue: HSV saturation (0..255) above
     ``min_saturation`` and not near-black (scanner padding); glass and background are pale."""
     hsv = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2HSV)
-    return float(((hsv[..., 1] > min_saturation) & (hsv[..., 2] > 30)).mean())
+    return (hsv[..., 1] > min_saturation) & (hsv[..., 2] > 30)
+
+
+def tissue_fraction(rgb: np.ndarray, min_saturation: int = 40) -> float:
+    """Share of an RGB uint8 window that is stained tissue (``tissue_mask``)."""
+    return float(tissue_mask(rgb, min_saturation).mean())
 
 
 def object_centres(

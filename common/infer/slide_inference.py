@@ -47,10 +47,13 @@ class TilePlan:
     overlap: int = 0  # model pixels shared by neighbouring tiles
     blend: str = "gaussian"
     batch_size: int = 8
+    min_tissue: float = 0.0  # tiles with less tissue (on a thumbnail) are not predicted: zeros
 
     def __post_init__(self):
         if self.tile <= 0 or not 0 <= self.overlap < self.tile or self.scale <= 0:
             raise ValueError(f"tile plan {self}: need tile > 0, 0 <= overlap < tile, scale > 0")
+        if not 0.0 <= self.min_tissue <= 1.0:
+            raise ValueError(f"min_tissue {self.min_tissue}: a share between 0 and 1")
         if self.blend not in BLENDS:
             raise ValueError(f"blend {self.blend!r}: valid: {', '.join(BLENDS)}")
 
@@ -101,13 +104,37 @@ class RowBuffer:
         return self.rows[y0 - self.start : y1 - self.start, x0:x1]
 
 
-def read_tiles(slide: Slide, plan: TilePlan) -> Iterator[tuple[list[Tile], np.ndarray]]:
-    """The slide's model-scale tile grid in raster order, in batches of uint8 RGB images (a
-    tile smaller than ``plan.tile`` padded at its bottom and right), cut from full-width row
-    strips (``RowBuffer``); the next batch is read in a thread while the caller works on this
-    one."""
+def tissue_tiles(slide: Slide, plan: TilePlan, grid: Sequence[Tile], max_side: int = 1024
+                 ) -> list[bool]:  # fmt: skip
+    """For each model-scale tile of ``grid``: does its window hold at least ``plan.min_tissue``
+    stained tissue (``common.data.tiles.tissue_fraction``'s rule) on a thumbnail of the slide?
+    The thumbnail costs one low-resolution pass over the slide."""
+    from common.data.tiles import tissue_mask
+    from common.io.slides import thumbnail
+
+    small = tissue_mask(thumbnail(slide, max_side))
     model_shape = plan.model_shape(slide.shape)
-    grid = tile_grid(*model_shape, plan.tile, plan.overlap)
+    fy, fx = small.shape[0] / slide.height, small.shape[1] / slide.width
+    keep = []
+    for tile in grid:
+        y0, y1, x0, x1 = full_window(tile, model_shape, slide.shape)
+        ty0, tx0 = min(int(y0 * fy), small.shape[0] - 1), min(int(x0 * fx), small.shape[1] - 1)
+        ty1, tx1 = max(ty0 + 1, round(y1 * fy)), max(tx0 + 1, round(x1 * fx))
+        keep.append(float(small[ty0:ty1, tx0:tx1].mean()) >= plan.min_tissue)
+    return keep
+
+
+def read_tiles(slide: Slide, plan: TilePlan, grid: Sequence[Tile] | None = None
+               ) -> Iterator[tuple[list[Tile], np.ndarray]]:  # fmt: skip
+    """The slide's model-scale tile grid (or the tiles of ``grid``) in raster order, in batches
+    of uint8 RGB images (a tile smaller than ``plan.tile`` padded at its bottom and right), cut
+    from full-width row strips (``RowBuffer``); the next batch is read in a thread while the
+    caller works on this one."""
+    model_shape = plan.model_shape(slide.shape)
+    if grid is None:
+        grid = tile_grid(*model_shape, plan.tile, plan.overlap)
+    if not grid:
+        return
     batches = [grid[i : i + plan.batch_size] for i in range(0, len(grid), plan.batch_size)]
     rows = RowBuffer(slide)
 
@@ -136,18 +163,35 @@ def read_tiles(slide: Slide, plan: TilePlan) -> Iterator[tuple[list[Tile], np.nd
 
 def predict_slide(slide: Slide, predict: Predictor, plan: TilePlan) -> Iterator[Band]:
     """The blended probability map of the slide at model scale, as bands of rows top to
-    bottom."""
+    bottom. With ``plan.min_tissue`` the tiles of background (``tissue_tiles``) are neither
+    read nor predicted: they are blended in as zeros."""
     model_shape = plan.model_shape(slide.shape)
     stitcher = RowStitcher(*model_shape, channels=1)
     weights = blend_weights(plan.tile, plan.blend)
-    for tiles, images in read_tiles(slide, plan):
+    grid = tile_grid(*model_shape, plan.tile, plan.overlap)
+    keep = tissue_tiles(slide, plan, grid) if plan.min_tissue > 0 else [True] * len(grid)
+    skipped = iter([tile for tile, kept in zip(grid, keep, strict=True) if not kept])
+    pending = next(skipped, None)
+
+    def zeros_before(tile: Tile | None) -> Iterator[Band]:  # the skipped tiles, in raster order
+        nonlocal pending
+        while pending is not None and (
+            tile is None or (pending.y0, pending.x0) < (tile.y0, tile.x0)
+        ):
+            for start, band in stitcher.add(pending, np.zeros(pending.shape, np.float32), weights):
+                yield start, band[0]
+            pending = next(skipped, None)
+
+    for tiles, images in read_tiles(slide, plan, [t for t, k in zip(grid, keep, strict=True) if k]):
         probs = np.asarray(predict(images), np.float32)
         if probs.shape != (len(tiles), plan.tile, plan.tile):
             raise ValueError(f"the predictor gave {probs.shape} for {images.shape} images")
         for tile, prob in zip(tiles, probs, strict=True):
+            yield from zeros_before(tile)
             h, w = tile.shape
             for start, band in stitcher.add(tile, prob[:h, :w], weights):
                 yield start, band[0]
+    yield from zeros_before(None)
     for start, band in stitcher.close():
         yield start, band[0]
 

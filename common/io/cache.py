@@ -31,6 +31,7 @@ from joblib import Parallel, delayed
 from tqdm.auto import tqdm
 
 from common.io.atomic import deferred_sync, write_text_atomic, write_text_if_changed
+from common.io.locks import exclusive
 
 BAD_IDS = "bad_ids.csv"
 INDEX = ".cache_index.json"  # every finished row with its key, written even when some are bad
@@ -143,6 +144,11 @@ def refresh(
     must be picklable (a module-level function or a ``functools.partial`` of one) and return the
     item's row with its id under the table's first column."""
     out = Path(out)
+    with exclusive(out.parent / f".{out.name}.lock", f"prepare of {out}", wait=True):
+        return _refresh(out, tables, entries, work, n_jobs, chunk, desc, skip_bad)
+
+
+def _refresh(out, tables, entries, work, n_jobs, chunk, desc, skip_bad) -> Refresh:
     names = {table.name for table in tables}
     unknown = sorted({entry.table for entry in entries} - names)
     if unknown:

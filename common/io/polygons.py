@@ -28,8 +28,13 @@ AREA_TYPES = ("Polygon", "MultiPolygon")
 
 def _rings(coordinates, where: str) -> Polygon:
     rings = []
+    if not isinstance(coordinates, list):
+        raise ValueError(f"{where}: coordinates are not a list of rings")
     for index, ring in enumerate(coordinates):
-        array = np.asarray(ring, dtype=np.float64)
+        try:
+            array = np.asarray(ring, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise ValueError(f"{where}: ring {index} is not a list of (x, y) points") from None
         if array.ndim != 2 or array.shape[1] < 2 or len(array) < 3:
             raise ValueError(f"{where}: ring {index} is not a list of at least 3 (x, y) points")
         if not np.isfinite(array[:, :2]).all():
@@ -44,7 +49,10 @@ def _features(data, path: Path) -> list[dict]:
     if isinstance(data, list):
         return data
     if isinstance(data, dict) and data.get("type") == "FeatureCollection":
-        return list(data.get("features", []))
+        features = data.get("features", [])
+        if not isinstance(features, list):
+            raise ValueError(f"{path}: 'features' is not a list")
+        return features
     if isinstance(data, dict) and data.get("type") == "Feature":
         return [data]
     raise ValueError(f"{path}: not GeoJSON features (a FeatureCollection, Feature or list)")
@@ -57,13 +65,15 @@ def read_geojson(
     path = Path(path)
     try:
         data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
+    except (OSError, ValueError) as error:  # JSON and UTF-8 errors are ValueErrors
         raise ValueError(f"{path}: cannot read GeoJSON ({error})") from None
     polygons, skipped = [], []
     for index, feature in enumerate(_features(data, path)):
         geometry = feature.get("geometry") if isinstance(feature, dict) else None
         kind = geometry.get("type") if isinstance(geometry, dict) else None
         where = f"{path}: feature {index}"
+        if kind in AREA_TYPES and not isinstance(geometry.get("coordinates"), list):
+            raise ValueError(f"{where}: a {kind} without a list of coordinates")
         if kind == "Polygon":
             polygons.append(_rings(geometry["coordinates"], where))
         elif kind == "MultiPolygon":

@@ -42,6 +42,12 @@ def _check_complete(path: Path, pages) -> None:
             )
 
 
+def _reason(error: BaseException) -> str:
+    """One line for an error raised deep inside tifffile, zarr or a codec."""
+    text = str(error).splitlines()[0] if str(error) else ""
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
 def _pages(series) -> list:
     return [page for level in series.levels[:1] for page in level.pages if page is not None]
 
@@ -61,13 +67,21 @@ class Slide:
         self.path = Path(path)
         try:
             self._tiff = tifffile.TiffFile(self.path)
-        except (OSError, ValueError, tifffile.TiffFileError) as error:
-            raise SlideError(f"{self.path}: not a readable TIFF ({error})") from None
+        except MemoryError:
+            raise
+        except Exception as error:  # a corrupt header fails inside tifffile in many ways
+            raise SlideError(f"{self.path}: not a readable TIFF ({_reason(error)})") from None
         try:
             self._open()
-        except Exception:
+        except SlideError:
             self._tiff.close()
             raise
+        except MemoryError:
+            self._tiff.close()
+            raise
+        except Exception as error:
+            self._tiff.close()
+            raise SlideError(f"{self.path}: not a readable TIFF ({_reason(error)})") from None
 
     def _open(self) -> None:
         series = self._tiff.series
@@ -141,8 +155,12 @@ class Slide:
                 rgb = np.ascontiguousarray(np.moveaxis(planes, 0, -1))
             else:
                 rgb = np.stack([np.asarray(a[y0:y1, x0:x1]) for a in self._arrays], axis=-1)
-        except (OSError, ValueError, RuntimeError) as error:
-            raise SlideError(f"{self.path}: window y {y0}:{y1}, x {x0}:{x1}: {error}") from None
+        except MemoryError:
+            raise
+        except Exception as error:  # corrupt tiles fail inside the codecs in many ways
+            raise SlideError(
+                f"{self.path}: window y {y0}:{y1}, x {x0}:{x1}: {_reason(error)}"
+            ) from None
         if shape is None and scale != 1:
             shape = (max(1, round((y1 - y0) / scale)), max(1, round((x1 - x0) / scale)))
         return rgb if shape is None else shrink(rgb, shape)

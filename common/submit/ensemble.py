@@ -46,6 +46,7 @@ from common.infer.predict import FoldModel, Prediction, PredictOptions, final_pa
 from common.infer.predict import predict_ids as predict_with
 from common.io.atomic import write_text_atomic
 from common.io.images import read_png, write_png
+from common.io.locks import exclusive
 from common.plots import mask_overlays
 from common.post.postprocess import clean_mask, quantise, triplet, two_stage
 from common.post.threshold_search import (
@@ -377,6 +378,11 @@ def _at(masks: np.ndarray, shape) -> np.ndarray:
 def run_ensemble(config: Config, task: EnsembleTask, *, log=print) -> dict:
     """Search on the out-of-fold maps, predict the test items, write and check the submission
     (see the module docs); returns the report (also written beside the CSV)."""
+    with exclusive(Path(config.output) / f".{config.name}.lock", f"ensemble {config.name}"):
+        return _run_ensemble(config, task, log)
+
+
+def _run_ensemble(config: Config, task: EnsembleTask, log) -> dict:
     start = time.perf_counter()
     members, classifiers = check_trained(config)
     out = Path(config.output) / config.name

@@ -21,6 +21,7 @@ Members must share ``data.window`` and ``data.size``: their maps are on one grid
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -39,6 +40,7 @@ from common.data.slide_tiles import DEFAULT_SLIDES, SlideSet, source
 from common.infer.predict import final_config, load_fold_model
 from common.infer.slide_inference import TilePlan, predict_slide, rle_from_bands, tile_predictor
 from common.io.atomic import write_text_atomic
+from common.io.locks import exclusive
 from common.io.rle import rle_runs
 from common.io.slides import open_slide, slide_shape
 from common.post.metrics import dice_of_runs
@@ -77,7 +79,7 @@ def tile_plan(config: Config, configs: Sequence[Config]) -> TilePlan:
         raise ValueError("members preprocess differently (data.preprocess): an ensemble needs one")
     (window, size), = grids  # fmt: skip
     return TilePlan(tile=size, scale=window / size, overlap=config.overlap, blend=config.blend,
-                    batch_size=config.batch_size)  # fmt: skip
+                    batch_size=config.batch_size, min_tissue=float(config.get("min_tissue", 0.0)))  # fmt: skip
 
 
 def search_oof(config: Config, members, configs, plan: TilePlan, slides_set: SlideSet, out: Path,
@@ -176,7 +178,15 @@ def _predict_test(config, members, thresholds, paths, device, log) -> list[tuple
 
 def run(config: Config, slides: SlideSet, *, log=print) -> dict:
     """Train missing members (``train_missing``), search out of fold, predict and write the test
-    submission; returns its summary (empty on ranks other than 0)."""
+    submission; returns its summary (empty on ranks other than 0). One run per ensemble at a
+    time: a second stops with one line."""
+    lock = (exclusive(Path(config.output) / f".{config.name}.lock", f"ensemble {config.name}")
+            if distributed.is_main() else contextlib.nullcontext())  # fmt: skip
+    with lock:
+        return _run(config, slides, log)
+
+
+def _run(config: Config, slides: SlideSet, log) -> dict:
     from common.train.slide_runner import run_fold
 
     if distributed.is_main():

@@ -19,6 +19,7 @@ training and validation loaders) and, for a multi-label task, its mask channel n
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -36,6 +37,7 @@ from common.data.datasets import check_preprocess
 from common.data.mixing import batch_mix
 from common.infer.predict import FINAL_CONFIG
 from common.io.atomic import atomic_path, write_text_atomic
+from common.io.locks import exclusive
 from common.train import distributed
 from common.train.checkpoints import load_checkpoint
 from common.train.losses import CombinedLoss
@@ -259,6 +261,14 @@ def run_fold(
     added and the whole written to ``metrics.json``. Other DDP ranks return None."""
     start = time.perf_counter()
     out = fold_dir(config, fold)
+    lock = (exclusive(out.parent / f".{out.name}.lock", f"training of {config.name} fold {fold}")
+            if distributed.is_main() else contextlib.nullcontext())  # fmt: skip
+    with lock:  # one writer per fold: a second run of it stops with one line
+        return _run_fold(config, fold, out, make_loaders, held_out, channel_names, resume, log,
+                         start)  # fmt: skip
+
+
+def _run_fold(config, fold, out, make_loaders, held_out, channel_names, resume, log, start):
     trainer, last = train_fold(config, fold, out, make_loaders, channel_names=channel_names,
                                resume=resume, log=log)  # fmt: skip
     if not distributed.is_main():

@@ -58,7 +58,8 @@ POLICY = TtaPolicy()  # a slide has no orientation: all of D4 is allowed
 def tile_plan(config: Config) -> TilePlan:
     p = config.predict
     return TilePlan(tile=config.data.size, scale=config.data.window / config.data.size,
-                    overlap=p.overlap, blend=p.blend, batch_size=p.batch_size)  # fmt: skip
+                    overlap=p.overlap, blend=p.blend, batch_size=p.batch_size,
+                    min_tissue=float(p.get("min_tissue", 0.0)))  # fmt: skip
 
 
 def predict_held_out(model, config: Config, fold: int, device, slides: SlideSet = DEFAULT_SLIDES,

@@ -133,3 +133,42 @@ refresh(Path({str(tmp_path / "out")!r}), [Table("t.csv", ("id",))], entries, slo
     finally:
         if parent.poll() is None:
             parent.kill()
+
+
+def test_a_second_run_of_a_fold_or_an_ensemble_stops_with_one_line(tmp_path):
+    from common.config import load_config
+    from common.io.locks import exclusive
+    from common.submit.ensemble import run_ensemble
+    from common.train.runner import run_fold
+
+    config = load_config(REPO / "competitions" / "siim" / "configs" / "base.yaml",
+                         [f"output={tmp_path}", "name=x"])  # fmt: skip
+    with exclusive(tmp_path / "x" / ".fold0.lock", "the first run"):
+        with pytest.raises(ValueError, match=r"another training of x fold 0 is running"):
+            run_fold(config, 0, lambda *_: None, lambda *_: {}, log=lambda _: None)
+    ensemble = load_config(REPO / "competitions" / "siim" / "configs" / "ensembles" / "default.yaml",
+                           [f"output={tmp_path}", "name=blend"])  # fmt: skip
+    with exclusive(tmp_path / ".blend.lock", "the first run"):
+        with pytest.raises(ValueError, match=r"another ensemble blend is running .*\.blend\.lock"):
+            run_ensemble(ensemble, None, log=lambda _: None)
+
+
+def test_two_prepares_at_once_both_finish_consistently(tmp_path):
+    script = f"""
+import sys
+sys.path.insert(0, {str(REPO)!r})
+from pathlib import Path
+from common.io.cache import Entry, Table, refresh
+from tests.faults.slow_work import slow
+entries = [Entry(f"i{{k:02d}}", "t.csv", "k", (f"i{{k:02d}}.txt",), None) for k in range(12)]
+result = refresh(Path({str(tmp_path / "out")!r}), [Table("t.csv", ("id",))], entries, slow, n_jobs=2, chunk=1)
+print(result.done, result.cached)
+"""
+    runs = [subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stdout=subprocess.PIPE,
+                             text=True) for _ in range(2)]  # fmt: skip
+    outputs = sorted(run.communicate(timeout=120)[0].split() for run in runs)
+    assert all(run.returncode == 0 for run in runs)
+    assert outputs == [["0", "12"], ["12", "0"]]  # one did the work, the other waited for it
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.txt")) == [
+        f"i{k:02d}.txt" for k in range(12)
+    ]
