@@ -124,3 +124,24 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
         build.rename(path)
     finally:
         shutil.rmtree(build, ignore_errors=True)
+
+
+def remove_stale_temps(folder: str | os.PathLike) -> int:
+    """Remove the temp files (``.<name>.<pid>-<n>.tmp``) that killed writers left below
+    ``folder``: those whose process is gone. Returns how many. Call it while no other process
+    writes there (a stage holding the folder's lock)."""
+    removed = 0
+    for path in Path(folder).rglob(".*.tmp"):
+        pid = path.name.rsplit(".", 2)[-2].split("-")[0] if path.name.count(".") >= 3 else ""
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # its writer is alive
+        except ProcessLookupError:
+            pass
+        except PermissionError:  # alive, another user's
+            continue
+        path.unlink(missing_ok=True)
+        removed += 1
+    return removed

@@ -30,7 +30,12 @@ import pandas as pd
 from joblib import Parallel, delayed
 from tqdm.auto import tqdm
 
-from common.io.atomic import deferred_sync, write_text_atomic, write_text_if_changed
+from common.io.atomic import (
+    deferred_sync,
+    remove_stale_temps,
+    write_text_atomic,
+    write_text_if_changed,
+)
 from common.io.locks import exclusive
 
 BAD_IDS = "bad_ids.csv"
@@ -145,6 +150,8 @@ def refresh(
     item's row with its id under the table's first column."""
     out = Path(out)
     with exclusive(out.parent / f".{out.name}.lock", f"prepare of {out}", wait=True):
+        if out.is_dir():
+            remove_stale_temps(out)  # what a killed prepare was writing
         return _refresh(out, tables, entries, work, n_jobs, chunk, desc, skip_bad)
 
 
@@ -182,7 +189,7 @@ def _refresh(out, tables, entries, work, n_jobs, chunk, desc, skip_bad) -> Refre
                         row if isinstance(row, str) else row | {"key": entry.key}
                     )
                 bar.update(len(results))
-    finished = [[t, i, row] for (t, i), row in rows.items() if not isinstance(row, str)]
+    finished = sorted([t, i, row] for (t, i), row in rows.items() if not isinstance(row, str))
     if todo:
         os.sync()  # every worker's files, at once, before the index names them
         write_text_atomic(out / INDEX, json.dumps(finished, default=str))

@@ -172,3 +172,18 @@ print(result.done, result.cached)
     assert sorted(p.name for p in (tmp_path / "out").glob("*.txt")) == [
         f"i{k:02d}.txt" for k in range(12)
     ]
+
+
+def test_temp_files_of_killed_writers_are_cleared(tmp_path):
+    from common.io.atomic import remove_stale_temps
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / "images").mkdir()
+    stale = tmp_path / "images" / f".a.png.{dead.pid}-3.tmp"
+    alive = tmp_path / "images" / f".b.png.{os.getpid()}-1.tmp"
+    other = tmp_path / "images" / ".notes.tmp"
+    for path in (stale, alive, other):
+        path.write_bytes(b"half")
+    assert remove_stale_temps(tmp_path) == 1
+    assert not stale.exists() and alive.exists() and other.exists()
