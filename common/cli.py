@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from common.competition import STAGES, load_competition
+from common.io.atomic import os_error_line
 
 
 def _list() -> str:
@@ -65,7 +66,7 @@ def main(argv=None) -> None:
     except ValueError as error:
         sys.exit(f"{name} {stage}: {error}")
     except OSError as error:  # a full disk, a read-only folder: one line naming the path
-        sys.exit(f"{name} {stage}: {error.strerror or error} ({error.filename or 'no path given'})")
+        sys.exit(f"{name} {stage}: {os_error_line(error)}")
 
 
 if __name__ == "__main__":

@@ -145,3 +145,9 @@ def remove_stale_temps(folder: str | os.PathLike) -> int:
         path.unlink(missing_ok=True)
         removed += 1
     return removed
+
+
+def os_error_line(error: OSError) -> str:
+    """An OS error (a full disk, a read-only folder, a missing permission) as one line naming
+    the path: ``<reason> (<path>)``."""
+    return f"{error.strerror or error} ({error.filename or 'no path given'})"

@@ -36,7 +36,7 @@ from common.config import Config, ConfigError, load_run_config, merge, save_conf
 from common.data.datasets import check_preprocess
 from common.data.mixing import batch_mix
 from common.infer.predict import FINAL_CONFIG
-from common.io.atomic import atomic_path, write_text_atomic
+from common.io.atomic import atomic_path, os_error_line, write_text_atomic
 from common.io.locks import exclusive
 from common.train import distributed
 from common.train.checkpoints import load_checkpoint
@@ -299,7 +299,7 @@ def train_main(doc: str, argv, run: Callable, *, label: str, folds_example: str 
     except (ValueError, FloatingPointError) as error:
         sys.exit(f"{label}: {error}")
     except OSError as error:  # a full disk, a read-only folder: one line naming the path
-        sys.exit(f"{label}: {error.strerror or error} ({error.filename or 'no path given'})")
+        sys.exit(f"{label}: {os_error_line(error)}")
     finally:
         distributed.stop()
 
@@ -353,7 +353,7 @@ def config_main(doc: str, argv, run: Callable[..., T], *, label: str,
     except (ValueError, FloatingPointError, FileNotFoundError) as error:
         sys.exit(f"{label}: {error}")
     except OSError as error:  # a full disk, a read-only folder: one line naming the path
-        sys.exit(f"{label}: {error.strerror or error} ({error.filename or 'no path given'})")
+        sys.exit(f"{label}: {os_error_line(error)}")
 
 
 def add_skip_bad(parser: argparse.ArgumentParser) -> None:

@@ -37,6 +37,7 @@ from common.config import load_config
 from common.data.crops import crop_spec
 from common.data.folds import ensure_folds
 from common.infer.cascade import prepare_crops
+from common.io.atomic import os_error_line
 from common.io.cache import BAD_IDS, Entry, Table, bad_report, refresh, source_key
 from common.io.dicom import read_dicom_with_tags
 from common.io.images import resize_image, resize_mask, write_mask, write_png
@@ -196,7 +197,7 @@ def main(argv=None) -> None:
     except ValueError as error:
         sys.exit(f"siim prepare: {error}")
     except OSError as error:  # a full disk, a read-only folder: one line naming the path
-        sys.exit(f"siim prepare: {error.strerror or error} ({error.filename or 'no path given'})")
+        sys.exit(f"siim prepare: {os_error_line(error)}")
 
 
 if __name__ == "__main__":
