@@ -134,4 +134,4 @@ leaderboard: $(STAMP)  ## every run and submission in one table, by CV; COMPETIT
 	$(PY) -m common.submit.leaderboard $(if $(COMPETITION),--competition $(COMPETITION)) $(if $(PUBLIC),--record $(PUBLIC)) $(if $(KAGGLE),--kaggle $(KAGGLE))
 
 siim-pseudo: $(STAMP)  ## pseudo-labels from ENSEMBLE's confident test predictions -> data/siim/pseudo/<ensemble>/ (train with configs/pseudo.yaml)
-	$(PY) -m competitions.siim.pseudo --config $(ENSEMBLE) $(ARGS)
+	$(CLI) pseudo --competition siim --config $(ENSEMBLE) $(ARGS)

@@ -61,7 +61,7 @@ def run_stage(work: Path, n: int) -> float:
     config = load_config(ENSEMBLE, [f"output={work / 'models'}", "tta=[none]", "num_workers=2"])
     config["members"] = [{"experiment": "bench", "folds": [0], "weight": 1.0}]
     members = [Member("bench", (0,), 1.0)]
-    siim = task(config, None, with_train=False)
+    siim = task(config, with_train=False)
     siim.test = siim.test.head(n)
     out = work / "models" / f"run{n}"
     start = time.perf_counter()
@@ -73,7 +73,7 @@ def bare_loop(work: Path, n: int) -> float:
     config = load_config(EXPERIMENT)
     ensemble = load_config(ENSEMBLE, [f"output={work / 'models'}"])
     ensemble["members"] = [{"experiment": "bench", "folds": [0], "weight": 1.0}]
-    siim = task(ensemble, None, with_train=False)
+    siim = task(ensemble, with_train=False)
     ids = siim.test["id"].head(n).tolist()
     dataset = SegmentationDataset(ids, siim.images, size=SIZE)
     loader = DataLoader(dataset, batch_size=config.data.val_batch_size, num_workers=2)

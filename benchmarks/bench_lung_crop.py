@@ -32,9 +32,9 @@ from benchmarks._util import SHARED_DATA, record
 from common.infer.cascade import load_stage, predict_boxes
 from common.io.dicom import read_dicom
 from common.io.paths import models_dir
+from common.io.rle_csv import merged_masks, read_rle_csv
 from common.plots import mask_overlays
 from common.train.models import build_model
-from competitions.siim.raw import merged_masks, read_rle_csv
 
 
 def _train_speed(side: int, steps: int = 6) -> float:

@@ -18,9 +18,9 @@ from pathlib import Path
 import pydicom
 
 from benchmarks._util import SHARED_DATA, best_time, record
+from common.io.rle_csv import read_rle_csv
 from competitions.siim.layout import read_inputs
 from competitions.siim.prepare import prepare
-from competitions.siim.raw import read_rle_csv
 from competitions.siim.synthetic import SyntheticSpec, generate
 
 COPIES = 4

@@ -28,13 +28,13 @@ from torch.utils.data import DataLoader, Dataset
 
 from benchmarks._util import record
 from common.config import load_config
+from common.data.frames import frame_items
 from common.data.loaders import train_loader
 from common.train.losses import CombinedLoss
 from common.train.models import build_model
 from common.train.optim import Stepper, build_optimiser
 from common.train.training import Settings, Trainer
 from competitions.siim.layout import read_inputs
-from competitions.siim.loaders import items
 from competitions.siim.prepare import prepare
 from competitions.siim.synthetic import SyntheticSpec, generate
 
@@ -125,7 +125,9 @@ def loader_rate(work: Path) -> float:
     config = load_config(CONFIG, [f"data.prepared={work / 'prepared'}"])
     root = work / "prepared" / str(SIZE)
     table = pd.read_csv(root / "train.csv", dtype={"ImageId": str})
-    loader = train_loader(config, items(root, table.assign(id=table["ImageId"])), seed=0)
+    loader = train_loader(
+        config, frame_items(config, root, table.assign(id=table["ImageId"])), seed=0
+    )
     best = 0.0
     for _ in range(2):
         start = time.perf_counter()

@@ -28,7 +28,8 @@ class Competition:
     configs folder with the default experiment and ensemble, TTA views it allows, its stages
     (``STAGES`` name -> ``module:function(argv)``; a function with a ``competition`` keyword is
     given this descriptor, so one common stage serves every competition), its data spec
-    (``module:attribute``, e.g. a ``common.data.slide_tiles.SlideSet``) and its Kaggle bundle
+    (``module:attribute``, e.g. a ``common.data.slide_tiles.SlideSet``), an image competition's
+    ensemble spec (a ``common.submit.image_ensemble.ImageEnsemble``) and its Kaggle bundle
     (``common.submit.kaggle.BundleSpec``'s fields but the package)."""
 
     name: str
@@ -43,6 +44,7 @@ class Competition:
     tta: tuple[str, ...] = ("none", "hflip")
     notes: str = ""
     data: str = ""
+    ensemble: str = ""
     bundle: Mapping = field(default_factory=dict)
 
     def __post_init__(self):
@@ -90,11 +92,12 @@ class Competition:
             return partial(entry, competition=self)
         return entry
 
-    def data_spec(self):
-        """The object ``data`` names (``module:attribute``), imported now."""
-        if not self.data:
-            raise ValueError(f"{self.name}: the descriptor names no data spec")
-        module, attribute = self.data.split(":")
+    def data_spec(self, part: str = "data"):
+        """The object ``data`` (or ``ensemble``) names (``module:attribute``), imported now."""
+        named = getattr(self, part)
+        if not named:
+            raise ValueError(f"{self.name}: the descriptor names no {part} spec")
+        module, attribute = named.split(":")
         return getattr(importlib.import_module(module), attribute)
 
 

@@ -28,8 +28,7 @@ import yaml
 
 from common.config import COMMON_CONFIGS, Config, load_config, save_config, to_config
 from common.data.folds import ensure_folds, read_folds
-from common.data.loaders import Items, load_pipeline
-from common.data.loaders import make_loaders as common_loaders
+from common.data.frames import frame_loaders
 from common.data.plan import fingerprint, make_plan, plan_overrides, plan_table
 from common.infer.inference import cpu_has_bf16
 from common.infer.predict import final_config
@@ -213,22 +212,9 @@ def _training_table(config: Config) -> tuple[Path, pd.DataFrame]:
     return root, table.merge(folds, on="id", how="left", validate="one_to_one")
 
 
-def _frames(config: Config, fold: int) -> tuple[Path, pd.DataFrame, pd.DataFrame]:
-    root, table = _training_table(config)
-    if table["fold"].isna().any() or fold not in set(table["fold"]):
-        raise ValueError(f"{config.data.folds}: fold {fold} missing or ids without a fold: "
-                         "run prepare again")  # fmt: skip
-    return root, table[table.fold != fold].reset_index(drop=True), table[table.fold == fold]
-
-
 def make_loaders(config: Config, fold: int, seed: int):
     """The fold's training and validation loaders over the prepared cache."""
-    root, train, val = _frames(config, fold)
-    channels = tuple(config.data.classes) if len(config.data.classes) > 1 else None
-    transform = load_pipeline(config, TRANSFORMS)
-    train_items = Items(train, root / "images", root / "masks", channels)
-    val_items = Items(val.reset_index(drop=True), root / "images", root / "masks", channels)
-    return common_loaders(config, train_items, val_items, seed, transform)
+    return frame_loaders(config, fold, seed, transforms=TRANSFORMS)
 
 
 def ensemble_schema(overrides: dict) -> Config:
@@ -438,7 +424,7 @@ def predict_folder_submission(bundle, data, working, *, n_jobs: int = 2, log=pri
         run["data"]["prepared"] = str(working / "prepared")
         prepare_folder(run, folder, skip_bad=True, log=log)
     task = test_task(config, folder, with_train=False)
-    rows, _ = predict_test(config, task, members, classifiers, thresholds, working / "maps", log)
+    rows, _, _ = predict_test(config, task, members, classifiers, thresholds, working / "maps", log)
     path = working / "submission.csv"
     write_rows(rows, path, task.header)
     log(f"wrote {path}: {len(rows)} rows for {len(task.test)} test images")

@@ -50,7 +50,7 @@ def run_variant(config: str, name: str, overrides: list[str], submissions: Path)
     timing = report_path.with_suffix(".wall")
     if not report_path.is_file():
         start = time.perf_counter()
-        command = [sys.executable, "-m", "competitions.lung.train", "--config", config,
+        command = [sys.executable, "-m", "common.cli", "train", "--competition", "lung", "--config", config,
                    "--folds", "0,1", f"name={name}", *overrides]  # fmt: skip
         result = subprocess.run(command)
         if result.returncode != 0:

@@ -29,6 +29,7 @@ from pydicom.multival import MultiValue
 from pydicom.pixels import apply_modality_lut
 
 from common.io.images import window_to_uint8
+from common.io.paths import check_id
 
 PERCENTILES = (0.5, 99.5)  # scaling range for deep images that carry no window
 
@@ -136,3 +137,19 @@ def _first_line(error: Exception) -> str:
     """The error's message on one line (pydicom lists one line per decoder plugin)."""
     lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
     return " ".join(lines)[:400] if lines else type(error).__name__
+
+
+def find_dicoms(folder: str | os.PathLike) -> dict[str, Path]:
+    """ImageId (file stem) -> path of every ``*.dcm`` below ``folder``, searched recursively."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError(f"{folder}: DICOM folder not found")
+    found: dict[str, Path] = {}
+    for path in sorted(folder.rglob("*.dcm")):
+        image_id = check_id(path.stem, str(path))
+        if image_id in found:
+            raise ValueError(
+                f"ImageId {image_id!r} has two DICOM files: {found[image_id]} and {path}"
+            )
+        found[image_id] = path
+    return found

@@ -53,7 +53,10 @@ class CaseSet:
     folder, cases with ``case`` and ``fold``), ``fold_cases(config, fold)`` -> (folder the fold's
     model reads, train, held-out), ``items(config, root, frame)`` -> loader items,
     ``policy(channels)`` -> its ``TtaPolicy``, ``make_loaders(config, fold, seed)`` -> the
-    fold's (train, held-out) loaders; and how it reports: ``groups`` (name -> channels,
+    fold's (train, held-out) loaders, ``prepare(config, size, skip_bad)`` -> the folder of the
+    whole images prepared at ``size`` (the train stage, ``common.train.channel_runner``),
+    ``configs``: the folder of its experiments (a crop stage's first stage is trained from
+    there), ``tables``: the prepared tables crops are cut for; and how it reports: ``groups`` (name -> channels,
     the figures the literature gives), ``published`` (who -> group -> Jaccard), the CSV
     ``header``, the headline metric's name and the label its report starts with."""
 
@@ -62,6 +65,9 @@ class CaseSet:
     items: Callable
     policy: Callable
     make_loaders: Callable | None = None
+    prepare: Callable | None = None
+    configs: str | Path = ""
+    tables: tuple[str, ...] = ()
     groups: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     published: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
     header: tuple[str, str, str] = HEADER
@@ -334,6 +340,19 @@ def read_submission(path: str | Path, size: int = 512, header: Sequence[str] = H
         except ValueError as error:
             raise ValueError(f"{path}, line {number}: {error}") from None
     return masks
+
+
+def score_channels(csv: Path, ids: Sequence[str], channels: Sequence[str], size: int,
+                   truth: Callable, groups: Mapping[str, Sequence[str]]) -> dict:  # fmt: skip
+    """Dice and Jaccard per channel and group of a long submission against ``truth(case,
+    channel, size)`` for the cases ``ids``."""
+    masks = read_submission(csv, size)
+    rows = [{"structure": channel} | dice_jaccard(masks[(case, channel)], truth(case, channel, size))
+            for case in ids for channel in channels]  # fmt: skip
+    table = pd.DataFrame(rows)
+    per_channel, by_group = summarise(table, groups)
+    return {"test_dice": float(table["dice"].mean()), "test_jaccard": float(table["jaccard"].mean()),
+            "test_structures": per_channel, "test_groups": by_group}  # fmt: skip
 
 
 def validate_long(csv: Path, ids: Sequence[str], channels: Sequence[str], size: int,

@@ -345,13 +345,14 @@ def predict_test(
     config: Config, task: EnsembleTask, members, classifiers, thresholds: Mapping, out: Path, log
 ) -> tuple[list, list]:
     """Predict the test items, apply the thresholds and post-processing, encode the rows;
-    returns (rows, overlay panels)."""
+    returns (rows, overlay panels, the number of items with a mask)."""
     ids = task.test["id"].astype(str).tolist()
     segmenters = fold_models(config, task, members)
     gates = fold_models(config, task, classifiers)
     log(f"ensemble: test items ({len(ids)}) x {len(segmenters) + len(gates)} fold models")
     panels: list = []
     rows: list = []
+    non_empty = 0
     channels = len(task.channels)
     predictions = predict_with(
         ids, _shapes(task.test), segmenters, gates, predict_options(config, task)
@@ -361,10 +362,11 @@ def predict_test(
             write_png(map_path(out / "test", name, pred.image_id, channels), pred.mask[c])
         masks = apply_thresholds(thresholds, pred, task.channels, task.postprocess)
         rows.extend(task.encode(pred.image_id, masks))
+        non_empty += bool(masks.any())
         if task.images is not None and masks.any() and len(panels) < config.overlays:
             image = read_png(task.images / f"{pred.image_id}.png")
             panels.append((pred.image_id[-12:], image, None, _at(masks, image.shape[:2])))
-    return rows, panels
+    return rows, panels, non_empty
 
 
 def _at(masks: np.ndarray, shape) -> np.ndarray:
@@ -388,7 +390,7 @@ def _run_ensemble(config: Config, task: EnsembleTask, log) -> dict:
     out = Path(config.output) / config.name
     search_oof(config, task, members, classifiers, out, log)
     thresholds = yaml.safe_load((out / "thresholds.yaml").read_text())  # the file is the truth
-    rows, panels = predict_test(config, task, members, classifiers, thresholds, out, log)
+    rows, panels, non_empty = predict_test(config, task, members, classifiers, thresholds, out, log)
     csv = Path(config.submissions) / f"{config.name}.csv"
     write_rows(rows, csv, task.header)
     report = {
@@ -401,6 +403,7 @@ def _run_ensemble(config: Config, task: EnsembleTask, log) -> dict:
         "oof_dice": thresholds["oof_dice"],
         "oof_empty_dice": thresholds["empty_dice"],
         "n_test": len(task.test),
+        "n_test_non_empty": non_empty,
         "n_rows": len(rows),
     }
     if task.validate is not None:

@@ -16,13 +16,14 @@ COMPETITION = Competition(
     tta=("none", "hflip"),  # hflip with left and right swapped back
     stages={
         "prepare": "competitions.lung.prepare:main",
-        "train": "competitions.lung.train:main",
+        "train": "common.train.channel_runner:main",
         "evaluate": "common.post.channel_evaluate:main",
-        "ensemble": "competitions.lung.ensemble:main",
-        "offline": "competitions.lung.offline:predict_submission",
+        "ensemble": "common.submit.image_ensemble:main",
+        "offline": "common.submit.image_ensemble:offline",
         "bundle": "common.submit.kaggle:competition_main",
         "leaderboard": "common.submit.leaderboard:main",
     },
     data="competitions.lung.evaluate:CASES",
+    ensemble="competitions.lung.ensemble:ENSEMBLE",
     bundle={"title": "Lung", "input_slug": "jsrt-scr-chest-xrays"},  # a Kaggle dataset, JSRT layout
 )

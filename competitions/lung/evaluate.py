@@ -2,11 +2,18 @@
 figures beside them, and its cases as a ``common.post.channel_evaluate.CaseSet`` (per-structure
 thresholds cross-fitted between folds, Dice and Jaccard per structure and group).
 
+    python -m common.cli train --competition lung --config competitions/lung/configs/unet_resnet18_cpu.yaml --folds 0,1
     python -m common.cli evaluate --competition lung --config competitions/lung/configs/unet_resnet18_cpu.yaml --folds 0,1
+
+Training is ``common.train.channel_runner``: the SCR folds (``data.split``), both halves
+predicted by the model that did not see them, then this evaluation.
 """
+
+from pathlib import Path
 
 from common.post.channel_evaluate import CaseSet
 from competitions.lung.loaders import fold_cases, items, make_loaders, read_cases, tta_policy
+from competitions.lung.prepare import prepare
 
 GROUPS = {  # the literature reports these three figures
     "lungs": ("left_lung", "right_lung"),
@@ -24,6 +31,16 @@ CASES = CaseSet(
     fold_cases=fold_cases,
     items=items,
     policy=tta_policy,
+    prepare=lambda config, size, skip_bad: prepare(
+        size,
+        config.data.score_size,
+        raw=config.data.raw,
+        synthetic=config.data.synthetic,
+        prepared=config.data.prepared,
+        skip_bad=skip_bad,
+    ),
+    configs=Path(__file__).resolve().parent / "configs",
+    tables=("cases.csv", "test.csv"),
     groups=GROUPS,
     published=PUBLISHED,
     cv_metric="Jaccard, mean of lungs, heart, clavicles",

@@ -16,15 +16,16 @@ COMPETITION = Competition(
     stages={
         "prepare": "competitions.siim.prepare:main",
         "train": "common.post.image_oof:main",  # the out-of-fold search follows each fold
-        "ensemble": "competitions.siim.ensemble:main",
-        "offline": "competitions.siim.offline:predict_submission",
+        "ensemble": "common.submit.image_ensemble:main",
+        "offline": "common.submit.image_ensemble:offline",
         "bundle": "common.submit.kaggle:competition_main",
         "submit": "common.submit.kaggle:submit_main",
         "validate": "competitions.siim.submission:validate_found",
-        "pseudo": "competitions.siim.pseudo:main",
+        "pseudo": "common.submit.image_ensemble:pseudo_main",
         "leaderboard": "common.submit.leaderboard:main",
     },
     data="competitions.siim.loaders:FRAMES",
+    ensemble="competitions.siim.ensemble:ENSEMBLE",
     bundle={
         "title": "SIIM",
         "input_slug": "siim-acr-pneumothorax-segmentation",

@@ -19,7 +19,8 @@ from pathlib import Path
 import pandas as pd
 
 from common.data.sources import raw_or_synthetic
-from competitions.siim.raw import find_dicoms, read_rle_csv
+from common.io.dicom import find_dicoms
+from common.io.rle_csv import read_rle_csv
 from competitions.siim.synthetic import SyntheticSpec, generate
 
 TRAIN_CSVS = ("stage_2_train.csv", "train-rle.csv")  # first found wins: stage 2 extends stage 1

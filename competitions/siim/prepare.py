@@ -41,10 +41,9 @@ from common.io.atomic import os_error_line
 from common.io.cache import BAD_IDS, Entry, Table, bad_report, refresh, source_key
 from common.io.dicom import read_dicom_with_tags
 from common.io.images import resize_image, resize_mask, write_mask, write_png
-from common.io.paths import data_dir
+from common.io.rle_csv import merged_mask_rows
 from common.train.runner import add_skip_bad
 from competitions.siim.layout import Inputs, resolve_inputs
-from competitions.siim.raw import merged_mask_rows
 from competitions.siim.synthetic import SyntheticSpec
 
 VERSION = 3  # bump when the output of _prepare_one changes, to redo every cached image
@@ -136,64 +135,67 @@ def prepare(
     }
 
 
+def prepare_config(
+    config,
+    *,
+    size: int | None = None,
+    spec: SyntheticSpec | None = None,
+    n_jobs: int | None = None,
+    skip_bad: bool = False,
+    log=print,
+) -> Path:
+    """Prepare the experiment ``config``'s data (``data.raw``, else the synthetic set made from
+    ``spec``) at ``size``, else at every size it trains at (parts included), into
+    ``data.prepared/<size>/``, write ``data.folds``, and cut the crops of a crop stage; returns
+    the last folder written."""
+    data, n_jobs = config.data, n_jobs or os.cpu_count() or 1
+    part_sizes = [p.get("data", {}).get("size") for p in config.train.parts]
+    sizes = [size] if size else sorted({data.size, *filter(None, part_sizes)})
+    crops = []  # (data section, size) of each crop set to cut after the frames
+    if crop_spec(data):  # the frame is prepared; the model's sizes are crops of it
+        crops, sizes = [data | {"size": s} for s in sizes], [crop_spec(data).frame]
+    inputs = resolve_inputs(data.raw, data.synthetic, spec, n_jobs=n_jobs, log=log)
+    if inputs.unlabelled():
+        log(f"note: {len(inputs.unlabelled())} DICOM(s) are in neither CSV; ignored")
+    for side in sizes:
+        out = Path(data.prepared) / str(side)
+        counts = prepare(inputs, out, side, n_jobs=n_jobs, skip_bad=skip_bad)
+        if counts["bad"]:
+            listed = pd.read_csv(out / BAD_IDS, dtype=str, keep_default_na=False)
+            print(bad_report(listed.values.tolist()), file=sys.stderr)
+            print(f"--skip-bad: left {counts['bad']} image(s) out", file=sys.stderr)
+        log(f"prepared {counts['train']} train + {counts['test']} test images in {out} "
+            f"({counts['done']} decoded, {counts['cached']} unchanged)")  # fmt: skip
+    train = pd.read_csv(out / "train.csv", dtype={"ImageId": str})
+    log(ensure_folds(train["ImageId"], train["mask_area"], data.folds, data.n_folds,
+                     data.fold_seed))  # fmt: skip
+    for crop in crops:
+        prepare_crops(crop, [table.name for table in TABLES], n_jobs=n_jobs, log=log)
+    return out
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size", type=int, default=None, help="image side (default 256)")
-    parser.add_argument(
-        "--config", help="take the size and the output paths from an experiment's data section"
-    )
-    parser.add_argument("--raw", default=str(data_dir("siim", "raw")), help="the Kaggle download")
-    parser.add_argument(
-        "--synthetic", default=str(data_dir("siim", "synthetic")), help="used without raw"
-    )
+    parser.add_argument("--config", default=str(BASE), help="an experiment (sizes and paths)")
+    parser.add_argument("--size", type=int, default=None, help="this size only")
+    for flag, key in (("raw", "raw"), ("synthetic", "synthetic"), ("out", "prepared"),
+                      ("folds", "folds")):  # fmt: skip
+        parser.add_argument(f"--{flag}", help=f"data.{key} (the config's by default)")
     defaults = SyntheticSpec()
     parser.add_argument("--synthetic-size", type=int, default=defaults.size)
     parser.add_argument("--synthetic-train", type=int, default=defaults.n_train)
     parser.add_argument("--synthetic-test", type=int, default=defaults.n_test)
-    parser.add_argument("--out", default=str(data_dir("siim", "prepared")))
-    parser.add_argument("--folds", default=str(data_dir("siim", "folds.csv")))
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     add_skip_bad(parser)
-    parser.add_argument(
-        "overrides", nargs="*", help="key.sub=value overrides of --config (as training takes them)"
-    )
+    parser.add_argument("overrides", nargs="*", help="key.sub=value overrides of --config")
     args = parser.parse_args(argv)
+    paths = [f"data.{key}={value}" for key, value in (
+        ("raw", args.raw), ("synthetic", args.synthetic), ("prepared", args.out),
+        ("folds", args.folds)) if value]  # fmt: skip
     try:
-        config = load_config(args.config or BASE, args.overrides)  # the folds: data.n_folds ...
-        sizes = [args.size] if args.size else [256]
-        crops = []  # (data section, size) of each crop set to cut after the frames
-        if args.config:
-            args.out, args.folds = config.data.prepared, config.data.folds
-            if not args.size:  # every size the experiment trains at, parts included
-                part_sizes = [p.get("data", {}).get("size") for p in config.train.parts]
-                sizes = sorted({config.data.size, *filter(None, part_sizes)})
-            spec = crop_spec(config.data)
-            if spec:  # the frame is prepared; the model's sizes are crops of it
-                crops = [config.data | {"size": size} for size in sizes]
-                sizes = [spec.frame]
-        spec = SyntheticSpec(
-            size=args.synthetic_size, n_train=args.synthetic_train, n_test=args.synthetic_test
-        )
-        inputs = resolve_inputs(args.raw, args.synthetic, spec, n_jobs=args.jobs)
-        unlabelled = inputs.unlabelled()
-        if unlabelled:
-            print(f"note: {len(unlabelled)} DICOM(s) are in neither CSV; ignored")
-        for size in sizes:
-            out = Path(args.out) / str(size)
-            counts = prepare(inputs, out, size, n_jobs=args.jobs, skip_bad=args.skip_bad)
-            if counts["bad"]:
-                listed = pd.read_csv(out / BAD_IDS, dtype=str, keep_default_na=False)
-                print(bad_report(listed.values.tolist()), file=sys.stderr)
-                print(f"--skip-bad: left {counts['bad']} image(s) out", file=sys.stderr)
-            print(
-                f"prepared {counts['train']} train + {counts['test']} test images in {out} "
-                f"({counts['done']} decoded, {counts['cached']} unchanged)"
-            )
-        train = pd.read_csv(out / "train.csv", dtype={"ImageId": str})
-        print(ensure_folds(train["ImageId"], train["mask_area"], args.folds, config.data.n_folds,
-                           config.data.fold_seed))  # fmt: skip
-        for data in crops:
-            prepare_crops(data, [table.name for table in TABLES], n_jobs=args.jobs)
+        spec = SyntheticSpec(args.synthetic_size, args.synthetic_train, args.synthetic_test)
+        config = load_config(args.config, [*args.overrides, *paths])
+        prepare_config(config, size=args.size, spec=spec, n_jobs=args.jobs, skip_bad=args.skip_bad)
     except ValueError as error:
         sys.exit(f"siim prepare: {error}")
     except OSError as error:  # a full disk, a read-only folder: one line naming the path

@@ -15,10 +15,10 @@ import pandas as pd
 
 from common.io.paths import data_dir
 from common.io.rle import SIIM_EMPTY, SIIM_SHAPE, siim_rle_decode
+from common.io.rle_csv import merged_mask_rows, read_rle_csv
 from common.post.metrics import dice_per_image
 from common.submit.submission import SubmissionFormat, validate_submission
 from competitions.siim import layout
-from competitions.siim.raw import merged_mask_rows, read_rle_csv
 
 FORMAT = SubmissionFormat("ImageId", "EncodedPixels", SIIM_EMPTY, siim_rle_decode)
 

@@ -24,8 +24,8 @@ from common.data.slide_tiles import read_train
 from common.io.dicom import read_dicom
 from common.io.polygons import read_geojson
 from common.io.rle import rle_decode, rle_decode_window, rle_encode, siim_rle_decode
+from common.io.rle_csv import read_rle_csv
 from common.io.slides import open_slide
-from competitions.siim.raw import read_rle_csv
 from tests.conftest import REPO
 from tests.reference import ref_rle_decode, ref_siim_decode
 

@@ -28,7 +28,18 @@ def _overrides(root, output):
 
 
 def _train(launcher, root, output):
-    command = [*launcher, "-m", "competitions.lung.train", "--config", str(BASE), "--folds", "0"]
+    command = [
+        *launcher,
+        "-m",
+        "common.cli",
+        "train",
+        "--competition",
+        "lung",
+        "--config",
+        str(BASE),
+        "--folds",
+        "0",
+    ]
     result = subprocess.run(
         [*command, "--no-evaluate", *_overrides(root, output)],
         cwd=REPO, capture_output=True, text=True, timeout=900,

@@ -15,7 +15,8 @@ from common.infer.predict import Prediction
 from common.io.images import read_png
 from common.post.channel_evaluate import read_submission
 from common.submit.ensemble import apply_thresholds
-from competitions.lung.ensemble import run_ensemble
+from common.submit.image_ensemble import ensemble as run_ensemble
+from competitions.lung.ensemble import ENSEMBLE
 from tests.conftest import REPO
 from tests.notebook import run_offline
 
@@ -52,7 +53,7 @@ def _ensemble(root, *extra):
 @pytest.fixture(scope="module")
 def ensembled(workspace):
     config = _ensemble(workspace)
-    return config, run_ensemble(config, log=lambda _: None)
+    return config, run_ensemble(config, ENSEMBLE, log=lambda _: None)
 
 
 def test_lung_ensemble_end_to_end(workspace, ensembled):
@@ -80,7 +81,7 @@ def test_lung_ensemble_end_to_end(workspace, ensembled):
 
 def test_a_flip_the_lung_policy_forbids_is_refused(workspace):
     with pytest.raises(ValueError, match="'vflip' is not allowed here: chest X-rays"):
-        run_ensemble(_ensemble(workspace, "name=flipped", "tta=[none, vflip]"), log=print)
+        run_ensemble(_ensemble(workspace, "name=flipped", "tta=[none, vflip]"), ENSEMBLE, log=print)
 
 
 def test_lung_notebook_offline_matches_make_ensemble(workspace, ensembled, tmp_path):
@@ -125,4 +126,4 @@ def test_bad_inputs_name_what_is_wrong(workspace, ensembled, tmp_path):
     with pytest.raises(
         ValueError, match="combine: max_pixel gates one mask channel, this task has 5"
     ):
-        run_ensemble(two_stage, log=lambda _: None)
+        run_ensemble(two_stage, ENSEMBLE, log=lambda _: None)

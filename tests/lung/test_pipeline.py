@@ -14,11 +14,14 @@ from common.config import load_run_config
 from common.io.images import read_png
 from common.post import channel_evaluate as lung_evaluate
 from common.submit.leaderboard import write_leaderboard
+from common.train import channel_runner
+from competitions.lung import COMPETITION
 from competitions.lung.evaluate import CASES, GROUPS, PUBLISHED
 from competitions.lung.loaders import assign_folds, transforms, tta_policy
-from competitions.lung.train import main
 from experiments.lung_ablation import ablate
 from tests.reference import ref_rle_decode
+
+main = COMPETITION.entry("train")  # the lung train stage (common.train.channel_runner)
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "competitions" / "lung" / "configs"
@@ -199,7 +202,6 @@ def test_refinement_stage_on_crops_around_the_clavicles(workspace, monkeypatch, 
     maps pasted back; the cascade is scored on all five structures, lungs and heart from the
     first stage."""
     from common.data.crops import crop_dir, read_box_table
-    from competitions.lung import train as lung_train
 
     monkeypatch.setenv("KSEG_WORKSPACE", str(workspace))
     stage = ["name=stage"]
@@ -233,10 +235,12 @@ def test_refinement_stage_on_crops_around_the_clavicles(workspace, monkeypatch, 
             assert oof.shape == (256, 256) and not outside.any()
 
     trained = []
-    monkeypatch.setattr(lung_train, "run_fold", lambda c, k, **_: trained.append((c.name, k)))
-    monkeypatch.setattr(lung_train, "prepare_crops", lambda *a, **k: None)
-    lung_train.prepare_sizes(_config("clavicles_refine.yaml", *FAST,
-                                     "data.crop_stage.run=models/lung/lungs_only"), [1])  # fmt: skip
+    monkeypatch.setattr(
+        channel_runner, "run_fold", lambda c, k, *_, **__: trained.append((c.name, k))
+    )
+    monkeypatch.setattr(channel_runner, "prepare_crops", lambda *a, **k: None)
+    channel_runner.prepare_sizes(_config("clavicles_refine.yaml", *FAST,
+                                         "data.crop_stage.run=models/lung/lungs_only"), CASES, [1])  # fmt: skip
     assert trained == [("lungs_only", 1)]  # the first stage's missing fold, from its config
     with pytest.raises(SystemExit, match=r"fold\(s\) \[0\] not trained and no .*nowhere\.yaml"):
         main(["--config", str(CONFIGS / "clavicles_refine.yaml"), "--folds", "0", *refine,
@@ -250,7 +254,8 @@ def test_refinement_member_replaces_its_channels_in_the_ensemble(workspace, monk
 
     from common.infer.predict import load_fold_model, predict_ids
     from common.submit.ensemble import PredictOptions
-    from competitions.lung.ensemble import run_ensemble
+    from common.submit.image_ensemble import ensemble as run_ensemble
+    from competitions.lung.ensemble import ENSEMBLE
 
     monkeypatch.setenv("KSEG_WORKSPACE", str(workspace))
     refine = [*FAST, "data.size=64", "data.crop=0", "data.crop_stage.frame=256",
@@ -282,7 +287,7 @@ def test_refinement_member_replaces_its_channels_in_the_ensemble(workspace, monk
         "name=cascade", "num_workers=0", "tta=[none]", "members=[{experiment: stage, folds: [0, 1], "
         "weight: 1.0}, {experiment: clavicles_refine, folds: [0, 1], weight: 1.0}]",
     ])  # fmt: skip
-    report = run_ensemble(ensemble, log=lambda _: None)
+    report = run_ensemble(ensemble, ENSEMBLE, log=lambda _: None)
     masks = lung_evaluate.read_submission(report["csv"], 256)
     assert {s for _, s in masks} == set(channels) and report["n_test"] == 8
 

@@ -158,7 +158,8 @@ def test_crop_stage_errors(workspace, monkeypatch):
 def test_bundle_carries_the_crop_stage_to_the_notebook(workspace, tmp_path):
     """A stage that finds both lungs everywhere (whole-image boxes, no fallback): the notebook
     runs the bundle's copy of it and writes what `make ensemble` wrote."""
-    from competitions.siim.ensemble import ensemble as run_ensemble
+    from common.submit.image_ensemble import ensemble as run_ensemble
+    from competitions.siim.ensemble import ENSEMBLE
     from tests.notebook import run_offline
     from tests.siim.test_kaggle_bundle import build
 
@@ -186,15 +187,14 @@ def test_bundle_carries_the_crop_stage_to_the_notebook(workspace, tmp_path):
         "train_missing=true", "members=[{experiment: cropped, folds: [0], weight: 1.0}]",
         "num_workers=0", "tta=[none]",
     ])  # fmt: skip
-    report = run_ensemble(config, sample=workspace / "synthetic" / "sample_submission.csv",
-                          log=lambda _: None)  # fmt: skip
+    report = run_ensemble(config, ENSEMBLE, log=lambda _: None)
     assert report["n_test"] == 4
-    from competitions.siim.pseudo import make_pseudo
+    from common.submit.image_ensemble import make_pseudo
 
     extra = copy.deepcopy(config)
     extra["pseudo"]["images"] = str(tmp_path)
     with pytest.raises(ValueError, match=r"pseudo\.images with members trained on crops"):
-        make_pseudo(extra, log=lambda _: None)
+        make_pseudo(extra, ENSEMBLE, "siim", log=lambda _: None)
     bundle = build(config, tmp_path / "dist", "someone", wheels=False, log=lambda _: None)
     dataset = bundle / "dataset"
     assert (dataset / "stages" / "everywhere" / "fold0" / "final.pt").is_file()

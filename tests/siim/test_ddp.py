@@ -16,7 +16,7 @@ import torch.multiprocessing as mp
 
 from common.config import load_config
 from common.data.loaders import eval_loader, train_loader
-from competitions.siim.loaders import fold_frames, items
+from competitions.siim.loaders import FRAMES
 from tests.conftest import REPO
 from tests.siim.tiny import tiny_siim
 
@@ -42,14 +42,14 @@ def _overrides(workspace, *extra):
 def _shards(rank: int, workspace, store: str, out: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
     config = load_config(BASE, _overrides(workspace))
-    root, train, val = fold_frames(config, 0)
+    root, train, val = FRAMES.fold_cases(config, 0)
     seen = {}
-    loader = train_loader(config, items(root, train), seed=5)
+    loader = train_loader(config, FRAMES.items(config, root, train), seed=5)
     for epoch in (0, 1):
         loader.sampler.set_epoch(epoch)
         seen[epoch] = [int(i) for batch in loader for i in batch["index"]]
         seen[f"order{epoch}"] = loader.sampler.epoch_indices().tolist()
-    shard = eval_loader(config, items(root, val), shard=True)
+    shard = eval_loader(config, FRAMES.items(config, root, val), shard=True)
     seen["val"] = [shard.dataset.ids[i] for batch in shard for i in batch["index"]]
     seen["all_val"] = val["ImageId"].tolist()
     gathered = [None, None]

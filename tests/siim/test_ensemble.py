@@ -13,9 +13,10 @@ import yaml
 from common.config import load_config
 from common.io.images import read_png
 from common.io.rle import siim_rle_decode
+from common.io.rle_csv import merged_masks, read_rle_csv
 from common.post.postprocess import triplet
-from competitions.siim.ensemble import ensemble as run_ensemble
-from competitions.siim.raw import merged_masks, read_rle_csv
+from common.submit.image_ensemble import ensemble as run_ensemble
+from competitions.siim.ensemble import ENSEMBLE
 from tests.conftest import REPO
 from tests.siim.tiny import tiny_siim
 
@@ -58,7 +59,7 @@ def _ensemble(workspace, name, *extra):
 
 def test_triplet_ensemble_end_to_end(workspace):
     config = _ensemble(workspace, "tiny")
-    report = run_ensemble(config, sample=workspace / "synthetic" / "sample_submission.csv")
+    report = run_ensemble(config, ENSEMBLE)
     out = workspace / "models" / "tiny"
     thresholds = yaml.safe_load((out / "thresholds.yaml").read_text())
     assert thresholds["combine"] == "triplet" and report["thresholds"] == thresholds
@@ -90,7 +91,7 @@ def test_triplet_ensemble_end_to_end(workspace):
 def test_other_combinations(workspace, combine):
     extra = ["search.tops=[0.3, 0.5]", "search.bottoms=[0.3, 0.5]", "search.min_areas=[0, 10]"]
     config = _ensemble(workspace, f"tiny_{combine}", f"combine={combine}", "scales=[64]", *extra)
-    report = run_ensemble(config, sample=workspace / "synthetic" / "sample_submission.csv")
+    report = run_ensemble(config, ENSEMBLE)
     thresholds = report["thresholds"]
     assert thresholds["combine"] == combine
     if combine in ("head", "classifier", "max_pixel"):
@@ -110,24 +111,26 @@ def test_other_combinations(workspace, combine):
 )
 def test_bad_ensembles(workspace, extra, message):
     with pytest.raises(ValueError, match=message):
-        run_ensemble(_ensemble(workspace, "bad", *extra), sample=None)
+        run_ensemble(_ensemble(workspace, "bad", *extra), ENSEMBLE)
 
 
 def test_pseudo_labels_from_the_ensemble_and_leakage(workspace, monkeypatch):
     from common.data.datasets import WithExtraSampler
+    from common.submit.image_ensemble import make_pseudo, pseudo_folder
     from common.submit.pseudo import read_pseudo_set
-    from competitions.siim.loaders import make_loaders
-    from competitions.siim.pseudo import make_pseudo, pseudo_folder
+    from competitions.siim.loaders import FRAMES
+
+    make_loaders = FRAMES.make_loaders
 
     monkeypatch.setenv("KSEG_WORKSPACE", str(workspace))  # data/siim/pseudo/ lands here
     rules = ["pseudo.positive_above=0.02", "pseudo.negative_below=0.01", "classifiers=[]"]
     config = _ensemble(workspace, "tiny_pl", *rules)
-    run_ensemble(config, sample=None)
+    run_ensemble(config, ENSEMBLE)
     found = workspace / "models" / "tiny_pl" / "thresholds.yaml"  # a 2-epoch model's search keeps
     searched = yaml.safe_load(found.read_text())  # nothing; the stage reads the file: widen it
     found.write_text(yaml.safe_dump(searched | {"top": 0.3, "min_area": 1, "bottom": 0.3}))
-    record = make_pseudo(config, log=lambda _: None)
-    out = pseudo_folder(config)
+    record = make_pseudo(config, ENSEMBLE, "siim", log=lambda _: None)
+    out = pseudo_folder("siim", config)
     table = read_pseudo_set(out, 48)
     counts = record["counts"]
     assert counts["kept"] + counts["left_out_unsure"] + counts["left_out_leakage"] == 8
@@ -164,7 +167,7 @@ def test_pseudo_labels_from_the_ensemble_and_leakage(workspace, monkeypatch):
         extra / "new.png", read_png(workspace / "prepared" / "48" / "images" / f"{first_test}.png")
     )
     outside = _ensemble(workspace, "tiny_pl", *rules, f"pseudo.images={extra}")
-    record = make_pseudo(outside, log=lambda _: None)
+    record = make_pseudo(outside, ENSEMBLE, "siim", log=lambda _: None)
     assert (
         set(record["excluded"]) == {"copy", train_id} and record["counts"]["left_out_leakage"] == 2
     )
@@ -191,8 +194,10 @@ def test_pseudo_labels_from_the_ensemble_and_leakage(workspace, monkeypatch):
 
 def test_pseudo_inputs_that_are_refused(workspace, tmp_path, monkeypatch):
     from common.io.images import write_png
-    from competitions.siim.loaders import make_loaders
-    from competitions.siim.pseudo import _stage_folder
+    from common.submit.image_ensemble import _stage_folder
+    from competitions.siim.loaders import FRAMES
+
+    make_loaders = FRAMES.make_loaders
 
     with pytest.raises(ValueError, match=r"pseudo\.images .*empty: no PNG images"):
         (tmp_path / "empty").mkdir()

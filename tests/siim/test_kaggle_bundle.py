@@ -15,8 +15,9 @@ import yaml
 
 from common.config import load_config
 from common.submit import kaggle
+from common.submit.image_ensemble import ensemble as run_ensemble
 from competitions.siim import COMPETITION
-from competitions.siim.ensemble import ensemble as run_ensemble
+from competitions.siim.ensemble import ENSEMBLE
 from tests.conftest import REPO
 from tests.notebook import run_offline
 from tests.siim.tiny import tiny_siim
@@ -50,7 +51,7 @@ def ensemble(tmp_path_factory):
             "num_workers=0",
         ],
     )
-    run_ensemble(config, sample=synthetic / "sample_submission.csv", log=lambda _: None)
+    run_ensemble(config, ENSEMBLE, log=lambda _: None)
     return root, config
 
 

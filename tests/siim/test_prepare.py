@@ -14,9 +14,9 @@ from common.data.folds import ensure_folds, read_folds
 from common.io.cache import CacheError
 from common.io.dicom import read_dicom
 from common.io.images import read_mask, read_png, resize_mask
+from common.io.rle_csv import merged_masks, read_rle_csv
 from competitions.siim.layout import read_inputs, resolve_inputs
 from competitions.siim.prepare import full_mask_path, main, prepare
-from competitions.siim.raw import merged_masks, read_rle_csv
 from competitions.siim.synthetic import SyntheticSpec, generate
 from tests.conftest import shared_path
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from common.io.dicom import find_dicoms
 from common.io.paths import check_id
 from common.io.rle import siim_rle_decode
-from competitions.siim.raw import find_dicoms, merged_masks, read_rle_csv
+from common.io.rle_csv import merged_masks, read_rle_csv
 from tests.conftest import shared_path
 
 ID_307 = "1.2.276.0.7230010.3.1.4.8323329.307.1517875162.311533"

@@ -8,8 +8,8 @@ import numpy as np
 import pydicom
 import pytest
 
-from common.io.dicom import read_dicom
-from competitions.siim.raw import find_dicoms, merged_masks, read_rle_csv
+from common.io.dicom import find_dicoms, read_dicom
+from common.io.rle_csv import merged_masks, read_rle_csv
 from competitions.siim.synthetic import SyntheticSpec, _case, generate
 
 SPEC = SyntheticSpec(size=96, n_train=90, n_test=20, seed=5)

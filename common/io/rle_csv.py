@@ -1,9 +1,12 @@
-"""Readers for the SIIM files as Kaggle ships them.
+"""Kaggle run-length CSVs as competitions ship them (``ImageId,EncodedPixels``: SIIM, and the
+many competitions that copied its form): one row per annotation with the line it came from (for
+error messages), and the mask of an id as the OR of its rows.
 
-CSV quirks handled (all seen in the real files): a UTF-8 byte-order mark, CRLF line ends, no
-header (Kaggle's sample), the header ``ImageId, EncodedPixels`` with a space, values with a
-leading space (`` -1``), ``-1`` for an empty mask, and an ImageId repeated on several rows (one
-row per annotation; the masks are merged by OR). DICOMs are found recursively by ImageId = stem.
+Quirks handled (all seen in real files): a UTF-8 byte-order mark, CRLF line ends, no header
+(Kaggle's sample submissions), a header with a space (``ImageId, EncodedPixels``), values with a
+leading space (`` -1``), ``-1`` for an empty mask, and an id repeated on several rows. Masks
+are decoded in SIIM's relative encoding unless ``decode`` reads another form. (A dataset folder's
+``train.csv``, with any column names and either encoding, is read by ``common.io.folder``.)
 """
 
 from __future__ import annotations
@@ -68,28 +71,14 @@ def merged_masks(
     }
 
 
-def merged_mask_rows(rows, shape=(1024, 1024), source: str = "") -> np.ndarray:
+def merged_mask_rows(
+    rows, shape=(1024, 1024), source: str = "", decode=siim_rle_decode
+) -> np.ndarray:
     """The OR of the decoded (EncodedPixels, line) rows of one image."""
     mask = np.zeros(shape, dtype=np.uint8)
     for encoded, line in rows:
         try:
-            mask |= siim_rle_decode(encoded, shape)
+            mask |= decode(encoded, shape)
         except ValueError as error:
             raise ValueError(f"{source}, line {line}: {error}") from None
     return mask
-
-
-def find_dicoms(folder: str | os.PathLike) -> dict[str, Path]:
-    """ImageId (file stem) -> path of every ``*.dcm`` below ``folder``, searched recursively."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise ValueError(f"{folder}: DICOM folder not found")
-    found: dict[str, Path] = {}
-    for path in sorted(folder.rglob("*.dcm")):
-        image_id = check_id(path.stem, str(path))
-        if image_id in found:
-            raise ValueError(
-                f"ImageId {image_id!r} has two DICOM files: {found[image_id]} and {path}"
-            )
-        found[image_id] = path
-    return found
