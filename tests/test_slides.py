@@ -99,6 +99,47 @@ def _square(x0, y0, x1, y1):
     return [[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]
 
 
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"compression": "zlib"}, {"compression": "zlib", "predictor": True}],
+    ids=["raw", "zlib", "zlib-predictor"],
+)
+def test_a_single_strip_slide_is_read_in_windows_never_whole(tmp_path, options):
+    """One strip of 3,000 rows (26 MB decoded): windows anywhere, also back up the slide, read
+    exactly, and a window of ten rows allocates a few bands of rows, not the strip."""
+    import tracemalloc
+
+    from common.io.slides import thumbnail
+
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 256, (3000, 2900, 3), dtype=np.uint8)
+    image[500:2500, 300:2000] = (200, 120, 180)
+    path = tmp_path / "strip.tif"
+    tifffile.imwrite(path, image, photometric="rgb", rowsperstrip=3000, **options)
+    with open_slide(path) as slide:
+        assert slide.row_chunk == 256
+        for y0, y1, x0, x1 in [(2990, 3000, 0, 2900), (0, 3, 5, 9), (1500, 1800, 250, 2100),
+                               (1400, 1401, 0, 2900), (0, 3000, 2899, 2900)]:  # fmt: skip
+            np.testing.assert_array_equal(slide.read(y0, y1, x0, x1), image[y0:y1, x0:x1])
+        tracemalloc.start()
+        slide.read(2000, 2010, 0, 100)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        # rows are skipped STREAM_ROWS at a time: a few such bands (2.2 MB) and one 1 MiB read
+        # of compressed input at most, not the 26 MB strip
+        assert peak < 4 * 256 * 2900 * 3 + (1 << 20)
+        small = thumbnail(slide, 300)
+    reference = cv2.resize(image, small.shape[1::-1], interpolation=cv2.INTER_AREA)
+    assert np.abs(small.astype(int) - reference).mean() < 1.0
+    broken = tmp_path / "broken.tif"
+    data = bytearray(path.read_bytes())
+    if options:  # a corrupt deflate stream is one SlideError naming the file
+        data[len(data) // 2 : len(data) // 2 + 64] = bytes(64)
+        broken.write_bytes(bytes(data))
+        with open_slide(broken) as slide, pytest.raises(SlideError, match=r"broken\.tif"):
+            slide.read(2900, 3000, 0, 2900)
+
+
 def test_polygons_holes_parts_and_lines(tmp_path):
     path = tmp_path / "a.json"
     features = [

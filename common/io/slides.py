@@ -12,6 +12,11 @@ Reads go through tifffile's zarr store, which decodes only the strips or tiles a
 - channels first, (3, H, W), with any leading singleton axes: (1, 1, 3, H, W) and the like;
 - three separate 2-D pages (series), one per channel.
 
+A file whose strips are taller than ``STREAM_ROWS`` (a single-strip slide, as some scanners and
+converters write) is not decoded a strip at a time: uncompressed strips are read by byte range
+and deflate ones are decompressed as a stream (``_StripRows``), so memory follows the rows asked
+for, not the strip.
+
 Anything else (greyscale, 16-bit, two channels), a truncated file (a strip or tile past the end
 of the file) or a window outside the image is one ``SlideError`` naming the file.
 """
@@ -20,6 +25,7 @@ from __future__ import annotations
 
 import math
 import os
+import zlib
 from pathlib import Path
 
 import cv2
@@ -30,6 +36,84 @@ import zarr
 
 class SlideError(ValueError):
     """A slide that cannot be read; the message names the file."""
+
+
+STREAM_ROWS = 256  # strips taller than this are read in windows of rows (``_StripRows``)
+_STREAMABLE = {1: "none", 8: "deflate", 32946: "deflate"}  # TIFF compression codes
+
+
+class _StripRows:
+    """Rows of one striped, interleaved 8-bit page without decoding a strip whole: an
+    uncompressed strip is read by byte range; a deflate strip is decompressed as a stream that
+    moves down it (a read above the stream's row starts it again from the strip's first byte),
+    its horizontal predictor undone row by row. Memory: the rows asked for."""
+
+    def __init__(self, path: Path, page):
+        self.path, self.fh = path, page.parent.filehandle
+        self.height, self.width, self.samples = (
+            page.imagelength,
+            page.imagewidth,
+            page.samplesperpixel,
+        )
+        self.row_bytes = self.width * self.samples
+        self.per_strip = min(page.rowsperstrip, self.height)
+        self.offsets, self.counts = page.dataoffsets, page.databytecounts
+        self.deflate = _STREAMABLE[int(page.compression)] == "deflate"
+        self.predictor = int(page.predictor)
+        self._stream = None  # (strip, decompressor, next row, next file byte, unread input)
+
+    def read(self, y0: int, y1: int) -> np.ndarray:
+        """Rows [y0, y1) as (rows, width, samples) uint8."""
+        out = np.empty((y1 - y0, self.width, self.samples), np.uint8)
+        for strip in range(y0 // self.per_strip, (y1 - 1) // self.per_strip + 1):
+            first = strip * self.per_strip
+            a, b = max(y0, first), min(y1, first + self.per_strip, self.height)
+            raw = self._rows(strip, a - first, b - first)
+            rows = np.frombuffer(raw, np.uint8).reshape(b - a, self.width, self.samples)
+            if self.predictor == 2:  # horizontal differencing, modulo 256 per sample
+                rows = np.cumsum(rows, axis=1, dtype=np.uint8)
+            out[a - y0 : b - y0] = rows
+        return out
+
+    def _rows(self, strip: int, a: int, b: int) -> bytes:
+        if not self.deflate:
+            self.fh.seek(self.offsets[strip] + a * self.row_bytes)
+            data = self.fh.read((b - a) * self.row_bytes)
+            if len(data) != (b - a) * self.row_bytes:
+                raise SlideError(f"{self.path}: strip {strip} ends before row {b}")
+            return data
+        if self._stream is None or self._stream[0] != strip or self._stream[2] > a:
+            self._stream = [strip, zlib.decompressobj(), 0, self.offsets[strip], b""]
+        while self._stream[2] < a:  # skip to row a, a window of rows at a time
+            self._take(min(a - self._stream[2], STREAM_ROWS) * self.row_bytes)
+        return self._take((b - a) * self.row_bytes)
+
+    def _take(self, n: int) -> bytes:
+        strip, inflate, _, position, tail = self._stream
+        end = self.offsets[strip] + self.counts[strip]
+        out = bytearray()
+        while len(out) < n:
+            if not tail:
+                if position >= end:
+                    raise SlideError(f"{self.path}: strip {strip} is shorter than its rows")
+                self.fh.seek(position)
+                tail = self.fh.read(min(1 << 20, end - position))
+                position += len(tail)
+            try:
+                out += inflate.decompress(tail, n - len(out))
+            except zlib.error as error:
+                raise SlideError(f"{self.path}: strip {strip}: {error}") from None
+            tail = inflate.unconsumed_tail
+        self._stream[2:] = [self._stream[2] + n // self.row_bytes, position, tail]
+        return bytes(out)
+
+
+def _streamable(page) -> bool:
+    """A page ``_StripRows`` reads: striped, tall strips, interleaved 8-bit, no or deflate
+    compression, no or horizontal predictor."""
+    return (not page.is_tiled and page.rowsperstrip > STREAM_ROWS and page.bitspersample == 8
+            and page.planarconfig == 1 and int(page.compression) in _STREAMABLE
+            and int(page.predictor) in (1, 2) and page.fillorder == 1)  # fmt: skip
 
 
 def _check_complete(path: Path, pages) -> None:
@@ -118,9 +202,13 @@ class Slide:
                 f"{self.path}: layout not understood ({len(series)} series: {described}); "
                 "expected (H, W, 3), (..., 3, H, W) or three (H, W) pages"
             )
-        _check_complete(self.path, [p for s in used for p in _pages(s)])
+        pages = [p for s in used for p in _pages(s)]
+        _check_complete(self.path, pages)
         chunks = self._arrays[0].chunks
         self.row_chunk = int(chunks[-3] if self.layout == "interleaved" else chunks[-2])
+        self._strips = None
+        if self.layout == "interleaved" and len(pages) == 1 and _streamable(pages[0]):
+            self._strips, self.row_chunk = _StripRows(self.path, pages[0]), STREAM_ROWS
 
     def _array(self, series):
         return zarr.open(series.aszarr(level=0), mode="r")
@@ -144,7 +232,9 @@ class Slide:
                 f"{self.height}x{self.width} image"
             )
         try:
-            if self.layout == "interleaved":
+            if self._strips is not None:  # tall strips: the rows, never the whole strip
+                rgb = self._strips.read(y0, y1)[:, x0:x1, :3]
+            elif self.layout == "interleaved":
                 (array,) = self._arrays
                 lead = (0,) * (array.ndim - 3)
                 rgb = np.asarray(array[(*lead, slice(y0, y1), slice(x0, x1), slice(0, 3))])
@@ -155,7 +245,7 @@ class Slide:
                 rgb = np.ascontiguousarray(np.moveaxis(planes, 0, -1))
             else:
                 rgb = np.stack([np.asarray(a[y0:y1, x0:x1]) for a in self._arrays], axis=-1)
-        except MemoryError:
+        except (MemoryError, SlideError):
             raise
         except Exception as error:  # corrupt tiles fail inside the codecs in many ways
             raise SlideError(
@@ -176,18 +266,19 @@ class Slide:
 
 
 def thumbnail(slide: Slide, max_side: int = 1024, window: int = 4096) -> np.ndarray:
-    """The whole slide shrunk to at most ``max_side`` pixels a side, read ``window`` full-
-    resolution pixels at a time."""
+    """The whole slide shrunk to at most ``max_side`` pixels a side, read in full-width bands
+    of about ``window``^2 pixels (whole strips or tile rows, in raster order: each decoded
+    once, and a streamed strip read down once)."""
     scale = max(slide.height, slide.width) / max_side
     shape = max(1, round(slide.height / scale)), max(1, round(slide.width / scale))
     out = np.zeros((*shape, 3), np.uint8)
-    for y0 in range(0, slide.height, window):
-        for x0 in range(0, slide.width, window):
-            y1, x1 = min(y0 + window, slide.height), min(x0 + window, slide.width)
-            ty0, ty1 = round(y0 * shape[0] / slide.height), round(y1 * shape[0] / slide.height)
-            tx0, tx1 = round(x0 * shape[1] / slide.width), round(x1 * shape[1] / slide.width)
-            if ty1 > ty0 and tx1 > tx0:
-                out[ty0:ty1, tx0:tx1] = slide.read(y0, y1, x0, x1, shape=(ty1 - ty0, tx1 - tx0))
+    chunk = max(1, slide.row_chunk)
+    band = chunk * max(1, window * window // slide.width // chunk)
+    for y0 in range(0, slide.height, band):
+        y1 = min(y0 + band, slide.height)
+        ty0, ty1 = round(y0 * shape[0] / slide.height), round(y1 * shape[0] / slide.height)
+        if ty1 > ty0:
+            out[ty0:ty1] = slide.read(y0, y1, 0, slide.width, shape=(ty1 - ty0, shape[1]))
     return out
 
 
