@@ -44,7 +44,7 @@ from common.config import Config
 from common.infer.inference import TtaPolicy
 from common.infer.predict import FoldModel, Prediction, PredictOptions, final_path, load_fold_model
 from common.infer.predict import predict_ids as predict_with
-from common.io.atomic import write_text_atomic
+from common.io.atomic import remove_stale_temps, write_text_atomic
 from common.io.images import read_png, write_png
 from common.io.locks import exclusive
 from common.plots import mask_overlays
@@ -126,24 +126,29 @@ def ensemble_members(config: Config) -> tuple[list[Member], list[Member]]:
     return members, classifiers
 
 
-def missing_folds(output: str | Path, members: list[Member]) -> list[tuple[str, int]]:
-    """(experiment, fold) of every member fold without its ``final.pt``."""
-    return [
-        (m.experiment, k)
-        for m in members
-        for k in m.folds
-        if not final_path(output, m.experiment, k).is_file()
-    ]
+def missing_folds(output: str | Path, members: list[Member], *, finished: bool = False
+                  ) -> list[tuple[str, int]]:  # fmt: skip
+    """(experiment, fold) of every member fold without its ``final.pt`` (with ``finished``,
+    also without the ``metrics.json`` its fold run writes last: a run killed between the two
+    has not finished)."""
+
+    def done(folder: Path) -> bool:
+        return (folder / "final.pt").is_file() and (
+            not finished or (folder / "metrics.json").is_file()
+        )
+
+    return [(m.experiment, k) for m in members for k in m.folds
+            if not done(final_path(output, m.experiment, k).parent)]  # fmt: skip
 
 
 def train_missing(config: Config, train: Callable[[Path, int], None], log=print) -> None:
-    """With ``train_missing``, call ``train(experiment file, fold)`` for every member fold with
-    no final.pt; the files are ``<configs>/<experiment>.yaml`` (``configs`` under the repository
-    when relative)."""
+    """With ``train_missing``, call ``train(experiment file, fold)`` for every member fold whose
+    run has not finished (no final.pt, or killed before its metrics.json); the files are
+    ``<configs>/<experiment>.yaml`` (``configs`` under the repository when relative)."""
     from common.io.paths import REPO
 
     members, classifiers = ensemble_members(config)
-    missing = missing_folds(config.output, members + classifiers)
+    missing = missing_folds(config.output, members + classifiers, finished=True)
     if not missing or not config.train_missing:
         return
     for experiment, fold in missing:
@@ -381,6 +386,8 @@ def run_ensemble(config: Config, task: EnsembleTask, *, log=print) -> dict:
     """Search on the out-of-fold maps, predict the test items, write and check the submission
     (see the module docs); returns the report (also written beside the CSV)."""
     with exclusive(Path(config.output) / f".{config.name}.lock", f"ensemble {config.name}"):
+        for folder in (Path(config.output) / config.name, Path(config.submissions)):
+            remove_stale_temps(folder)  # what a killed run was writing
         return _run_ensemble(config, task, log)
 
 

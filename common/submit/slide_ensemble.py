@@ -39,7 +39,7 @@ from common.data.datasets import check_preprocess
 from common.data.slide_tiles import DEFAULT_SLIDES, SlideSet, source
 from common.infer.predict import final_config, load_fold_model
 from common.infer.slide_inference import TilePlan, predict_slide, rle_from_bands, tile_predictor
-from common.io.atomic import write_text_atomic
+from common.io.atomic import remove_stale_temps, write_text_atomic
 from common.io.locks import exclusive
 from common.io.rle import rle_runs
 from common.io.slides import open_slide, slide_shape
@@ -183,6 +183,9 @@ def run(config: Config, slides: SlideSet, *, log=print) -> dict:
     lock = (exclusive(Path(config.output) / f".{config.name}.lock", f"ensemble {config.name}")
             if distributed.is_main() else contextlib.nullcontext())  # fmt: skip
     with lock:
+        if distributed.is_main():
+            for folder in (Path(config.output) / config.name, Path(config.submissions)):
+                remove_stale_temps(folder)  # what a killed run was writing
         return _run(config, slides, log)
 
 

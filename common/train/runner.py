@@ -36,7 +36,7 @@ from common.config import Config, ConfigError, load_run_config, merge, save_conf
 from common.data.datasets import check_preprocess
 from common.data.mixing import batch_mix
 from common.infer.predict import FINAL_CONFIG
-from common.io.atomic import atomic_path, os_error_line, write_text_atomic
+from common.io.atomic import atomic_path, os_error_line, remove_stale_temps, write_text_atomic
 from common.io.locks import exclusive
 from common.train import distributed
 from common.train.checkpoints import load_checkpoint
@@ -264,6 +264,8 @@ def run_fold(
     lock = (exclusive(out.parent / f".{out.name}.lock", f"training of {config.name} fold {fold}")
             if distributed.is_main() else contextlib.nullcontext())  # fmt: skip
     with lock:  # one writer per fold: a second run of it stops with one line
+        if distributed.is_main():
+            remove_stale_temps(out)  # what a killed run of this fold was writing
         return _run_fold(config, fold, out, make_loaders, held_out, channel_names, resume, log,
                          start)  # fmt: skip
 

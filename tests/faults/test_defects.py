@@ -187,3 +187,18 @@ def test_temp_files_of_killed_writers_are_cleared(tmp_path):
         path.write_bytes(b"half")
     assert remove_stale_temps(tmp_path) == 1
     assert not stale.exists() and alive.exists() and other.exists()
+
+
+def test_a_fold_killed_between_its_weights_and_its_metrics_has_not_finished(tmp_path):
+    """Found by the kill-and-re-run harness: an ensemble killed after a member fold's final.pt
+    but before its metrics.json left that fold half run, and the re-run took it as trained."""
+    from common.submit.ensemble import Member, missing_folds
+
+    fold = tmp_path / "run" / "fold0"
+    fold.mkdir(parents=True)
+    (fold / "final.pt").write_bytes(b"weights")
+    members = [Member("run", (0,), 1.0)]
+    assert missing_folds(tmp_path, members) == []  # usable weights (check_trained, bundles)
+    assert missing_folds(tmp_path, members, finished=True) == [("run", 0)]  # train_missing
+    (fold / "metrics.json").write_text("{}")
+    assert missing_folds(tmp_path, members, finished=True) == []

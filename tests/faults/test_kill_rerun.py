@@ -3,9 +3,9 @@ its whole process group) at several points spread over its run, then run again; 
 writes must then be byte for byte what an uninterrupted run wrote. Inputs are made once and kept
 (same paths, same times), so the cache keys of both runs agree.
 
-The stages: the prepare of SIIM, lung and a dataset folder, and HuBMAP's tiling. Training
-resumes to the same weights (``tests/siim/test_resume.py``); the ensemble's CSV is written
-atomically after its maps (``tests/siim/test_ensemble.py``)."""
+The stages: the prepare of SIIM, lung and a dataset folder, HuBMAP's tiling, and SIIM's
+ensemble with its missing members trained first (training, out-of-fold maps, search, test
+maps, submission). Training also resumes to the same weights (``tests/siim/test_resume.py``)."""
 
 from __future__ import annotations
 
@@ -25,8 +25,32 @@ pytestmark = pytest.mark.slow
 FRACTIONS = (0.3, 0.5, 0.7, 0.9)  # of an uninterrupted run's wall time
 
 
-def _files(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+def _normalised(path: Path, timed: tuple[str, ...]) -> bytes:
+    """A file's bytes; for the files named in ``timed`` without what differs between two runs
+    by design: the model weights of a checkpoint (not its history of epoch times), a training
+    log without its time columns, a JSON report without its wall times."""
+    import re
+
+    data = path.read_bytes()
+    if path.name not in timed and path.suffix not in timed:
+        return data
+    if path.suffix == ".pt":
+        import torch
+
+        state = torch.load(path, weights_only=True)["model"]
+        return b"".join(k.encode() + state[k].numpy().tobytes() for k in sorted(state))
+    if path.suffix == ".csv":
+        import pandas as pd
+
+        table = pd.read_csv(path).drop(columns=["seconds", "images_per_s"], errors="ignore")
+        return table.to_csv(index=False).encode()
+    return re.sub(
+        rb'("(wall_seconds|seconds|train_seconds|images_per_s)": *)[0-9.e+-]+', rb"\1T", data
+    )
+
+
+def _files(root: Path, timed: tuple[str, ...] = ()) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): _normalised(p, timed) for p in sorted(root.rglob("*"))
             if p.is_file() and not p.name.endswith(".lock")}  # fmt: skip
 
 
@@ -36,12 +60,14 @@ def _run(command: list[str], env: dict) -> float:
     return time.perf_counter() - start
 
 
-def kill_and_rerun(command: list[str], env: dict, outputs: Path) -> dict:
+def kill_and_rerun(
+    command: list[str], env: dict, outputs: Path, timed: tuple[str, ...] = ()
+) -> dict:
     """Reference run, then for each kill point: clean outputs, start, SIGKILL the process group
     at that share of the reference time, re-run, compare every file. Returns the counts."""
     shutil.rmtree(outputs, ignore_errors=True)
     seconds = _run(command, env)
-    reference = _files(outputs)
+    reference = _files(outputs, timed)
     assert reference, f"{command} wrote nothing under {outputs}"
     landed = 0
     for fraction in FRACTIONS:
@@ -55,7 +81,7 @@ def kill_and_rerun(command: list[str], env: dict, outputs: Path) -> dict:
             process.wait()
             landed += 1
         _run(command, env)
-        again = _files(outputs)
+        again = _files(outputs, timed)
         extra, missing = sorted(set(again) - set(reference)), sorted(set(reference) - set(again))
         assert not extra and not missing, (
             f"killed at {fraction:.0%}: extra {extra[:5]}, missing {missing[:5]}"
@@ -121,3 +147,34 @@ def test_dataset_folder_prepare(tmp_path):
     command = [*CLI, "--dataset", str(folder), "plan.throughput=20.0"]
     env = _env(tmp_path)
     kill_and_rerun(command, env, tmp_path / "data")
+
+
+def test_siim_ensemble_with_training_oof_and_test_prediction(tmp_path):
+    """``ensemble`` with ``train_missing``: two member folds trained, their out-of-fold maps, the
+    search, the test maps and the submission; killed anywhere, a re-run writes the same files
+    (weights, maps, thresholds, CSV and report; the wall times in the JSON files aside)."""
+    import yaml
+
+    from tests.siim.tiny import tiny_siim
+
+    tiny_siim(tmp_path, n_train=24, n_test=6, size=48)
+    configs = REPO / "competitions" / "siim" / "configs"
+    data = {"size": 48, "prepared": str(tmp_path / "prepared"), "folds": str(tmp_path / "folds.csv"),
+            "batch_size": 4, "val_batch_size": 8, "num_workers": 0}  # fmt: skip
+    (tmp_path / "configs").mkdir()
+    member = {"base": str(configs / "base.yaml"), "data": data, "predict": {"overlays": 0},
+              "train": {"epochs": 2, "max_steps": 3}}  # fmt: skip
+    (tmp_path / "configs" / "tiny_seg.yaml").write_text(yaml.safe_dump(member))
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "common.cli", "ensemble", "--competition", "siim",
+               "--config", str(configs / "ensembles" / "base.yaml"), "name=tiny",
+               f"output={out / 'models'}", f"submissions={out / 'submissions'}",
+               f"configs={tmp_path / 'configs'}", f"test_truth={tmp_path / 'synthetic' / 'test-rle.csv'}",
+               "train_missing=true", "members=[{experiment: tiny_seg, folds: [0, 1], weight: 1.0}]",
+               "classifiers=[]", "num_workers=0", "overlays=0"]  # fmt: skip
+    kill_and_rerun(
+        command,
+        _env(tmp_path),
+        out,
+        timed=(".pt", "metrics.json", "done.json", "tiny.json", "log.csv"),
+    )
