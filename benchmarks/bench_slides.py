@@ -13,7 +13,9 @@ windows: scale 4, overlap 32, Gaussian blending, no TTA).
   The "model" of both is the forward plus the colour rule below (a random-init model's noise
   would make every pixel an object).
 - Memory: the same prediction of a 10,000 x 10,000 and a 30,000 x 30,000 slide (9x the pixels),
-  each in a fresh process; peak RSS (``ru_maxrss``). The probabilities are the trained model's
+  each in a fresh process, and of the competition's largest shape (39,960 x 50,680) tiled and
+  in 64-row strips, and a 10,000^2 single-strip slide, all zlib; peak memory as ``VmHWM``
+  (``ru_maxrss`` would count the parent's pages: it survives exec). The probabilities are the trained model's
   stand-in: a colour rule on the tile (purple = glomerulus), so that the mask has the real
   number of objects rather than a random-init model's noise; the forward still runs.
 """
@@ -21,7 +23,6 @@ windows: scale 4, overlap 32, Gaussian blending, no TTA).
 from __future__ import annotations
 
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -48,25 +49,31 @@ PLAN = TilePlan(tile=256, scale=4, overlap=32, blend="gaussian", batch_size=8)
 TILE = 512
 
 
-def write_slide(path: Path, side: int, seed: int = 0, compress: bool = True) -> None:
-    """A side x side synthetic slide, written tile by tile (zlib-compressed or raw)."""
+def _tiles(height: int, width: int, seed: int = 0):
+    """(y0, x0, tile) of the synthetic slide in raster order: pale glass and pink tissue, with
+    purple discs for glomeruli at about 1% of the pixels."""
     rng = np.random.default_rng(seed)
     base = np.clip(rng.normal([222, 150, 190], 12, (TILE, TILE, 3)), 0, 255).astype(np.uint8)
     glass = np.full((TILE, TILE, 3), 236, np.uint8)
-    centres = [(y, x) for y in range(900, side, 1900) for x in range(900, side, 1900)]
+    centres = [(y, x) for y in range(900, height, 1900) for x in range(900, width, 1900)]
+    for y0 in range(0, height, TILE):
+        near = [(cy, cx) for cy, cx in centres if abs(cy - y0 - TILE / 2) < TILE]
+        for x0 in range(0, width, TILE):
+            tile = (glass if ((y0 // 4096) + (x0 // 4096)) % 3 == 2 else base).copy()
+            for cy, cx in near:
+                if abs(cx - x0 - TILE / 2) < TILE:
+                    cv2.circle(tile, (cx - x0, cy - y0), 120, (168, 96, 170), -1)
+            yield y0, x0, tile[: min(TILE, height - y0), : min(TILE, width - x0)]
 
-    def tiles():
-        for y0 in range(0, side, TILE):
-            for x0 in range(0, side, TILE):
-                tile = (glass if ((y0 // 4096) + (x0 // 4096)) % 3 == 2 else base).copy()
-                for cy, cx in centres:
-                    if abs(cy - y0 - TILE / 2) < TILE and abs(cx - x0 - TILE / 2) < TILE:
-                        cv2.circle(tile, (cx - x0, cy - y0), 120, (168, 96, 170), -1)
-                yield tile[: min(TILE, side - y0), : min(TILE, side - x0)]
 
+def write_slide(path: Path, side: int, seed: int = 0, compress: bool = True,
+                width: int | None = None) -> None:  # fmt: skip
+    """A side x side (or side x ``width``) synthetic slide in 512 px tiles, written tile by tile
+    (zlib-compressed or raw)."""
+    width = width or side
     zlib = {"compression": "zlib", "compressionargs": {"level": 1}} if compress else {}
-    tifffile.imwrite(path, tiles(), shape=(side, side, 3), dtype=np.uint8, tile=(TILE, TILE),
-                     photometric="rgb", **zlib)  # fmt: skip
+    tifffile.imwrite(path, (t for _, _, t in _tiles(side, width, seed)), shape=(side, width, 3),
+                     dtype=np.uint8, tile=(TILE, TILE), photometric="rgb", **zlib)  # fmt: skip
 
 
 def _model() -> torch.nn.Module:
@@ -120,30 +127,68 @@ def child(path: str) -> None:
     with open_slide(path) as slide:
         rle = rle_from_bands(predict_slide(slide, predict, PLAN), PLAN.model_shape(slide.shape),
                              slide.shape, threshold=0.5, min_size=2000)  # fmt: skip
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB on Linux
+    # VmHWM: this address space's peak. ru_maxrss survives exec on Linux, so a child started
+    # from a larger parent would report the parent's pages too.
+    status = Path("/proc/self/status").read_text().splitlines()
+    peak = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024
     print(json.dumps({"peak_rss_mib": peak, "runs": len(rle.split()) // 2}))
 
 
+LARGEST = (39_960, 50_680)  # px: the competition's largest slide (2.0 gigapixels)
+
+
+def write_layout(path: Path, height: int, width: int, layout: str, scratch: Path) -> None:
+    """The synthetic slide of ``write_slide`` as a zlib TIFF in ``layout``: ``striped`` (64-row
+    strips) or ``single-strip``; the pixels pass through a memory-mapped scratch file, so the
+    writer never holds them."""
+    raw = scratch / "pixels.npy"
+    pixels = np.lib.format.open_memmap(raw, mode="w+", dtype=np.uint8, shape=(height, width, 3))
+    for y0, x0, tile in _tiles(height, width):
+        pixels[y0 : y0 + tile.shape[0], x0 : x0 + tile.shape[1]] = tile
+    rows = 64 if layout == "striped" else height
+    tifffile.imwrite(path, pixels, photometric="rgb", rowsperstrip=rows, compression="zlib",
+                     compressionargs={"level": 1})  # fmt: skip
+    del pixels
+    raw.unlink()
+
+
 def memory(folder: Path) -> dict[str, float]:
+    """Peak memory (VmHWM of the process that predicts) on 10,000^2 and 30,000^2 tiled slides,
+    the competition's largest shape tiled and striped, and a 10,000^2 single-strip slide."""
     out = {}
-    for side in (10_000, 30_000):
-        path = folder / f"slide_{side}.tiff"
-        write_slide(path, side)
+    cases = (("10k", (10_000, 10_000), "tiled"), ("30k", (30_000, 30_000), "tiled"),
+             ("largest_tiled", LARGEST, "tiled"), ("largest_striped", LARGEST, "striped"),
+             ("10k_single_strip", (10_000, 10_000), "single-strip"))  # fmt: skip
+    for name, (height, width), layout in cases:
+        path = folder / f"slide_{name}.tiff"
+        if layout == "tiled":
+            write_slide(path, height, width=width)
+        else:
+            write_layout(path, height, width, layout, folder)
         start = time.perf_counter()
         result = subprocess.run([sys.executable, "-m", "benchmarks.bench_slides", "--child", str(path)],
                                 capture_output=True, text=True, check=True)  # fmt: skip
         figures = json.loads(result.stdout.strip().splitlines()[-1])
-        out[f"slide_peak_rss_mib_{side // 1000}k"] = figures["peak_rss_mib"]
-        out[f"slide_seconds_{side // 1000}k"] = time.perf_counter() - start
-        out[f"slide_runs_{side // 1000}k"] = figures["runs"]
+        out[f"slide_peak_rss_mib_{name}"] = figures["peak_rss_mib"]
+        out[f"slide_seconds_{name}"] = time.perf_counter() - start
+        out[f"slide_runs_{name}"] = figures["runs"]
         path.unlink()
-    out["slide_peak_rss_30k_over_10k"] = (
-        out["slide_peak_rss_mib_30k"] / out["slide_peak_rss_mib_10k"]
-    )
+        print(
+            f"{name}: {figures['peak_rss_mib']:.0f} MiB, {out[f'slide_seconds_{name}']:.0f} s",
+            flush=True,
+        )
+    for name in ("30k", "largest_tiled", "largest_striped", "10k_single_strip"):
+        out[f"slide_peak_rss_{name}_over_10k"] = (
+            out[f"slide_peak_rss_mib_{name}"] / out["slide_peak_rss_mib_10k"]
+        )
     return out
 
 
-def main() -> None:
+def main(argv=None) -> None:
+    if argv and argv[0] == "--memory":  # the memory figures only
+        with tempfile.TemporaryDirectory() as folder:
+            record(memory(Path(folder)), "whole-slide prediction memory (VmHWM)")
+        return
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
         figures = {}
@@ -158,4 +203,4 @@ if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--child":
         child(sys.argv[2])
     else:
-        main()
+        main(sys.argv[1:])
