@@ -135,7 +135,8 @@ def test_row_buffer_reads_each_chunk_once(tmp_path):
         for tile in tile_grid(*model_shape, 64, 16):
             y0, y1, x0, x1 = full_window(tile, model_shape, slide.shape)
             np.testing.assert_array_equal(rows.window(y0, y1, x0, x1), image[y0:y1, x0:x1])
-        assert all(x0 == 0 and x1 == 455 for _, _, x0, x1 in reads)  # full-width strips
+        # full-width strips read in pieces of whole tile columns (8,192 px: one piece here)
+        assert all(x0 == 0 and x1 == 455 for _, _, x0, x1 in reads)
         assert [r[0] for r in reads[1:]] == [r[1] for r in reads[:-1]]  # each row once
         assert reads[-1][1] == 701 and all(y1 % 64 == 0 for _, y1, _, _ in reads[:-1])
         with pytest.raises(ValueError, match="moved on"):
@@ -144,6 +145,21 @@ def test_row_buffer_reads_each_chunk_once(tmp_path):
         rows = RowBuffer(slide)
         for y0, y1 in ((5, 70), (60, 120), (300, 400), (410, 420), (640, 701)):
             np.testing.assert_array_equal(rows.window(y0, y1, 7, 99), image[y0:y1, 7:99])
+    with open_slide(path) as slide:  # rows read in pieces of two tile columns
+        reads = []
+        real = slide.read
+        slide.read = lambda *window, **kw: reads.append(window) or real(*window, **kw)
+        rows = RowBuffer(slide)
+        rows.piece = 128
+        for y0, y1 in ((0, 100), (90, 300), (650, 701)):
+            np.testing.assert_array_equal(rows.window(y0, y1, 30, 400), image[y0:y1, 30:400])
+        assert {(x0, x1) for _, _, x0, x1 in reads} == {
+            (0, 128),
+            (128, 256),
+            (256, 384),
+            (384, 455),
+        }
+        assert len(reads) == len(set(reads))  # nothing read twice
 
 
 def test_tile_predictor_averages_views_and_models():

@@ -78,8 +78,11 @@ class RowBuffer:
     each read runs to the end of a strip or tile row of the file and lands in one reused array,
     and rows above the current window are let go, so every strip or tile is decoded once and
     memory holds about one window height plus one chunk of full-width rows (a 50,000 px wide
-    slide: 1,536 x 50,000 x 3 bytes = 230 MB for 1,024 px windows in 512 px TIFF tiles). A
-    window is a view, valid until the next call."""
+    slide: 1,536 x 50,000 x 3 bytes = 230 MB for 1,024 px windows in 512 px TIFF tiles), read
+    in pieces of whole tile columns about 8,192 px wide (a strip is read full width). A window
+    is a view, valid until the next call."""
+
+    piece = 8192  # px: full-width rows are read this wide at a time (whole tile columns)
 
     def __init__(self, slide: Slide):
         self.slide = slide
@@ -100,7 +103,10 @@ class RowBuffer:
             else:  # numpy copies overlapping slices correctly
                 self.rows[:kept] = self.rows[y0 - self.start : y0 - self.start + kept]
             self.start, self.end = y0, stop
-            self.rows[kept : stop - y0] = self.slide.read(y0 + kept, stop, 0, self.slide.width)
+            step = self.slide.col_chunk * max(1, self.piece // self.slide.col_chunk)
+            for c0 in range(0, self.slide.width, step):  # whole tiles: each decoded once
+                c1 = min(c0 + step, self.slide.width)
+                self.rows[kept : stop - y0, c0:c1] = self.slide.read(y0 + kept, stop, c0, c1)
         return self.rows[y0 - self.start : y1 - self.start, x0:x1]
 
 
@@ -228,15 +234,17 @@ def mask_rows(
     *,
     threshold: float,
     min_size: int = 0,
-    max_rows: int = 256,
+    max_rows: int | None = None,
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Full-resolution uint8 0/1 mask rows from model-scale probability bands: objects under
     ``min_size`` full-resolution pixels removed (at model scale, where the search chose the
     size), then bilinear upsampling and ``p > threshold``, about ``max_rows`` full-resolution
-    rows at a time."""
+    rows at a time (by default as many as hold about 4 M pixels, at most 256)."""
     area_scale = shape[0] * shape[1] / (model_shape[0] * model_shape[1])
     if min_size > 0:
         bands = _small_objects_removed(bands, model_shape[1], threshold, min_size / area_scale)
+    if max_rows is None:  # about 4 M full-resolution pixels a band (256 rows up to 16,384 px wide)
+        max_rows = max(16, min(256, (1 << 22) // shape[1]))
     step = max(1, int(max_rows * model_shape[0] / shape[0]))
     for start, rows in upsample_rows(_split(bands, step), model_shape[0], *shape):
         yield start, binarize(rows[0], threshold)

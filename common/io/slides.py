@@ -144,8 +144,9 @@ def shrink(rgb: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 
 class Slide:
-    """An open TIFF; use as a context manager or call ``close``. ``row_chunk`` is the height of
-    the file's strips or tiles: a read of whole chunk rows decodes nothing twice."""
+    """An open TIFF; use as a context manager or call ``close``. ``row_chunk`` and
+    ``col_chunk`` are the height and width of the file's strips or tiles: a read of whole
+    chunks decodes nothing twice."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
@@ -206,9 +207,11 @@ class Slide:
         _check_complete(self.path, pages)
         chunks = self._arrays[0].chunks
         self.row_chunk = int(chunks[-3] if self.layout == "interleaved" else chunks[-2])
+        self.col_chunk = int(chunks[-2] if self.layout == "interleaved" else chunks[-1])
         self._strips = None
         if self.layout == "interleaved" and len(pages) == 1 and _streamable(pages[0]):
             self._strips, self.row_chunk = _StripRows(self.path, pages[0]), STREAM_ROWS
+            self.col_chunk = self.width
 
     def _array(self, series):
         return zarr.open(series.aszarr(level=0), mode="r")
