@@ -34,7 +34,7 @@ import numpy as np
 import tifffile
 import torch
 
-from benchmarks._util import record
+from benchmarks._util import RESULTS, record
 from common.infer.slide_inference import (
     TilePlan,
     predict_slide,
@@ -152,7 +152,7 @@ def write_layout(path: Path, height: int, width: int, layout: str, scratch: Path
     raw.unlink()
 
 
-def memory(folder: Path) -> dict[str, float]:
+def memory(folder: Path, only: tuple[str, ...] = ()) -> dict[str, float]:
     """Peak memory (VmHWM of the process that predicts) on 10,000^2 and 30,000^2 tiled slides,
     the competition's largest shape tiled and striped, and a 10,000^2 single-strip slide."""
     out = {}
@@ -160,6 +160,8 @@ def memory(folder: Path) -> dict[str, float]:
              ("largest_tiled", LARGEST, "tiled"), ("largest_striped", LARGEST, "striped"),
              ("10k_single_strip", (10_000, 10_000), "single-strip"))  # fmt: skip
     for name, (height, width), layout in cases:
+        if only and name not in only:
+            continue
         path = folder / f"slide_{name}.tiff"
         if layout == "tiled":
             write_slide(path, height, width=width)
@@ -177,17 +179,21 @@ def memory(folder: Path) -> dict[str, float]:
             f"{name}: {figures['peak_rss_mib']:.0f} MiB, {out[f'slide_seconds_{name}']:.0f} s",
             flush=True,
         )
+    if only:  # the other cases' figures from the last full run
+        out = json.loads(RESULTS.read_text()) | out
     for name in ("30k", "largest_tiled", "largest_striped", "10k_single_strip"):
         out[f"slide_peak_rss_{name}_over_10k"] = (
             out[f"slide_peak_rss_mib_{name}"] / out["slide_peak_rss_mib_10k"]
         )
-    return out
+    return {k: v for k, v in out.items() if k.startswith("slide_peak") or k.startswith("slide_seconds")
+            or k.startswith("slide_runs")}  # fmt: skip
 
 
 def main(argv=None) -> None:
-    if argv and argv[0] == "--memory":  # the memory figures only
+    if argv and argv[0] == "--memory":  # the memory figures only (of the cases named after it)
         with tempfile.TemporaryDirectory() as folder:
-            record(memory(Path(folder)), "whole-slide prediction memory (VmHWM)")
+            figures = memory(Path(folder), tuple(argv[1:]))
+            record(figures, "whole-slide prediction memory (VmHWM)")
         return
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)

@@ -160,6 +160,18 @@ def test_row_buffer_reads_each_chunk_once(tmp_path):
             (384, 455),
         }
         assert len(reads) == len(set(reads))  # nothing read twice
+    striped = tmp_path / "striped.tif"  # 16-row strips: blocks of whole strips, full width
+    tifffile.imwrite(striped, image, photometric="rgb", rowsperstrip=16)
+    with open_slide(striped) as slide:
+        reads = []
+        real = slide.read
+        slide.read = lambda *window, **kw: reads.append(window) or real(*window, **kw)
+        rows = RowBuffer(slide)
+        rows.piece = 128  # 128 x 512 px a block: 144 rows of 455 px
+        for y0, y1 in ((3, 100), (90, 300), (650, 701)):
+            np.testing.assert_array_equal(rows.window(y0, y1, 30, 400), image[y0:y1, 30:400])
+        assert all(x0 == 0 and x1 == 455 and b1 - b0 <= 144 for b0, b1, x0, x1 in reads)
+        assert all(b1 % 16 == 0 for _, b1, _, _ in reads[:-1]) and len(reads) == len(set(reads))
 
 
 def test_tile_predictor_averages_views_and_models():

@@ -79,10 +79,10 @@ class RowBuffer:
     and rows above the current window are let go, so every strip or tile is decoded once and
     memory holds about one window height plus one chunk of full-width rows (a 50,000 px wide
     slide: 1,536 x 50,000 x 3 bytes = 230 MB for 1,024 px windows in 512 px TIFF tiles), read
-    in pieces of whole tile columns about 8,192 px wide (a strip is read full width). A window
-    is a view, valid until the next call."""
+    in blocks of whole tiles or strips of about ``piece`` x 512 pixels (so no full-width
+    temporary). A window is a view, valid until the next call."""
 
-    piece = 8192  # px: full-width rows are read this wide at a time (whole tile columns)
+    piece = 8192  # px: a block is at most this wide (whole tile columns) and ~piece x 512 px
 
     def __init__(self, slide: Slide):
         self.slide = slide
@@ -103,11 +103,22 @@ class RowBuffer:
             else:  # numpy copies overlapping slices correctly
                 self.rows[:kept] = self.rows[y0 - self.start : y0 - self.start + kept]
             self.start, self.end = y0, stop
-            step = self.slide.col_chunk * max(1, self.piece // self.slide.col_chunk)
-            for c0 in range(0, self.slide.width, step):  # whole tiles: each decoded once
-                c1 = min(c0 + step, self.slide.width)
-                self.rows[kept : stop - y0, c0:c1] = self.slide.read(y0 + kept, stop, c0, c1)
+            self._read_into(y0, y0 + kept, stop)
         return self.rows[y0 - self.start : y1 - self.start, x0:x1]
+
+    def _read_into(self, y0: int, r0: int, stop: int) -> None:
+        """Rows [r0, stop) into the buffer (which starts at row y0), in blocks of whole strips
+        or tiles of about ``piece`` x 512 pixels: each decoded once, no full-width temporary."""
+        chunk_rows, chunk_cols, width = self.slide.row_chunk, self.slide.col_chunk, self.slide.width
+        cols = chunk_cols * max(1, self.piece // chunk_cols)
+        rows = chunk_rows * max(1, self.piece * 512 // (min(cols, width) * chunk_rows))
+        b0 = r0
+        while b0 < stop:
+            b1 = min(b0 // chunk_rows * chunk_rows + rows, stop)  # blocks end on chunk rows
+            for c0 in range(0, width, cols):
+                c1 = min(c0 + cols, width)
+                self.rows[b0 - y0 : b1 - y0, c0:c1] = self.slide.read(b0, b1, c0, c1)
+            b0 = b1
 
 
 def tissue_tiles(slide: Slide, plan: TilePlan, grid: Sequence[Tile], max_side: int = 1024
