@@ -126,6 +126,17 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
         shutil.rmtree(build, ignore_errors=True)
 
 
+def remove_stale_builds(path: str | os.PathLike) -> int:
+    """Remove the half-built folders (``.<name>.*`` beside ``path``: ``atomic_dir``'s) that
+    killed builds of ``path`` left. Call it holding ``path``'s lock, so no live build is
+    removed. Returns how many."""
+    path = Path(path)
+    stale = [p for p in path.parent.glob(f".{path.name}.*") if p.is_dir()]
+    for folder in stale:
+        shutil.rmtree(folder, ignore_errors=True)
+    return len(stale)
+
+
 def remove_stale_temps(folder: str | os.PathLike) -> int:
     """Remove the temp files (``.<name>.<pid>-<n>.tmp``) that killed writers left below
     ``folder``: those whose process is gone. Returns how many. Call it while no other process

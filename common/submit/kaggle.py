@@ -45,7 +45,8 @@ import yaml
 from common.config import Config
 from common.data.crops import crop_spec
 from common.infer.predict import FINAL_CONFIG, final_config, final_path
-from common.io.atomic import write_text_atomic
+from common.io.atomic import atomic_dir, remove_stale_builds, write_text_atomic
+from common.io.locks import exclusive
 from common.io.paths import REPO
 from common.submit.ensemble import parse_members
 
@@ -170,15 +171,25 @@ print(open(path).read()[:500])""",
 def build(
     config: Config, out: Path, owner: str, *, spec: BundleSpec, wheels: bool = True, log=print
 ) -> Path:
-    """Write the dataset and kernel folders; returns the bundle root."""
+    """Write the dataset and kernel folders into ``<out>/<ensemble name>/``, whole or not at all
+    (built beside it and renamed; a killed build's folder is cleared by the next, under a lock);
+    returns the bundle root."""
     members = parse_members(config.members, "members")
     members += parse_members(config.classifiers, "classifiers")
     thresholds = Path(config.output) / config.name / "thresholds.yaml"
     if not thresholds.is_file():
         raise ValueError(f"{thresholds} not found: run `make ensemble ENSEMBLE=...` first")
-    root = out / config.name
-    if root.exists():
-        shutil.rmtree(root)
+    root = Path(out) / config.name
+    with exclusive(root.parent / f".{root.name}.lock", f"bundle {root.name}"):
+        remove_stale_builds(root)  # what a killed build left
+        with atomic_dir(root) as building:
+            size = _build(config, building, owner, spec, members, thresholds, wheels)
+    log(f"bundle {root}: dataset {size / 2**20:.1f} MiB ({len(members)} member(s)), kernel ready")
+    return root
+
+
+def _build(config, root: Path, owner: str, spec: BundleSpec, members, thresholds: Path,
+           wheels: bool) -> int:  # fmt: skip
     dataset, kernel = root / "dataset", root / "kernel"
     copy_code(dataset / "src")
     stages = {}  # the crop stages of members trained on crops: run folder -> folds
@@ -226,9 +237,7 @@ def build(
         "kernel_sources": [],
     }
     write_text_atomic(kernel / "kernel-metadata.json", json.dumps(kernel_metadata, indent=2) + "\n")
-    size = sum(p.stat().st_size for p in dataset.rglob("*") if p.is_file())
-    log(f"bundle {root}: dataset {size / 2**20:.1f} MiB ({len(members)} member(s)), kernel ready")
-    return root
+    return sum(p.stat().st_size for p in dataset.rglob("*") if p.is_file())
 
 
 def has_credentials(env=os.environ) -> bool:

@@ -37,8 +37,9 @@ import yaml
 from tqdm import tqdm
 
 from common.infer.predict import predict_ids
-from common.io.atomic import atomic_dir, atomic_path, write_text_atomic
+from common.io.atomic import atomic_dir, atomic_path, remove_stale_builds, write_text_atomic
 from common.io.images import read_png, resize_image, resize_mask, write_mask, write_png
+from common.io.locks import exclusive
 from common.post.postprocess import PROB_SCALE, triplet
 from common.submit.ensemble import check_trained, fold_models, predict_options
 
@@ -217,9 +218,11 @@ def build_pseudo(config, task, *, train_images: Path, train_ids: set[str], out: 
 
     provenance = {"ensemble": config.name, "source": source, "size": size,
                   "members": [asdict(m) for m in members], "tta": list(config.tta)}  # fmt: skip
-    with atomic_dir(out) as build:  # the old set stays whole until the new one is
-        record = write_pseudo_set(build, items(), rules=rules, thresholds=thresholds,
-                                  sizes=[size], provenance=provenance, excluded=excluded)  # fmt: skip
+    with exclusive(out.parent / f".{out.name}.lock", f"pseudo-labels {out.name}"):
+        remove_stale_builds(out)  # what a killed run left half-written
+        with atomic_dir(out) as build:  # the old set stays whole until the new one is
+            record = write_pseudo_set(build, items(), rules=rules, thresholds=thresholds, sizes=[size],
+                                      provenance=provenance, excluded=excluded)  # fmt: skip
     c = record["counts"]
     log(f"pseudo: kept {c['kept']} ({c['positives']} positive, {c['negatives']} negative), "
         f"{c['left_out_unsure']} unsure, {c['left_out_leakage']} leaking -> {out}")  # fmt: skip

@@ -152,9 +152,11 @@ def test_dataset_folder_prepare(tmp_path):
 def test_siim_ensemble_with_training_oof_and_test_prediction(tmp_path):
     """``ensemble`` with ``train_missing``: two member folds trained, their out-of-fold maps, the
     search, the test maps and the submission; killed anywhere, a re-run writes the same files
-    (weights, maps, thresholds, CSV and report; the wall times in the JSON files aside)."""
+    (weights, maps, thresholds, CSV and report; the wall times in the JSON files aside). Then the
+    same for its pseudo-labels and its Kaggle bundle."""
     import yaml
 
+    from common.config import load_run_config
     from tests.siim.tiny import tiny_siim
 
     tiny_siim(tmp_path, n_train=24, n_test=6, size=48)
@@ -172,9 +174,18 @@ def test_siim_ensemble_with_training_oof_and_test_prediction(tmp_path):
                f"configs={tmp_path / 'configs'}", f"test_truth={tmp_path / 'synthetic' / 'test-rle.csv'}",
                "train_missing=true", "members=[{experiment: tiny_seg, folds: [0, 1], weight: 1.0}]",
                "classifiers=[]", "num_workers=0", "overlays=0"]  # fmt: skip
-    kill_and_rerun(
-        command,
-        _env(tmp_path),
-        out,
-        timed=(".pt", "metrics.json", "done.json", "tiny.json", "log.csv"),
-    )
+    env = _env(tmp_path)
+    timed = (".pt", "metrics.json", "done.json", "tiny.json", "log.csv")
+    kill_and_rerun(command, env, out, timed=timed)
+    # then its pseudo-labels and its Kaggle bundle, from the trained ensemble
+    rules = ["pseudo.positive_above=0.02", "pseudo.negative_below=0.01"]
+    found = out / "models" / "tiny" / "thresholds.yaml"  # a 2-epoch search keeps nothing: widen it
+    searched = yaml.safe_load(found.read_text())
+    found.write_text(yaml.safe_dump(searched | {"top": 0.3, "min_area": 1, "bottom": 0.3}))
+    pseudo = [*command[:3], "pseudo", *command[4:], *rules]
+    kill_and_rerun(pseudo, env, tmp_path / "data" / "siim" / "pseudo", timed=("provenance.json",))
+    ensemble = load_run_config(configs / "ensembles" / "base.yaml", command[8:])
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(ensemble.to_dict()))
+    bundle = [sys.executable, "-m", "common.cli", "bundle", "--competition", "siim", "build",
+              "--ensemble", str(tmp_path / "tiny.yaml"), "--no-wheels", "--out", str(tmp_path / "dist")]  # fmt: skip
+    kill_and_rerun(bundle, env, tmp_path / "dist")
