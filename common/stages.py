@@ -159,7 +159,7 @@ def measure_throughput(config: Config, side: int = 256, batch: int = 8, steps: i
     from common.train.runner import build_model_from, resolve_device
 
     device = resolve_device(config.train.device)
-    model = build_model_from(config, max(1, len(config.data.classes))).to(device).train()
+    model = build_model_from(config, max(1, len(config.data.get("classes", ())))).to(device).train()
     x = torch.randn(batch, config.data.in_channels, side, side, device=device)
     if config.train.channels_last:
         model, x = (
