@@ -7,6 +7,7 @@ even when the writer is killed mid-write.
 from __future__ import annotations
 
 import contextlib
+import errno
 import itertools
 import os
 import shutil
@@ -47,9 +48,30 @@ def _sync(fd: int) -> None:
         os.fsync(fd)
 
 
+def _disk_full(folder: str) -> bool:
+    try:
+        return os.statvfs(folder or ".").f_bavail == 0
+    except OSError:
+        return False
+
+
+def named_error(error: BaseException, path: str | os.PathLike) -> BaseException:
+    """``error`` from writing ``path``, as an ``OSError`` naming ``path`` where it named none:
+    ``os.write`` on a full disk says only "No space left on device", and a library's own writer
+    (``torch.save``, say) raises a ``RuntimeError`` there. Anything else is returned as it is."""
+    path = os.fspath(path)
+    if isinstance(error, OSError) and error.filename is None and error.errno is not None:
+        return OSError(error.errno, error.strerror or str(error), path)
+    if not isinstance(error, OSError) and isinstance(error, Exception):
+        if _disk_full(os.path.dirname(path)):
+            return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+    return error
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; on success it replaces ``path``, else is removed."""
+    """Yield a temporary path next to ``path``; on success it replaces ``path``, else is removed.
+    A failed write raises an ``OSError`` naming ``path`` (``named_error``)."""
     fd, tmp = _open_temp(os.fspath(path))
     os.close(fd)
     try:
@@ -57,6 +79,13 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         with open(tmp, "rb+") as f:
             _sync(f.fileno())
         os.replace(tmp, path)
+    except Exception as error:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)  # first: the space it held may be what the check below looks at
+        named = named_error(error, path)
+        if named is error:
+            raise
+        raise named from error
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -88,10 +117,13 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes | memoryview) -> Non
         finally:
             os.close(fd)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-        raise
+        named = named_error(error, path)
+        if named is error:
+            raise
+        raise named from error
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
