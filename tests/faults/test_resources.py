@@ -34,6 +34,14 @@ def synthetic(tmp_path_factory):
     return generate(root / "synthetic", SyntheticSpec(size=96, n_train=32, n_test=8), n_jobs=1)
 
 
+@pytest.fixture(scope="module")
+def reference(synthetic):
+    """The files of a prepare on a roomy disk."""
+    out = synthetic.parent / "roomy" / "prepared"
+    assert _prepare(synthetic, out, synthetic.parent).returncode == 0
+    return _files(out)
+
+
 def _prepare(synthetic: Path, out: Path, workspace: Path, limit: int | None = None):
     command = [sys.executable, "-m", "common.cli", "prepare", "--competition", "siim",
                "--config", CONFIG, "--size", "64", "--raw", str(workspace / "raw"),
@@ -76,9 +84,7 @@ def _one_line(run, path_inside: Path, reason: str) -> str:
     return line
 
 
-def test_a_full_disk(synthetic, tmp_path):
-    reference = tmp_path / "roomy" / "prepared"
-    assert _prepare(synthetic, reference, tmp_path).returncode == 0
+def test_a_full_disk(synthetic, reference, tmp_path):
     disk = tmp_path / "disk"
     if not _mount(disk, "size=96k"):
         pytest.skip("cannot mount a tmpfs here (needs root and mount rights): the file-size "
@@ -89,7 +95,7 @@ def test_a_full_disk(synthetic, tmp_path):
         _nothing_half_written(out)
         subprocess.run(["mount", "-o", "remount,size=64m", str(disk)], check=True)
         assert _prepare(synthetic, out, tmp_path).returncode == 0  # the re-run completes the cache
-        assert _files(out) == _files(reference)
+        assert _files(out) == reference
     finally:
         _umount(disk)
 
@@ -110,15 +116,13 @@ def test_a_read_only_output_folder(synthetic, tmp_path):
         _umount(disk)
 
 
-def test_a_file_size_limit(synthetic, tmp_path):
+def test_a_file_size_limit(synthetic, reference, tmp_path):
     out = tmp_path / "prepared"
     run = _prepare(synthetic, out, tmp_path, limit=3_000)  # bytes: some image files are larger
     _one_line(run, out, os.strerror(errno.EFBIG))
     _nothing_half_written(out)
     assert _prepare(synthetic, out, tmp_path).returncode == 0
-    reference = tmp_path / "roomy" / "prepared"
-    assert _prepare(synthetic, reference, tmp_path).returncode == 0
-    assert _files(out) == _files(reference)
+    assert _files(out) == reference
 
 
 def test_a_library_writer_failing_on_a_full_disk_is_named(monkeypatch, tmp_path):
