@@ -37,6 +37,7 @@ from common.io.cache import Entry, Table, bad_report, refresh, source_key
 from common.io.folder import DatasetFolder, read_image
 from common.io.images import read_png, resize_image, resize_mask, write_mask, write_png
 from common.io.rle import rle_encode, siim_rle_encode
+from common.io.rle_csv import read_table
 from common.plots import mask_overlays
 from common.post.metrics import dice_per_image, jaccard_per_image
 from common.post.postprocess import triplet
@@ -310,7 +311,7 @@ def submission_format(folder: DatasetFolder) -> SubmissionFormat:
     class) or ``ImageId,ClassId,EncodedPixels`` (several), empty as the RLE form writes it."""
     spec = folder.spec
     if folder.sample is not None:
-        sample = pd.read_csv(folder.sample, dtype=str, keep_default_na=False, nrows=1000)
+        sample = read_table(folder.sample, nrows=1000)
         columns = [c.strip() for c in sample.columns]
         values = set(sample.iloc[:, -1].str.strip())
         empty = "-1" if values == {"-1"} or spec.rle == "relative" else ""
@@ -364,7 +365,7 @@ def test_task(config: Config, folder: DatasetFolder, *, with_train: bool = True)
 
 def _expected_keys(folder: DatasetFolder, fmt: SubmissionFormat, ids: list[str]) -> list[str]:
     if folder.sample is not None:
-        sample = pd.read_csv(folder.sample, dtype=str, keep_default_na=False)
+        sample = read_table(folder.sample)
         keys = [
             ",".join(v.strip() for v in row) for row in sample.iloc[:, :-1].itertuples(index=False)
         ]

@@ -29,13 +29,13 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import pandas as pd
 import yaml
 
 from common.io.dicom import read_dicom
 from common.io.images import window_to_uint8
 from common.io.paths import check_id
 from common.io.rle import ORDERS, rle_decode, siim_rle_decode
+from common.io.rle_csv import read_table
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm")
 SPEC_KEYS = ("name", "classes", "rle", "order", "metric", "orientation_sensitive", "id_column",
@@ -90,7 +90,9 @@ def read_spec(root: Path) -> DatasetSpec:
     if not path.is_file():
         return DatasetSpec(name=default_name)
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(path.read_bytes().decode("utf-8")) or {}
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
     except yaml.YAMLError as error:
         raise ValueError(f"{path}: not valid YAML: {str(error).splitlines()[0]}") from None
     if not isinstance(raw, dict):
@@ -253,7 +255,7 @@ def _list_images(folder: Path, problems: list) -> dict[str, Path]:
 
 def _read_csv_masks(root: Path, spec: DatasetSpec, problems: list):
     path = root / "train.csv"
-    table = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+    table = read_table(path, skipinitialspace=True)
     columns = {c.strip().lower(): c for c in table.columns}
     rle_column = next((columns[c] for c in _RLE_COLUMNS if c in columns), None)
     class_column = next((columns[c] for c in _CLASS_COLUMNS if c in columns), None)

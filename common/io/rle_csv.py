@@ -23,6 +23,25 @@ from common.io.rle import SIIM_EMPTY, siim_rle_decode
 RLE_COLUMNS = ("ImageId", "EncodedPixels")
 
 
+def read_table(path: str | os.PathLike, **options) -> pd.DataFrame:
+    """A user's CSV (a dataset folder's ``train.csv`` or sample submission) as strings through
+    ``pandas.read_csv(path, **options)``; what pandas refuses (not UTF-8, no columns, a broken
+    quote) is one ``ValueError`` naming the file."""
+    path = Path(path)
+    try:
+        return pd.read_csv(
+            path, encoding="utf-8-sig", **({"dtype": str, "keep_default_na": False} | options)
+        )
+    except FileNotFoundError:
+        raise ValueError(f"{path}: file not found") from None
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+    except pd.errors.EmptyDataError:
+        raise ValueError(f"{path}: empty: no header and no rows") from None
+    except pd.errors.ParserError as error:
+        raise ValueError(f"{path}: not a CSV table: {str(error).strip().splitlines()[0]}") from None
+
+
 def read_rle_csv(path: str | os.PathLike) -> pd.DataFrame:
     """One row per annotation: ImageId, EncodedPixels (stripped; ``-1`` when empty) and the
     1-based ``line`` of the file it came from, for error messages."""

@@ -251,3 +251,85 @@ def test_mutated_tiffs(tiff_bytes):
         assert window.ndim == 3 and window.shape[2] == 3
 
     run()
+
+
+# The dataset-folder competition's readers: dataset.yaml, train.csv (both forms), images, masks.
+SPEC = "name: cells\nclasses: [nucleus, wall]\nrle: absolute\norder: C\nmetric: jaccard\n"
+
+
+@FILES
+@given(data=st.one_of(st.binary(max_size=120), _mutations(SPEC).map(str.encode),
+                      st.text(alphabet="name:clsesrl[],\n -_.x0", max_size=80).map(str.encode)))  # fmt: skip
+def test_dataset_yaml(data):
+    from common.io.folder import DatasetSpec, read_spec
+
+    with tempfile.TemporaryDirectory() as tmp, bounded():
+        path = _write(Path(tmp), "dataset.yaml", data)
+        try:
+            spec = read_spec(Path(tmp))
+        except ValueError as error:
+            assert str(path) in str(error)
+            return
+    assert isinstance(spec, DatasetSpec) and spec.order in ("C", "F")
+
+
+FOLDER_CSV = "ImageId,ClassId,EncodedPixels\na,1,1 3 10 2\na,2,20 4\nb,1,\n"
+
+
+@FILES
+@given(data=st.one_of(_mutations(FOLDER_CSV).map(str.encode),
+                      st.tuples(_mutations(FOLDER_CSV), _mutations(FOLDER_CSV)).map(lambda p: (p[0][:30] + p[1][30:]).encode()),
+                      st.text(alphabet="ImageId,ClassId,EncodedPixels ab12\n\"", max_size=100).map(str.encode),
+                      st.binary(max_size=100)))  # fmt: skip
+def test_dataset_folder_train_csv(data):
+    """``scan`` and each image's masks (decoded at the image's 8 x 8): the masks, or one
+    ``ValueError`` naming train.csv (with its line where a row is wrong)."""
+    from common.io.folder import scan
+    from common.io.images import write_png
+
+    with tempfile.TemporaryDirectory() as tmp, bounded():
+        root = Path(tmp)
+        for image_id in ("a", "b"):
+            write_png(root / "train" / "images" / f"{image_id}.png", np.zeros((8, 8), np.uint8))
+        path = _write(root, "train.csv", data)
+        try:
+            folder = scan(root)
+            masks = [folder.read_masks(i, (8, 8)) for i in folder.train]
+        except ValueError as error:
+            assert str(path) in str(error) or str(root) in str(error)
+            return
+    assert all(m.shape == (len(folder.classes), 8, 8) and m.max(initial=0) <= 1 for m in masks)
+
+
+@pytest.fixture(scope="module")
+def image_bytes():
+    import cv2
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (24, 20, 3), np.uint8)
+    mask = (rng.random((24, 20)) > 0.5).astype(np.uint8) * 255
+    return {name: cv2.imencode(ext, array)[1].tobytes()
+            for name, ext, array in (("image.png", ".png", image), ("image.jpg", ".jpg", image),
+                                     ("mask.png", ".png", mask))}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", ["image.png", "image.jpg", "mask.png"])
+def test_mutated_images_and_masks(image_bytes, name):
+    from common.io.folder import binary_or_classes, mask_values, read_image
+
+    @FILES
+    @given(data=_flips(image_bytes[name]))
+    def run(data):
+        with tempfile.TemporaryDirectory() as tmp, bounded():
+            path = _write(Path(tmp), name, data)
+            try:
+                if name == "mask.png":
+                    out = binary_or_classes(mask_values(path), path, None)
+                else:
+                    out = read_image(path)
+            except ValueError as error:
+                assert str(path) in str(error)
+                return
+        assert out.dtype == np.uint8 and out.ndim in (2, 3)
+
+    run()
