@@ -137,11 +137,19 @@ def folder_config(base: Path, folder: DatasetFolder, overrides=(), *, skip_bad=F
     _, summary = fingerprint_folder(folder, Path(first.data.prepared), skip_bad=skip_bad, log=log)
     gpu = resolve_device(first.train.device).type == "cuda"
     n_val = round(len(folder.train) / first.data.n_folds)
+    throughput, memory = first.plan.throughput, []
+    if not throughput:  # the faster memory format, measured: channels-last pays more on a GPU
+        rates = {cl: measure_throughput(load_config(base, [*fixed, *overrides,
+                                                           f"train.channels_last={str(cl).lower()}"]))
+                 for cl in (False, True)}  # fmt: skip
+        best = max(rates, key=rates.get)
+        throughput = rates[best]
+        memory = [("train.channels_last", best, f"{rates[True]:.2f} img/s channels-last against "
+                   f"{rates[False]:.2f} contiguous, measured here")]  # fmt: skip
     plan = make_plan(summary, n_train=len(folder.train) - n_val, n_val=n_val, gpu=gpu,
-                     throughput=first.plan.throughput or measure_throughput(first),
-                     minutes=first.plan.minutes,
+                     throughput=throughput, minutes=first.plan.minutes,
                      orientation_sensitive=folder.spec.orientation_sensitive,
-                     random_init=not first.model.weights)  # fmt: skip
+                     random_init=not first.model.weights) + memory  # fmt: skip
     if not gpu and not cpu_has_bf16():
         plan.append(("train.amp", "none", "this CPU has no native bfloat16: float32"))
     config = load_config(base, [*fixed, *plan_overrides(plan), *overrides])
