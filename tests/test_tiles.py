@@ -40,8 +40,32 @@ def test_blend_weights():
     for kind in ("gaussian", "linear"):
         w = blend_weights(33, kind)
         assert w[0, 0] == w.min() < 0.05 and w[16, 16] == w.max()
-    with pytest.raises(ValueError, match="valid: gaussian, linear, flat"):
+    with pytest.raises(ValueError, match="valid: gaussian, linear, flat, centre"):
         blend_weights(8, "cosine")
+
+
+def test_centre_blend_is_the_context_crop():
+    """Read a window, keep its central half: with an overlap of half a tile every pixel but the
+    image's outer quarter-tile frame takes only tiles' centres (the margins, 9.0 here, weigh
+    1e-6 of them); the frame, which no centre reaches, takes the margins."""
+    from common.infer.slide_inference import TilePlan
+
+    height, width, size = 150, 97, 40
+    weights = blend_weights(size, "centre")
+    assert weights[size // 2, size // 2] == 1 and weights[0, size // 2] < 1e-5
+    stitcher = RowStitcher(height, width)
+    bands = []
+    for t in tile_grid(height, width, size, size // 2):
+        pred = np.full((1, *t.shape), 9.0, np.float32)
+        pred[:, size // 4 : 3 * size // 4, size // 4 : 3 * size // 4] = 0.5
+        bands += stitcher.add(t, pred[:, : t.shape[0], : t.shape[1]], weights)
+    bands += stitcher.close()
+    got = np.concatenate([b for _, b in bands], axis=1)[0]
+    inner = got[size // 4 : height - size // 4, size // 4 : width - size // 4]
+    np.testing.assert_allclose(inner, 0.5, atol=1e-4)
+    assert got[0, 0] == pytest.approx(9.0) and got[-1, -1] == pytest.approx(9.0)
+    with pytest.raises(ValueError, match="overlap 16 must be at least half the tile"):
+        TilePlan(tile=40, scale=2, overlap=16, blend="centre")
 
 
 def test_stitched_bands_equal_the_whole_weighted_average():

@@ -205,15 +205,16 @@ class SegmentationDataset(Dataset):
     def __len__(self) -> int:
         return len(self.ids)
 
-    def __getitem__(self, index: int) -> dict:
+    def _load(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """The item's image and mask (None without masks), before preprocessing."""
         image_id = self.ids[index]
         shape = (self.size, self.size)
-        image = preprocess(
-            read_png(self.image_dir / f"{image_id}.png", shape, channels=0), self.preprocess
-        )
-        mask = None
-        if self.mask_dir is not None:
-            mask = self._read_mask(image_id, shape)
+        image = read_png(self.image_dir / f"{image_id}.png", shape, channels=0)
+        return image, self._read_mask(image_id, shape) if self.mask_dir is not None else None
+
+    def __getitem__(self, index: int) -> dict:
+        image, mask = self._load(index)
+        image = preprocess(image, self.preprocess)
         if self.transform is not None:
             out = self.transform(image=image, **({"mask": mask} if mask is not None else {}))
             image, mask = out["image"], out.get("mask")

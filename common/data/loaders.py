@@ -24,7 +24,6 @@ import pandas as pd
 import torch
 from torch.utils.data import ConcatDataset, DataLoader
 
-from common.train import distributed
 from common.config import Config
 from common.data.datasets import (
     NonEmptyRateSampler,
@@ -35,6 +34,7 @@ from common.data.datasets import (
     seed_worker,
     transform_names,
 )
+from common.train import distributed
 
 SAMPLE_KINDS = ("none", "fixed", "linear", "weighted")
 
@@ -130,7 +130,7 @@ def sampler(config: Config, items: Items, seed: int) -> NonEmptyRateSampler:
     )
 
 
-def _loader_args(config: Config) -> dict:
+def loader_args(config: Config) -> dict:
     return {
         "num_workers": config.data.num_workers,
         "worker_init_fn": seed_worker,
@@ -159,7 +159,7 @@ def train_loader(
         sampler=draw,
         drop_last=len(draw) > per_rank,
         generator=torch.Generator().manual_seed(seed + 1000 * rank),  # worker augmentation seeds
-        **_loader_args(config),
+        **loader_args(config),
     )
 
 
@@ -172,7 +172,7 @@ def eval_loader(config: Config, items: Items, *, shard: bool = False) -> DataLoa
         dataset(config, items),
         batch_size=config.data.val_batch_size,
         shuffle=False,
-        **_loader_args(config),
+        **loader_args(config),
     )
 
 

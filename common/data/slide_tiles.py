@@ -33,11 +33,20 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
+from torch.utils.data import DataLoader
 
 from common.config import Config
 from common.data.folds import group_folds
-from common.data.loaders import Items, load_pipeline
+from common.data.loaders import Items, load_pipeline, loader_args
 from common.data.loaders import make_loaders as common_loaders
+from common.data.slide_windows import (
+    SAMPLING,
+    EpochWindowSampler,
+    SlideSource,
+    SlideWindowDataset,
+    object_table,
+)
 from common.data.sources import Source, raw_or_synthetic
 from common.data.tiles import object_centres, tissue_fraction, training_windows
 from common.io.atomic import write_text_atomic, write_text_if_changed
@@ -49,8 +58,10 @@ from common.io.rle import rle_decode_window, rle_runs
 from common.io.slides import SlideError, open_slide
 from common.post.tile_filter import FILE as FILTER_FILE
 from common.post.tile_filter import kept_items
+from common.train import distributed
 
-VERSION = 2  # 2: object tiles numbered (two clipped to one corner no longer share a name), extras
+VERSION = 3  # 2: object tiles numbered (two clipped to one corner no longer share a name), extras;
+# 3: objects/<id>.csv (each object's centre and area, for data.sampling: epoch)
 SLIDES = Table("slides.csv", ("id", "height", "width", "tiles", "object_tiles", "positives",
                               "extra_objects"))  # fmt: skip
 TILE_COLUMNS = ["id", "slide", "y", "x", "kind", "tissue", "mask_area"]
@@ -111,7 +122,9 @@ def read_train(root: Path, slides: SlideSet = DEFAULT_SLIDES) -> pd.DataFrame:
     for row, image_id in enumerate(table["id"], start=2):
         check_id(image_id, f"{path} line {row}")
         if not slides.slide(root, "train", image_id).is_file():
-            raise ValueError(f"{path} line {row}: {slides.slide(root, 'train', image_id)} not found")
+            raise ValueError(
+                f"{path} line {row}: {slides.slide(root, 'train', image_id)} not found"
+            )
     if table["id"].duplicated().any():
         raise ValueError(f"{path}: id {table['id'][table['id'].duplicated()].iloc[0]!r} repeats")
     return table[["id", slides.truth_column]].set_axis(["id", "encoding"], axis=1)
@@ -174,7 +187,9 @@ def _work(entry: Entry, out: Path) -> dict:
                 full = rle_decode_window(encoding, shape, box)
                 if polygons:
                     full |= rasterize(polygons, shape, box)
-                name = f"{image_id}_{tile.y0}_{tile.x0}_" + ("g" if kind == "grid" else f"o{number}")
+                name = f"{image_id}_{tile.y0}_{tile.x0}_" + (
+                    "g" if kind == "grid" else f"o{number}"
+                )
                 write_png(out / "images" / f"{name}.png", image)
                 write_mask(out / "masks" / f"{name}.png", resize_mask(full, s["size"]))
                 rows.append(
@@ -184,6 +199,8 @@ def _work(entry: Entry, out: Path) -> dict:
         raise ValueError(str(error)) from None
     tiles = pd.DataFrame(rows, columns=TILE_COLUMNS)
     write_text_atomic(out / entry.files[0], tiles.to_csv(index=False))
+    objects = object_table(encoding, shape, polygons)
+    write_text_atomic(out / entry.files[1], objects.to_csv(index=False))
     return {"id": image_id, "height": shape[0], "width": shape[1], "tiles": len(tiles),
             "object_tiles": int((tiles["kind"] == "object").sum()),
             "positives": int((tiles["mask_area"] > 0).sum()), "extra_objects": len(polygons)}  # fmt: skip
@@ -208,7 +225,7 @@ def prepare(config: Config, slides: SlideSet, *, n_jobs: int = 2, skip_bad: bool
         extra = extra if extra is not None and extra.is_file() else None
         digest = hashlib.sha1(encoding.encode()).hexdigest()
         key = source_key(VERSION, [tiff, extra], digest, sorted(settings.items()))
-        entries.append(Entry(image_id, SLIDES.name, key, (f"tiles/{image_id}.csv",),
+        entries.append(Entry(image_id, SLIDES.name, key, (f"tiles/{image_id}.csv", f"objects/{image_id}.csv"),
                              (str(tiff), encoding, settings, extra and str(extra))))  # fmt: skip
     unlisted = sorted(p.name for p in (src.root / "train").glob(f"*{slides.extension}")
                       if p.name[: -len(slides.extension)] not in set(train["id"]))  # fmt: skip
@@ -278,19 +295,63 @@ def filter_scores(config: Config, fold: int) -> pd.DataFrame | None:
     return pd.read_csv(path, dtype={"id": str})
 
 
-def make_loaders(config: Config, fold: int, seed: int):
-    """Training tiles of the other folds' slides (less the perfect ones under the tile filter)
-    and this rank's share of the held-out slides' tiles."""
-    out, slides, tiles = read_tiles(config)
+def make_loaders(config: Config, fold: int, seed: int, slides_set: SlideSet = DEFAULT_SLIDES):
+    """Training tiles of the other folds' slides (less the perfect ones under the tile filter),
+    or with ``data.sampling: epoch`` windows drawn from those slides every epoch
+    (``common.data.slide_windows``); and this rank's share of the held-out slides' tiles."""
+    out, slides, tiles = read_tiles(config, slides_set)
     if fold not in set(slides["fold"]):
         raise ValueError(f"fold {fold} does not exist: {config.data.n_folds} folds")
+    sampling = config.data.get("sampling", "static")
+    if sampling not in SAMPLING:
+        raise ValueError(f"data.sampling {sampling!r}; valid: {', '.join(SAMPLING)}")
     train = tiles[tiles["fold"] != fold].reset_index(drop=True)
     scores = filter_scores(config, fold)
     if scores is not None:
+        if sampling == "epoch":
+            raise ValueError("data.tile_filter drops static tiles: it needs data.sampling: static")
         train = kept_items(train, scores, config.data.tile_filter.min_dice)
     held = tiles[tiles["fold"] == fold].reset_index(drop=True)
     pipeline = load_pipeline(config, TRANSFORMS)
-    return common_loaders(
+    train_loader, held_loader = common_loaders(
         config, Items(train, out / "images", out / "masks"), Items(held, out / "images", out / "masks"),
         seed, pipeline,
     )  # fmt: skip
+    if sampling == "epoch":
+        sources = slide_sources(config, slides[slides["fold"] != fold], tiles, out, slides_set)
+        size = int(config.data.epoch_windows) or len(train)  # as many steps as static tiles
+        train_loader = window_loader(config, sources, size, seed, pipeline)
+    return train_loader, held_loader
+
+
+def slide_sources(config: Config, slides: pd.DataFrame, tiles: pd.DataFrame, out: Path,
+                  slides_set: SlideSet) -> list[SlideSource]:  # fmt: skip
+    """The training slides as ``SlideSource``: file, RLE, extra polygons, objects, tissue."""
+    root = source_root(config)
+    truth = dict(read_train(root, slides_set).itertuples(index=False))
+    extras = config.data.get("extra_annotations") or ""
+    sources = []
+    for row in slides.itertuples(index=False):
+        extra = Path(extras) / f"{row.id}.json" if extras else None
+        grid = tiles[(tiles["slide"] == row.id) & (tiles["kind"] == "grid")]
+        sources.append(SlideSource(
+            row.id, str(slides_set.slide(root, "train", row.id)), (int(row.height), int(row.width)),
+            truth[row.id], str(extra) if extra is not None and extra.is_file() else None,
+            pd.read_csv(out / "objects" / f"{row.id}.csv"), grid[["y", "x"]].to_numpy(np.int64),
+        ))  # fmt: skip
+    return sources
+
+
+def window_loader(config: Config, sources: list[SlideSource], epoch_size: int, seed: int,
+                  transform) -> DataLoader:  # fmt: skip
+    """The training loader of ``data.sampling: epoch``."""
+    d = config.data
+    data = SlideWindowDataset(sources, window=d.window, epoch_size=epoch_size, jitter=d.jitter,
+                              random_share=d.random_share,
+                              area_bins=d.area_bins, seed=seed, size=d.size, transform=transform,
+                              in_channels=d.in_channels, preprocess=d.get("preprocess"))  # fmt: skip
+    draw = EpochWindowSampler(data, distributed.world_size(), distributed.rank())
+    per_rank = d.batch_size // distributed.world_size()
+    return DataLoader(data, batch_size=per_rank, sampler=draw, drop_last=len(draw) > per_rank,
+                      generator=torch.Generator().manual_seed(seed + 1000 * distributed.rank()),
+                      **loader_args(config))  # fmt: skip

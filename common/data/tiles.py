@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-BLENDS = ("gaussian", "linear", "flat")
+BLENDS = ("gaussian", "linear", "flat", "centre")
 
 
 @dataclass(frozen=True)
@@ -61,19 +61,25 @@ def tile_grid(height: int, width: int, size: int, overlap: int = 0) -> list[Tile
 def blend_weights(size: int, kind: str = "gaussian") -> np.ndarray:
     """(size, size) float32 weights for a tile's prediction: ``gaussian`` (sigma of a quarter
     tile; nnU-Net's is an eighth, which trusts the tile's edges less), ``linear`` (a pyramid
-    falling towards the edges) or ``flat``.
+    falling towards the edges), ``flat``, or ``centre``: the context crop of the top HuBMAP
+    solutions (read a window, keep its central half: 1 there, 1e-6 around it, so the margin only
+    counts where no tile's centre reaches, at the image's border; with an overlap of at least
+    half a tile every other pixel is some tile's centre).
     The smallest weight is positive, so every pixel of a covered image gets a value."""
     if kind not in BLENDS:
         raise ValueError(f"blend {kind!r}: valid: {', '.join(BLENDS)}")
     centre = (np.arange(size, dtype=np.float64) + 0.5) / size - 0.5  # -0.5 .. 0.5
+    floor = 1e-3
     if kind == "gaussian":
         line = np.exp(-0.5 * (centre / 0.25) ** 2)
     elif kind == "linear":
         line = 1.0 - np.abs(centre) * 2 + 1.0 / size
+    elif kind == "centre":
+        line, floor = np.where(np.abs(centre) < 0.25, 1.0, 1e-6), 1e-12
     else:
         line = np.ones(size)
     weights = np.outer(line, line)
-    return (weights / weights.max()).clip(1e-3, None).astype(np.float32)
+    return (weights / weights.max()).clip(floor, None).astype(np.float32)
 
 
 class RowStitcher:

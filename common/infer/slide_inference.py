@@ -56,6 +56,9 @@ class TilePlan:
             raise ValueError(f"min_tissue {self.min_tissue}: a share between 0 and 1")
         if self.blend not in BLENDS:
             raise ValueError(f"blend {self.blend!r}: valid: {', '.join(BLENDS)}")
+        if self.blend == "centre" and self.overlap < self.tile // 2:
+            raise ValueError(f"blend centre keeps each tile's central half: overlap {self.overlap} "
+                             f"must be at least half the tile ({self.tile // 2})")  # fmt: skip
 
     def model_shape(self, shape: tuple[int, int]) -> tuple[int, int]:
         """The slide's (height, width) at model scale."""

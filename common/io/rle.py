@@ -426,21 +426,37 @@ class ColumnRunWriter:
         return _format(starts[:n] + 1, lengths[:n])
 
 
+class RleWindows:
+    """Windows of the mask one absolute RLE of a (height, width) image describes, its string
+    parsed once: ``window((y0, y1, x0, x1))`` decodes rows ``y0:y1`` and columns ``x0:x1``
+    without the whole mask in memory (a tile of a 2-gigapixel slide). Every run is checked, as
+    ``rle_decode`` checks them, at each window."""
+
+    def __init__(self, rle, shape, order: str = "F"):
+        self.fortran = _check_order(order)
+        self.shape = _check_shape(shape)
+        if _is_missing(rle):
+            self.tokens = None
+        elif not isinstance(rle, str):
+            raise ValueError(f"RLE must be a string, got {type(rle).__name__}")
+        else:
+            self.tokens = _tokens(rle, "RLE")
+
+    def window(self, window) -> np.ndarray:
+        y0, y1, x0, x1 = (int(v) for v in window)
+        if not (0 <= y0 < y1 <= self.shape[0] and 0 <= x0 < x1 <= self.shape[1]):
+            raise ValueError(
+                f"window {tuple(window)} is not inside the {self.shape[0]}x{self.shape[1]} image"
+            )
+        if self.tokens is None:
+            return np.zeros((y1 - y0, x1 - x0), dtype=np.uint8)
+        return _decode(self.tokens, self.shape, False, self.fortran, "RLE", window=(y0, y1, x0, x1))
+
+
 def rle_decode_window(rle, shape, window, order: str = "F") -> np.ndarray:
     """Rows ``y0:y1`` and columns ``x0:x1`` (``window = (y0, y1, x0, x1)``) of the mask an
-    absolute RLE of a (height, width) image describes, without the whole mask in memory (a
-    tile of a 2-gigapixel slide). The whole string is checked as ``rle_decode`` checks it."""
-    fortran = _check_order(order)
-    shape = _check_shape(shape)
-    y0, y1, x0, x1 = (int(v) for v in window)
-    if not (0 <= y0 < y1 <= shape[0] and 0 <= x0 < x1 <= shape[1]):
-        raise ValueError(f"window {window} is not inside the {shape[0]}x{shape[1]} image")
-    if _is_missing(rle):
-        return np.zeros((y1 - y0, x1 - x0), dtype=np.uint8)
-    if not isinstance(rle, str):
-        raise ValueError(f"RLE must be a string, got {type(rle).__name__}")
-    tokens = _tokens(rle, "RLE")
-    return _decode(tokens, shape, False, fortran, "RLE", window=(y0, y1, x0, x1))
+    absolute RLE describes (``RleWindows``, for one window)."""
+    return RleWindows(rle, shape, order).window(window)
 
 
 def rle_runs(rle, shape, order: str = "F") -> tuple[np.ndarray, np.ndarray]:

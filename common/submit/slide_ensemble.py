@@ -38,13 +38,20 @@ from common.config import Config, load_run_config, to_config
 from common.data.datasets import check_preprocess
 from common.data.slide_tiles import DEFAULT_SLIDES, SlideSet, source
 from common.infer.predict import final_config, load_fold_model
-from common.infer.slide_inference import TilePlan, predict_slide, rle_from_bands, tile_predictor
+from common.infer.slide_inference import (
+    TilePlan,
+    map_bands,
+    predict_slide,
+    rle_from_bands,
+    tile_predictor,
+)
 from common.io.atomic import remove_stale_temps, write_text_atomic
 from common.io.locks import exclusive
 from common.io.rle import rle_runs
 from common.io.slides import open_slide, slide_shape
 from common.post.metrics import dice_of_runs
 from common.post.slide_evaluate import METRIC, oof_slides, slide_grid
+from common.post.slide_objects import flag_missing, objects_in_bands, rle_bands, write_geojson
 from common.post.slide_search import score_honestly, search_maps
 from common.submit.ensemble import check_trained, frozen_ensemble, train_missing
 from common.submit.submission import SubmissionFormat, validate_submission, write_rows
@@ -84,21 +91,10 @@ def tile_plan(config: Config, configs: Sequence[Config]) -> TilePlan:
 
 def search_oof(config: Config, members, configs, plan: TilePlan, slides_set: SlideSet, out: Path,
                log=print) -> dict:  # fmt: skip
-    """Weighted mean of the members' out-of-fold maps per slide, searched and scored."""
-    per_member = [{s["id"]: s for s in oof_slides(c, slides_set)} for c in configs]
-    ids = sorted(set.intersection(*(set(v) for v in per_member)))
-    if not ids:
-        raise ValueError(
-            "no slide has an out-of-fold map from every member: train their folds first"
-        )
-    slides = [per_member[0][i] for i in ids]
-    total_weight = sum(m.weight for m in members)
-
-    def mean_map(slide: dict) -> np.ndarray:
-        total = sum(m.weight * tifffile.imread(maps[slide["id"]]["map"]).astype(np.float32)
-                    for m, maps in zip(members, per_member, strict=True))  # fmt: skip
-        return np.rint(total / total_weight).astype(np.uint8)
-
+    """Weighted mean of the members' out-of-fold maps per slide, searched and scored; with
+    ``geojson.write``, each slide's predicted objects as GeoJSON, the likely missing
+    annotations flagged."""
+    slides, mean_map = oof_maps(members, configs, slides_set)
     search = search_maps(slides, mean_map, *slide_grid(config.search), plan.scale**2)
     search.to_csv(out / "search.csv")
     search.heatmap(out / "search.png")
@@ -111,7 +107,63 @@ def search_oof(config: Config, members, configs, plan: TilePlan, slides_set: Sli
                       "out-of-fold search; do not edit\n" + yaml.safe_dump(result, sort_keys=False))  # fmt: skip
     log(f"ensemble: OOF Dice {result['oof_dice']:.4f} ({mode} threshold; full resolution, {len(slides)} slides; "
         f"all-empty {search.empty_dice:.4f}), threshold {threshold:g}, min size {min_size} px")  # fmt: skip
+    if config.geojson.write:
+        export_oof_geojson(
+            config.geojson, slides, mean_map, result, plan.scale, out / "geojson", log
+        )
     return result
+
+
+def oof_maps(members, configs, slides_set: SlideSet):
+    """The slides every member has an out-of-fold map of, and their weighted mean map (uint8,
+    model scale) as a function of the slide."""
+    per_member = [{s["id"]: s for s in oof_slides(c, slides_set)} for c in configs]
+    ids = sorted(set.intersection(*(set(v) for v in per_member)))
+    if not ids:
+        raise ValueError(
+            "no slide has an out-of-fold map from every member: train their folds first"
+        )
+    total_weight = sum(m.weight for m in members)
+
+    def mean_map(slide: dict) -> np.ndarray:
+        total = sum(m.weight * tifffile.imread(maps[slide["id"]]["map"]).astype(np.float32)
+                    for m, maps in zip(members, per_member, strict=True))  # fmt: skip
+        return np.rint(total / total_weight).astype(np.uint8)
+
+    return [per_member[0][i] for i in ids], mean_map
+
+
+def export_oof_geojson(settings, slides, mean_map, thresholds: dict, scale: float, out: Path,
+                       log=print) -> pd.DataFrame:  # fmt: skip
+    """``<out>/train/<id>.geojson`` for each slide: its out-of-fold objects (the searched
+    threshold and minimum size), each with the share an annotation covers; confident ones
+    (``settings.confident``) with less than ``settings.covered_below`` covered are flagged as
+    likely missing annotations. ``flags.csv`` counts them per slide."""
+    rows = []
+    for slide in slides:
+        array = mean_map(slide)
+        objects = objects_in_bands(map_bands(array), array.shape[1],
+                                   threshold=thresholds["threshold"], min_area=thresholds["min_size"],
+                                   scale=scale, shape=slide["shape"])  # fmt: skip
+        flagged = flag_missing(objects, slide["rle"], slide["shape"], confident=settings.confident,
+                               covered_below=settings.covered_below)  # fmt: skip
+        counts = write_geojson(out / "train" / f"{slide['id']}.geojson", flagged)
+        rows.append({"id": slide["id"], **counts})
+    table = pd.DataFrame(rows, columns=["id", "objects", "flagged"])
+    write_text_atomic(out / "flags.csv", table.to_csv(index=False))
+    log(f"geojson: {int(table['objects'].sum())} predicted objects on {len(table)} training slides, "
+        f"{int(table['flagged'].sum())} flagged as likely missing annotations -> {out}")  # fmt: skip
+    return table
+
+
+def export_test_geojson(rows, shapes: dict, out: Path, log=print) -> None:
+    """``<out>/test/<id>.geojson``: each test slide's predicted objects, from its RLE."""
+    total = 0
+    for image_id, rle in rows:
+        shape = shapes[image_id]
+        objects = objects_in_bands(rle_bands(rle, shape), shape[1], probabilities=False)
+        total += write_geojson(out / "test" / f"{image_id}.geojson", objects)["objects"]
+    log(f"geojson: {total} predicted objects on {len(rows)} test slides -> {out / 'test'}")
 
 
 def predict_slides(models, plan: TilePlan, tta, paths: dict[str, Path], thresholds: dict, device,
@@ -216,6 +268,8 @@ def _run(config: Config, slides: SlideSet, log) -> dict:
     summary = {"members": [m.__dict__ | {"folds": list(m.folds)} for m in members], "tta": list(config.tta),
                "thresholds": thresholds, "rows": counts, "source": str(src.root),
                "cv": thresholds.get("oof_dice"), "cv_metric": METRIC}  # fmt: skip
+    if config.geojson.write:
+        export_test_geojson(rows, shapes, Path(config.output) / config.name / "geojson", log)
     truth = src.root / "test_truth.csv"
     if truth.is_file():
         summary["test_dice"] = round(score(csv, truth, shapes, slides), 4)

@@ -13,7 +13,7 @@ import pytest
 from common.config import load_run_config, to_config
 from common.io.polygons import rasterize, read_geojson
 from common.io.rle import rle_decode, rle_decode_window
-from common.io.slides import open_slide
+from common.io.slides import open_slide, slide_shape
 from competitions.hubmap.synthetic import SyntheticSpec, generate
 
 REPO = Path(__file__).resolve().parents[2]
@@ -198,12 +198,30 @@ def test_fold_filter_ensemble_and_bundle(synthetic, tmp_path, monkeypatch):
             "tta=[none]",
             "synthetic_scale=0.1",
             "overlap=16",
+            "geojson.write=true",
         ],
     )
     result = ensemble.run(ensemble_config, SLIDES, log=lambda _: None)
     csv = tmp_path / "subs" / "default.csv"
     assert result["rows"]["rows"] == 2 and 0 <= result["test_dice"] <= 1
     assert json.loads(csv.with_suffix(".json").read_text())["thresholds"]["threshold"] > 0
+    # predicted glomeruli as GeoJSON: a test slide's polygons draw exactly its submitted mask
+    rows = pd.read_csv(csv, dtype=str, keep_default_na=False)
+    shapes = {i: slide_shape(Path(result["source"]) / "test" / f"{i}.tiff") for i in rows["id"]}
+    for image_id, rle in rows.itertuples(index=False):
+        polygons = read_geojson(
+            tmp_path / "models" / "default" / "geojson" / "test" / f"{image_id}.geojson"
+        )
+        drawn = rasterize(polygons, shapes[image_id]) if polygons else 0
+        assert np.array_equal(drawn, rle_decode(rle, shapes[image_id])), image_id
+    flags = pd.read_csv(
+        tmp_path / "models" / "default" / "geojson" / "flags.csv", dtype={"id": str}
+    )
+    assert len(flags) == len(summary["per_slide"]) and (flags["flagged"] <= flags["objects"]).all()
+    for image_id in flags["id"]:
+        assert (
+            tmp_path / "models" / "default" / "geojson" / "train" / f"{image_id}.geojson"
+        ).is_file()
     spec = kaggle.BundleSpec(package="hubmap", **COMPETITION.bundle)
     root = kaggle.build(ensemble_config, tmp_path / "dist", "me", spec=spec, wheels=False,
                         log=lambda _: None)  # fmt: skip
@@ -246,3 +264,68 @@ def test_test_slides_are_shared_out_across_ranks(synthetic, monkeypatch):
                                 log=lambda _: None)  # fmt: skip
     assert [i for i, _ in seen[0]] == [ids[0], "copy"] and [i for i, _ in seen[1]] == [ids[1]]
     assert all(rle == "" for rows in seen.values() for _, rle in rows)
+
+
+def test_windows_drawn_every_epoch(synthetic, tmp_path):
+    """data.sampling: epoch: one window per object (area bins balanced) plus tissue windows,
+    fresh every epoch and repeatable; a window reads what prepare cuts at the same place."""
+    from common.data.slide_tiles import make_loaders, prepare, read_tiles
+    from common.data.slide_windows import epoch_windows, object_table
+    from common.io.images import read_mask, read_png
+    from competitions.hubmap.data import SLIDES
+
+    config = _config("unet_resnet18_cpu.yaml", tmp_path, synthetic, "data.sampling=epoch")
+    out = prepare(config, SLIDES, log=lambda _: None)
+    _, slides, tiles = read_tiles(config)
+    train = pd.read_csv(synthetic / "train.csv", dtype=str)
+    for row in slides.itertuples(index=False):  # the objects are the mask's components
+        objects = pd.read_csv(out / "objects" / f"{row.id}.csv")
+        encoding = train.set_index("id").loc[row.id, "encoding"]
+        mask = rle_decode(encoding, (row.height, row.width))
+        import cv2
+
+        assert len(objects) == cv2.connectedComponents(mask, connectivity=8)[0] - 1
+        assert objects["area"].sum() == mask.sum()
+        assert object_table(encoding, (row.height, row.width)).equals(objects)
+    loader, _ = make_loaders(config, 0, seed=3)
+    data = loader.dataset
+    sources = data.slides
+    n_objects = sum(len(s.objects) for s in sources)
+    first = data.windows.copy()
+    static = (tiles["fold"] != 0).sum()
+    assert len(first) == static  # as many windows as static tiles: the same steps an epoch
+    assert n_objects and (first[:, 0] >= 0).all()
+    data.set_epoch(1)
+    assert len(data.windows) == len(first) and not np.array_equal(data.windows, first)
+    data.set_epoch(0)
+    assert np.array_equal(data.windows, first)  # seeded by (seed, epoch): a run repeats
+    for k, y0, x0 in first:
+        assert 0 <= y0 <= sources[k].shape[0] - 256 and 0 <= x0 <= sources[k].shape[1] - 256
+    many = epoch_windows(sources, 256, size=400, jitter=0.0, random_share=0.0, area_bins=2, seed=0,
+                         epoch=0)  # fmt: skip
+    centres = {(k, y + 128, x + 128) for k, y, x in many}
+    areas = {
+        (k, int(o.y), int(o.x)): o.area
+        for k, s in enumerate(sources)
+        for o in s.objects.itertuples()
+    }
+    small = np.median(list(areas.values()))
+    drawn = [areas[c] <= small for c in centres if c in areas]
+    assert 0.25 < np.mean(drawn) < 0.75  # both halves of the areas drawn
+    batch = next(iter(loader))
+    assert batch["image"].shape == (4, 3, 64, 64) and batch["mask"].shape == (4, 1, 64, 64)
+    # a window at a static grid tile's place reads what prepare wrote there
+    grid = tiles[(tiles["kind"] == "grid") & (tiles["fold"] != 0) & (tiles["mask_area"] > 0)].iloc[
+        0
+    ]
+    k = next(i for i, s in enumerate(sources) if s.id == grid["slide"])
+    data.windows = np.array([[k, grid["y"], grid["x"]]])
+    image, mask = data._load(0)
+    assert np.array_equal(
+        image, read_png(out / "images" / f"{grid['id']}.png", (64, 64), channels=0)
+    )
+    assert np.array_equal(mask, read_mask(out / "masks" / f"{grid['id']}.png", (64, 64)))
+    with pytest.raises(ValueError, match=r"data\.sampling 'fresh'; valid: static, epoch"):
+        make_loaders(
+            _config("unet_resnet18_cpu.yaml", tmp_path, synthetic, "data.sampling=fresh"), 0, 1
+        )
