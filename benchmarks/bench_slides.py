@@ -12,6 +12,9 @@ windows: scale 4, overlap 32, Gaussian blending, no TTA).
   Each is timed 3 times, alternating, and the best of each is kept.
   The "model" of both is the forward plus the colour rule below (a random-init model's noise
   would make every pixel an object).
+- ``--defaults``: the same ratio at the CPU experiment's prediction settings (overlap 64, D4
+  TTA: eight views a tile), raw and zlib, and the share of tiles ``predict.min_tissue: 0.1``
+  skips on that slide.
 - Memory: the same prediction of a 10,000 x 10,000 and a 30,000 x 30,000 slide (9x the pixels),
   each in a fresh process, and of the competition's largest shape (39,960 x 50,680) tiled and
   in 64-row strips, and a 10,000^2 single-strip slide, all zlib; peak memory as ``VmHWM``
@@ -83,8 +86,8 @@ def _model() -> torch.nn.Module:
     ).eval()
 
 
-def colour_predictor(model) -> callable:
-    forward = tile_predictor([model], device=torch.device("cpu"))
+def colour_predictor(model, tta=("none",)) -> callable:
+    forward = tile_predictor([model], device=torch.device("cpu"), tta=tta)
 
     def predict(images: np.ndarray) -> np.ndarray:
         forward(images)  # the cost of the model
@@ -94,13 +97,14 @@ def colour_predictor(model) -> callable:
     return predict
 
 
-def speed(path: Path, name: str, repeats: int = 3) -> dict[str, float]:
+def speed(path: Path, name: str, repeats: int = 3, plan: TilePlan = PLAN,
+          tta=("none",)) -> dict[str, float]:  # fmt: skip
     """Best of ``repeats`` alternating runs of each (a 2-core machine's other work shows up as
     single slow runs; the minimum is the figure that repeats)."""
     model = _model()
-    predict = colour_predictor(model)
+    predict = colour_predictor(model, tta)
     with open_slide(path) as slide:
-        batches = [images for _, images in read_tiles(slide, PLAN)]
+        batches = [images for _, images in read_tiles(slide, plan)]
         predict(batches[0])  # warm-up
         bare, full = [], []
         for _ in range(repeats):
@@ -109,9 +113,9 @@ def speed(path: Path, name: str, repeats: int = 3) -> dict[str, float]:
                 predict(images)
             bare.append(time.perf_counter() - start)
             start = time.perf_counter()
-            bands = predict_slide(slide, predict, PLAN)
+            bands = predict_slide(slide, predict, plan)
             rle_from_bands(
-                bands, PLAN.model_shape(slide.shape), slide.shape, threshold=0.5, min_size=2000
+                bands, plan.model_shape(slide.shape), slide.shape, threshold=0.5, min_size=2000
             )
             full.append(time.perf_counter() - start)
     tiles = sum(len(b) for b in batches)
@@ -189,7 +193,41 @@ def memory(folder: Path, only: tuple[str, ...] = ()) -> dict[str, float]:
             or k.startswith("slide_runs")}  # fmt: skip
 
 
+D4 = ("none", "hflip", "vflip", "rot90", "rot180", "rot270", "transpose", "antitranspose")
+DEFAULT_PLAN = TilePlan(
+    tile=256, scale=4, overlap=64, blend="gaussian", batch_size=8
+)  # the CPU default
+
+
+def defaults(folder: Path) -> dict[str, float]:
+    """The speed ratio at the CPU experiment's prediction settings (overlap 64, D4 TTA), raw and
+    zlib, and the share of tiles ``predict.min_tissue: 0.1`` would skip on the slide."""
+    from common.data.tiles import tile_grid
+    from common.infer.slide_inference import tissue_tiles
+
+    figures = {}
+    for name, compress in (("raw", False), ("zlib", True)):
+        write_slide(folder / f"{name}.tiff", 10_000, compress=compress)
+        got = speed(folder / f"{name}.tiff", name, repeats=2, plan=DEFAULT_PLAN, tta=D4)
+        figures |= {
+            k.replace("slide_inference_", "slide_inference_defaults_"): v for k, v in got.items()
+        }
+    with open_slide(folder / "zlib.tiff") as slide:
+        plan = TilePlan(tile=256, scale=4, overlap=64, min_tissue=0.1)
+        grid = tile_grid(*plan.model_shape(slide.shape), plan.tile, plan.overlap)
+        keep = tissue_tiles(slide, plan, grid)
+    figures["slide_inference_defaults_skipped_share_min_tissue_0.1"] = 1 - sum(keep) / len(keep)
+    return figures
+
+
 def main(argv=None) -> None:
+    if argv and argv[0] == "--defaults":
+        with tempfile.TemporaryDirectory() as folder:
+            record(
+                defaults(Path(folder)),
+                "whole-slide prediction at the default settings (overlap 64, D4)",
+            )
+        return
     if argv and argv[0] == "--memory":  # the memory figures only (of the cases named after it)
         with tempfile.TemporaryDirectory() as folder:
             figures = memory(Path(folder), tuple(argv[1:]))

@@ -16,12 +16,14 @@ grid (prepare writes ``objects/<id>.csv``: centre and area from the RLE, and the
 annotations' polygons). A window is read from the slide through ``common.io.slides`` at the
 model's size, its mask decoded from the RLE for that window only (``RleWindows``, the string
 parsed once per process) with the extra polygons drawn in: exactly what prepare writes for a
-static tile at the same place. Each worker process opens each slide once.
+static tile at the same place. Each process opens each slide once (a forked worker never uses
+its parent's open files).
 """
 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -117,7 +119,7 @@ class SlideWindowDataset(SegmentationDataset):
         self.slides, self.window = list(slides), window
         self.settings = {"size": epoch_size, "jitter": jitter, "random_share": random_share,
                          "area_bins": area_bins, "seed": seed}  # fmt: skip
-        self._open: dict[int, tuple] = {}  # this process's open slides, RLE windows, polygons
+        self._open: dict = {}  # this process's (pid) open slides, RLE windows and polygons
         self.set_epoch(0)
 
     def set_epoch(self, epoch: int) -> None:
@@ -125,6 +127,8 @@ class SlideWindowDataset(SegmentationDataset):
         self.ids = [f"{self.slides[k].id}_{y}_{x}_e{epoch}" for k, y, x in self.windows]
 
     def _slide(self, k: int):
+        if self._open.get("pid") != os.getpid():  # a forked worker reopens: file offsets are shared
+            self._open = {"pid": os.getpid()}
         if k not in self._open:
             s = self.slides[k]
             polygons = read_geojson(s.extra, log=lambda _: None) if s.extra else []
