@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader
 
 from common.config import Config
 from common.data.folds import group_folds
-from common.data.loaders import Items, load_pipeline, loader_args
+from common.data.loaders import Items, eval_loader, load_pipeline, loader_args
 from common.data.loaders import make_loaders as common_loaders
 from common.data.slide_windows import (
     SAMPLING,
@@ -313,15 +313,14 @@ def make_loaders(config: Config, fold: int, seed: int, slides_set: SlideSet = DE
         train = kept_items(train, scores, config.data.tile_filter.min_dice)
     held = tiles[tiles["fold"] == fold].reset_index(drop=True)
     pipeline = load_pipeline(config, TRANSFORMS)
-    train_loader, held_loader = common_loaders(
-        config, Items(train, out / "images", out / "masks"), Items(held, out / "images", out / "masks"),
-        seed, pipeline,
-    )  # fmt: skip
-    if sampling == "epoch":
-        sources = slide_sources(config, slides[slides["fold"] != fold], tiles, out, slides_set)
-        size = int(config.data.epoch_windows) or len(train)  # as many steps as static tiles
-        train_loader = window_loader(config, sources, size, seed, pipeline)
-    return train_loader, held_loader
+    held_items = Items(held, out / "images", out / "masks")
+    if sampling == "static":
+        return common_loaders(config, Items(train, out / "images", out / "masks"), held_items,
+                              seed, pipeline)  # fmt: skip
+    sources = slide_sources(config, slides[slides["fold"] != fold], tiles, out, slides_set)
+    size = int(config.data.epoch_windows) or len(train)  # as many steps as static tiles
+    return (window_loader(config, sources, size, seed, pipeline),
+            eval_loader(config, held_items, shard=True))  # fmt: skip
 
 
 def slide_sources(config: Config, slides: pd.DataFrame, tiles: pd.DataFrame, out: Path,

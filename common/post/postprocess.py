@@ -152,6 +152,27 @@ def clean_mask(mask, keep: str = "all", fill: bool = False) -> np.ndarray:
     return fill_holes(mask) if fill else mask
 
 
+def final_rows(labels: np.ndarray, stats: np.ndarray, final: bool) -> int:
+    """How many of a band's top rows are final, given its components (``labels`` and ``stats``
+    of ``cv2.connectedComponentsWithStats``): every row when ``final``, else the rows above the
+    first object that touches the band's last row (it may still grow downwards), moved up so
+    that no object is cut in two (its rest would be judged alone)."""
+    cut = len(labels)
+    if final:
+        return cut
+    open_labels = np.unique(labels[-1])
+    open_labels = open_labels[open_labels > 0]
+    tops = stats[1:, cv2.CC_STAT_TOP]
+    bottoms = tops + stats[1:, cv2.CC_STAT_HEIGHT]
+    if len(open_labels):
+        cut = int(stats[open_labels, cv2.CC_STAT_TOP].min())
+    while True:
+        split = (tops < cut) & (bottoms > cut)
+        if not split.any():
+            return cut
+        cut = int(tops[split].min())
+
+
 class RowComponentFilter:
     """``remove_small_components`` over a mask given as row bands, top to bottom, with memory
     bounded by the tallest object rather than the image: ``add(start, rows)`` returns the rows
@@ -187,16 +208,7 @@ class RowComponentFilter:
             _, labels, stats, _ = cv2.connectedComponentsWithStats(
                 held, connectivity=self.connectivity
             )
-            open_labels = np.unique(labels[-1]) if not final else np.zeros(0, np.int64)
-            open_labels = open_labels[open_labels > 0]
-            tops = stats[1:, cv2.CC_STAT_TOP]
-            bottoms = tops + stats[1:, cv2.CC_STAT_HEIGHT]
-            cut = int(stats[open_labels, cv2.CC_STAT_TOP].min()) if len(open_labels) else len(held)
-            while True:  # never cut through a finished object: its rest would be judged alone
-                split = (tops < cut) & (bottoms > cut)
-                if not split.any():
-                    break
-                cut = int(tops[split].min())
+            cut = final_rows(labels, stats, final)
         if cut == 0:
             return []
         out = held[:cut]

@@ -31,6 +31,7 @@ import numpy as np
 
 from common.io.atomic import write_text_atomic
 from common.io.polygons import Polygon, rasterize
+from common.post.postprocess import final_rows
 
 FOUND, MISSING = "glomerulus", "likely missing annotation"
 COLOURS = {FOUND: (0, 160, 0), MISSING: (230, 120, 0)}
@@ -100,19 +101,8 @@ def objects_in_bands(
             first, held = first + len(held), held[len(held) :]
             return
         _, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
-        tops = stats[1:, cv2.CC_STAT_TOP]
-        bottoms = tops + stats[1:, cv2.CC_STAT_HEIGHT]
-        cut = len(held)
-        if not final:  # objects touching the last row may grow: keep them and what they span
-            open_ = np.unique(labels[-1])
-            open_ = open_[open_ > 0]
-            if len(open_):
-                cut = int(tops[open_ - 1].min())
-            while True:
-                split = (tops < cut) & (bottoms > cut)
-                if not split.any():
-                    break
-                cut = int(tops[split].min())
+        cut = final_rows(labels, stats, final)  # objects that may still grow stay held
+        bottoms = stats[1:, cv2.CC_STAT_TOP] + stats[1:, cv2.CC_STAT_HEIGHT]
         for k in np.flatnonzero(bottoms <= cut) + 1:
             y, x, h, w = (stats[k, cv2.CC_STAT_TOP], stats[k, cv2.CC_STAT_LEFT],
                           stats[k, cv2.CC_STAT_HEIGHT], stats[k, cv2.CC_STAT_WIDTH])  # fmt: skip
