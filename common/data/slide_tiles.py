@@ -317,8 +317,14 @@ def make_loaders(config: Config, fold: int, seed: int, slides_set: SlideSet = DE
     if sampling == "static":
         return common_loaders(config, Items(train, out / "images", out / "masks"), held_items,
                               seed, pipeline)  # fmt: skip
+    d = config.data
+    for key, ok, rule in (("epoch_windows", d.epoch_windows >= 0, "a count >= 0 (0: as many as the static tiles)"),
+                          ("random_share", 0 <= d.random_share < 1, "a share in [0, 1)"),
+                          ("area_bins", d.area_bins >= 1, "a count >= 1")):  # fmt: skip
+        if not ok:
+            raise ValueError(f"data.{key} = {d[key]}: must be {rule}")
     sources = slide_sources(config, slides[slides["fold"] != fold], tiles, out, slides_set)
-    size = int(config.data.epoch_windows) or len(train)  # as many steps as static tiles
+    size = int(d.epoch_windows) or len(train)  # as many steps as static tiles
     return (window_loader(config, sources, size, seed, pipeline),
             eval_loader(config, held_items, shard=True))  # fmt: skip
 

@@ -325,6 +325,15 @@ def test_windows_drawn_every_epoch(synthetic, tmp_path):
         image, read_png(out / "images" / f"{grid['id']}.png", (64, 64), channels=0)
     )
     assert np.array_equal(mask, read_mask(out / "masks" / f"{grid['id']}.png", (64, 64)))
+    for bad, message in (("data.epoch_windows=-5", r"data\.epoch_windows = -5: must be a count >= 0"),
+                         ("data.random_share=1.0", r"data\.random_share = 1\.0: must be a share in \[0, 1\)"),
+                         ("data.area_bins=0", r"data\.area_bins = 0: must be a count >= 1")):  # fmt: skip
+        with pytest.raises(ValueError, match=message):
+            make_loaders(
+                _config("unet_resnet18_cpu.yaml", tmp_path, synthetic, "data.sampling=epoch", bad),
+                0,
+                1,
+            )
     with pytest.raises(ValueError, match=r"data\.sampling 'fresh'; valid: static, epoch"):
         make_loaders(
             _config("unet_resnet18_cpu.yaml", tmp_path, synthetic, "data.sampling=fresh"), 0, 1
