@@ -24,7 +24,7 @@ ENSEMBLE_PREPARE := $(if $(filter siim,$(ENSEMBLE_COMPETITION)),siim-prepare)
 # killed run from its last finished epoch.
 LAUNCH := $(if $(GPUS),$(PY) -m torch.distributed.run --standalone --nproc_per_node=$(GPUS),$(PY))
 # training overrides (ARGS) reach prepare too (a crop stage's settings), an ensemble's do not
-PREPARE_ARGS = $(if $(filter ensemble siim-pseudo,$(MAKECMDGOALS)),,$(ARGS))
+PREPARE_ARGS = $(if $(filter ensemble siim-pseudo hubmap-pseudo,$(MAKECMDGOALS)),,$(ARGS))
 SIIM_TRAIN = $(LAUNCH) -m common.cli train --competition siim --config $(CONFIG) $(if $(RESUME),--resume)
 # the lung default is a cascade: clavicles_refine.yaml trains its first stage (unet_resnet18_cpu)
 LUNG_CONFIG ?= competitions/lung/configs/clavicles_refine.yaml
@@ -32,10 +32,11 @@ LUNG_STAGE_CONFIG ?= competitions/lung/configs/unet_resnet18_cpu.yaml
 LUNG_TRAIN = $(LAUNCH) -m common.cli train --competition lung --config $(LUNG_CONFIG) $(if $(RESUME),--resume) $(if $(SKIP_BAD),--skip-bad)
 HUBMAP_CONFIG ?= competitions/hubmap/configs/unet_resnet18_cpu.yaml
 HUBMAP_FILTERED ?= competitions/hubmap/configs/filtered.yaml
+HUBMAP_ENSEMBLE ?= competitions/hubmap/configs/ensembles/default.yaml
 HUBMAP_TRAIN = $(LAUNCH) -m common.cli train --competition hubmap $(if $(RESUME),--resume) $(if $(SKIP_BAD),--skip-bad)
 
 .DEFAULT_GOAL := help
-.PHONY: help venv test test-all fixup lint bench clean fold0 folds siim-synthetic siim-prepare siim-fold0 siim-folds ensemble submit kaggle-bundle kaggle-push lung-prepare lung-fold0 lung-folds hubmap-prepare hubmap-fold0 hubmap-folds hubmap-filter leaderboard siim-pseudo lung-techniques
+.PHONY: help venv test test-all fixup lint bench clean fold0 folds siim-synthetic siim-prepare siim-fold0 siim-folds ensemble submit kaggle-bundle kaggle-push lung-prepare lung-fold0 lung-folds hubmap-prepare hubmap-fold0 hubmap-folds hubmap-filter leaderboard siim-pseudo hubmap-pseudo lung-techniques
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -132,6 +133,9 @@ clean:  ## remove caches (keeps .venv, data, models)
 
 leaderboard: $(STAMP)  ## every run and submission in one table, by CV; COMPETITION=, PUBLIC="name=0.861", KAGGLE=<slug>
 	$(PY) -m common.submit.leaderboard $(if $(COMPETITION),--competition $(COMPETITION)) $(if $(PUBLIC),--record $(PUBLIC)) $(if $(KAGGLE),--kaggle $(KAGGLE))
+
+hubmap-pseudo: $(STAMP)  ## confident windows of the test slides by HUBMAP_ENSEMBLE -> data/hubmap/pseudo/<ensemble>/ (train with ARGS="data.pseudo.folder=...")
+	$(CLI) pseudo --competition hubmap --config $(HUBMAP_ENSEMBLE) $(ARGS)
 
 siim-pseudo: $(STAMP)  ## pseudo-labels from ENSEMBLE's confident test predictions -> data/siim/pseudo/<ensemble>/ (train with configs/pseudo.yaml)
 	$(CLI) pseudo --competition siim --config $(ENSEMBLE) $(ARGS)

@@ -54,7 +54,7 @@ LAYOUTS = ("tiled", "striped", "rgba", "channels-first", "pages-as-stack", "5d",
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_every_layout_reads_the_same_windows(tmp_path, layout):
-    with open_slide(_write(tmp_path / "s.tiff", layout)) as slide:
+    with open_slide(_write(tmp_path / "s.tiff", layout), levels=False) as slide:
         assert slide.shape == (300, 410)
         np.testing.assert_array_equal(slide.read(0, 300, 0, 410), IMAGE)
         np.testing.assert_array_equal(slide.read(37, 201, 90, 333), IMAGE[37:201, 90:333])
@@ -64,6 +64,71 @@ def test_every_layout_reads_the_same_windows(tmp_path, layout):
         assert slide.read(0, 10, 0, 10, shape=(4, 5)).shape == (4, 5, 3)
         chunk = {"tiled": 64, "pyramid": 64, "striped": 32}.get(layout)
         assert slide.row_chunk == chunk if chunk else 1 <= slide.row_chunk <= 300
+
+
+def _pyramid(path, levels, tile=(64, 64)):
+    """``levels[0]`` with the others as SubIFDs (reduced resolution), tiled zlib."""
+    with tifffile.TiffWriter(path) as tiff:
+        tiff.write(levels[0], subifds=len(levels) - 1, tile=tile, photometric="rgb",
+                   compression="zlib")  # fmt: skip
+        for level in levels[1:]:
+            tiff.write(level, subfiletype=1, tile=tile, photometric="rgb", compression="zlib")
+    return path
+
+
+def _shrunk(image, factor):
+    h, w = image.shape[:2]
+    return cv2.resize(image, (w // factor, h // factor), interpolation=cv2.INTER_AREA)
+
+
+def test_a_read_that_shrinks_uses_the_coarsest_pyramid_level_within_its_scale(tmp_path):
+    """Levels at 2x and 4x made distinguishable (each inverted): a read shrinking by 4 or more
+    reads the 4x level, by 2-4 the 2x level, below 2 level 0; ``levels=False`` only level 0.
+    Windows off the levels' grid land on the nearest level pixel."""
+    image = np.ascontiguousarray(np.broadcast_to(
+        np.linspace(0, 255, 820, dtype=np.uint8)[None, :, None], (600, 820, 3)))  # fmt: skip
+    two, four = 255 - _shrunk(image, 2), 255 - _shrunk(image, 4)
+    path = _pyramid(tmp_path / "p.tiff", [image, two, four])
+    with open_slide(path) as slide:
+        assert [lv.factor for lv in slide.levels] == [(2.0, 2.0), (4.0, 4.0)]
+        np.testing.assert_array_equal(slide.read(0, 600, 0, 820, scale=4), four)
+        np.testing.assert_array_equal(slide.read(100, 300, 200, 600, shape=(25, 50)),
+                                      _shrunk(four[25:75, 50:150], 2))  # fmt: skip
+        np.testing.assert_array_equal(slide.read(0, 600, 0, 820, scale=2), two)
+        np.testing.assert_array_equal(slide.read(0, 600, 0, 820, scale=3), cv2.resize(
+            two, (273, 200), interpolation=cv2.INTER_AREA))  # fmt: skip
+        off = slide.read(101, 301, 203, 603, scale=2)  # 50.5 -> 50, 101.5 -> 102 on the 2x level
+        np.testing.assert_array_equal(off, two[50:150, 102:302])
+        np.testing.assert_array_equal(
+            slide.read(0, 600, 0, 820, scale=1.5),
+            cv2.resize(image, (547, 400), interpolation=cv2.INTER_AREA),
+        )
+        np.testing.assert_array_equal(slide.read(10, 20, 10, 30), image[10:20, 10:30])
+    with open_slide(path, levels=False) as slide:
+        assert slide.levels == []
+        np.testing.assert_array_equal(slide.read(0, 600, 0, 820, scale=4), _shrunk(image, 4))
+
+
+def test_a_true_pyramid_reads_as_level_zero_within_one_grey_level(tmp_path):
+    """Levels that are level 0 shrunk (as scanners write them): a 4x read of the 4x level
+    matches the area-shrunk level 0 to one grey level; a level of another aspect is not used,
+    nor one in tall strips (it would decode whole)."""
+    rng = np.random.default_rng(5)
+    image = cv2.GaussianBlur(rng.integers(0, 256, (512, 768, 3), dtype=np.uint8), (0, 0), 3)
+    path = _pyramid(tmp_path / "p.tiff", [image, _shrunk(image, 2), _shrunk(image, 4)])
+    with open_slide(path) as slide, open_slide(path, levels=False) as flat:
+        for box in [(0, 512, 0, 768), (128, 384, 256, 512)]:
+            fast, exact = slide.read(*box, scale=4), flat.read(*box, scale=4)
+            assert np.abs(fast.astype(int) - exact).max() <= 1
+    skewed = _pyramid(tmp_path / "skewed.tiff", [image, cv2.resize(image, (384, 200))])
+    with open_slide(skewed) as slide:
+        assert slide.levels == []
+    with tifffile.TiffWriter(tmp_path / "strips.tiff") as tiff:
+        tall = np.concatenate([image, image])  # its 2x level: 512 rows in one strip
+        tiff.write(tall, subifds=1, photometric="rgb", rowsperstrip=64)
+        tiff.write(_shrunk(tall, 2), subfiletype=1, photometric="rgb", rowsperstrip=512)
+    with open_slide(tmp_path / "strips.tiff") as slide:
+        assert slide.levels == []
 
 
 def test_bad_slides_name_the_file(tmp_path):

@@ -306,6 +306,10 @@ class NonEmptyRateSampler(Sampler[int]):
                 raise ValueError("sampling weights are all zero")
             self.weights = w / w.sum()
 
+    @property
+    def n_items(self) -> int:
+        return len(self.has_mask)
+
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
@@ -334,11 +338,13 @@ class NonEmptyRateSampler(Sampler[int]):
 
 
 class WithExtraSampler(NonEmptyRateSampler):
-    """``base``'s epoch (its rate or weights over the first ``len(base)`` items) plus extra items
+    """``base``'s epoch (a ``NonEmptyRateSampler``'s rate or weights over its first ``n_items``
+    items, or any sampler with ``n_items``, ``epoch_size``, ``epoch_indices``, ``set_epoch``,
+    ``seed``, ``epoch`` and the replicas) plus extra items
     (indices after them, e.g. pseudo-labelled images) making up ``share`` of the epoch, drawn
     without replacement while they last; shuffled together and split across replicas alike."""
 
-    def __init__(self, base: NonEmptyRateSampler, n_extra: int, share: float):
+    def __init__(self, base, n_extra: int, share: float):
         if not 0 < share < 1 or n_extra <= 0:
             raise ValueError(
                 f"extra items: need 0 < share < 1 and some items, got {share}, {n_extra}"
@@ -347,7 +353,7 @@ class WithExtraSampler(NonEmptyRateSampler):
         self.seed, self.epoch = base.seed, base.epoch
         self.num_replicas, self.rank = base.num_replicas, base.rank
         self.base, self.n_extra, self.share = base, n_extra, share
-        self.n_base = len(base.has_mask)
+        self.n_base = base.n_items
         self.extra_size = round(base.epoch_size * share / (1 - share))
         self.epoch_size = base.epoch_size + self.extra_size
 

@@ -55,19 +55,26 @@ def frame_items(config: Config, root: Path, frame: pd.DataFrame) -> Items:
     return Items(frame, root / "images", root / "masks", classes if len(classes) > 1 else None)
 
 
-def pseudo_items(config: Config, labelled: set[str]) -> Extra | None:
-    """``data.pseudo``'s set at the training size, or None; an id that is a labelled image is
-    refused (its pseudo-label could come from a model that validated on it)."""
+def pseudo_items(config: Config, labelled: set[str], *, key: str | None = None,
+                 column: str = "id") -> Extra | None:  # fmt: skip
+    """``data.pseudo``'s set at ``key`` (default: the training size; a slide set's
+    ``<window>_<size>``), or None; a row whose ``column`` (its image, or a slide window's
+    ``slide``) is labelled is refused (its pseudo-label could come from a model that validated
+    on it)."""
     from common.submit.pseudo import read_pseudo_set
 
     folder = config.data.pseudo.folder
     if not folder:
         return None
-    table = read_pseudo_set(Path(folder), config.data.size)
-    leaking = sorted(set(table["id"]) & labelled)
+    key = str(config.data.size) if key is None else key
+    table = read_pseudo_set(Path(folder), key)
+    if column not in table.columns:
+        raise ValueError(f"{folder}/{key}/train.csv: no {column!r} column")
+    leaking = sorted(set(table[column].astype(str)) & labelled)
     if leaking:
-        raise ValueError(f"{folder}: pseudo-labelled images are training images, e.g. {leaking[0]}")
-    root = Path(folder) / str(config.data.size)
+        what = "images are training images" if column == "id" else f"windows come from training {column}s"
+        raise ValueError(f"{folder}: pseudo-labelled {what}, e.g. {leaking[0]}")
+    root = Path(folder) / key
     return Extra(Items(table, root / "images", root / "masks"), config.data.pseudo.share)
 
 

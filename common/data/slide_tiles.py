@@ -34,11 +34,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import ConcatDataset, DataLoader
 
 from common.config import Config
 from common.data.folds import group_folds
-from common.data.loaders import Items, eval_loader, load_pipeline, loader_args
+from common.data.datasets import WithExtraSampler
+from common.data.frames import pseudo_items
+from common.data.loaders import Extra, Items, dataset, eval_loader, load_pipeline, loader_args
 from common.data.loaders import make_loaders as common_loaders
 from common.data.slide_windows import (
     SAMPLING,
@@ -60,8 +62,9 @@ from common.post.tile_filter import FILE as FILTER_FILE
 from common.post.tile_filter import kept_items
 from common.train import distributed
 
-VERSION = 3  # 2: object tiles numbered (two clipped to one corner no longer share a name), extras;
-# 3: objects/<id>.csv (each object's centre and area, for data.sampling: epoch)
+VERSION = 4  # 2: object tiles numbered (two clipped to one corner no longer share a name), extras;
+# 3: objects/<id>.csv (each object's centre and area, for data.sampling: epoch); 4: a pyramid
+# slide's tiles come from its level at the tile's scale (common.io.slides)
 SLIDES = Table("slides.csv", ("id", "height", "width", "tiles", "object_tiles", "positives",
                               "extra_objects"))  # fmt: skip
 TILE_COLUMNS = ["id", "slide", "y", "x", "kind", "tissue", "mask_area"]
@@ -314,9 +317,11 @@ def make_loaders(config: Config, fold: int, seed: int, slides_set: SlideSet = DE
     held = tiles[tiles["fold"] == fold].reset_index(drop=True)
     pipeline = load_pipeline(config, TRANSFORMS)
     held_items = Items(held, out / "images", out / "masks")
+    extra = pseudo_items(config, set(slides["id"]), key=f"{config.data.window}_{config.data.size}",
+                         column="slide")  # a window of any labelled slide is refused  # fmt: skip
     if sampling == "static":
         return common_loaders(config, Items(train, out / "images", out / "masks"), held_items,
-                              seed, pipeline)  # fmt: skip
+                              seed, pipeline, extra)  # fmt: skip
     d = config.data
     for key, ok, rule in (("epoch_windows", d.epoch_windows >= 0, "a count >= 0 (0: as many as the static tiles)"),
                           ("random_share", 0 <= d.random_share < 1, "a share in [0, 1)"),
@@ -325,7 +330,7 @@ def make_loaders(config: Config, fold: int, seed: int, slides_set: SlideSet = DE
             raise ValueError(f"data.{key} = {d[key]}: must be {rule}")
     sources = slide_sources(config, slides[slides["fold"] != fold], tiles, out, slides_set)
     size = int(d.epoch_windows) or len(train)  # as many steps as static tiles
-    return (window_loader(config, sources, size, seed, pipeline),
+    return (window_loader(config, sources, size, seed, pipeline, extra),
             eval_loader(config, held_items, shard=True))  # fmt: skip
 
 
@@ -348,14 +353,18 @@ def slide_sources(config: Config, slides: pd.DataFrame, tiles: pd.DataFrame, out
 
 
 def window_loader(config: Config, sources: list[SlideSource], epoch_size: int, seed: int,
-                  transform) -> DataLoader:  # fmt: skip
-    """The training loader of ``data.sampling: epoch``."""
+                  transform, extra: Extra | None = None) -> DataLoader:  # fmt: skip
+    """The training loader of ``data.sampling: epoch``; with ``extra`` (pseudo-labelled
+    windows), those fill ``extra.share`` of every epoch on top of the drawn windows."""
     d = config.data
     data = SlideWindowDataset(sources, window=d.window, epoch_size=epoch_size, jitter=d.jitter,
                               random_share=d.random_share,
                               area_bins=d.area_bins, seed=seed, size=d.size, transform=transform,
                               in_channels=d.in_channels, preprocess=d.get("preprocess"))  # fmt: skip
     draw = EpochWindowSampler(data, distributed.world_size(), distributed.rank())
+    if extra is not None and len(extra.items.frame):
+        draw = WithExtraSampler(draw, len(extra.items.frame), extra.share)
+        data = ConcatDataset([data, dataset(config, extra.items, transform)])
     per_rank = d.batch_size // distributed.world_size()
     return DataLoader(data, batch_size=per_rank, sampler=draw, drop_last=len(draw) > per_rank,
                       generator=torch.Generator().manual_seed(seed + 1000 * distributed.rank()),

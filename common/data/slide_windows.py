@@ -155,14 +155,28 @@ class EpochWindowSampler(Sampler[int]):
 
     def __init__(self, dataset: SlideWindowDataset, num_replicas: int = 1, rank: int = 0):
         self.dataset, self.num_replicas, self.rank = dataset, num_replicas, rank
+        self.seed, self.epoch = dataset.settings["seed"], 0
+
+    @property
+    def n_items(self) -> int:
+        return len(self.dataset)
+
+    @property
+    def epoch_size(self) -> int:
+        return len(self.dataset)
 
     def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
         self.dataset.set_epoch(epoch)
 
+    def epoch_indices(self) -> np.ndarray:
+        """The epoch's windows in their drawn order (every rank), before the split."""
+        return np.arange(len(self.dataset))
+
     def __iter__(self):
-        n = len(self.dataset)
-        per_rank = -(-n // self.num_replicas)
-        order = np.resize(np.arange(n), per_rank * self.num_replicas)
+        indices = self.epoch_indices()
+        per_rank = -(-len(indices) // self.num_replicas)
+        order = np.resize(indices, per_rank * self.num_replicas)
         return iter(order[self.rank :: self.num_replicas].tolist())
 
     def __len__(self) -> int:

@@ -7,8 +7,8 @@ image and ``read(y0, y1, x0, x1, scale)`` gives the window ``[y0, y1) x [x0, x1)
 Reads go through tifffile's zarr store, which decodes only the strips or tiles a window touches
 (uncompressed, zlib, LZW, JPEG, ...). Layouts understood:
 
-- (H, W, 3) interleaved RGB (``YXS``), striped or tiled, with or without a pyramid (level 0 is
-  read); an alpha channel is dropped;
+- (H, W, 3) interleaved RGB (``YXS``), striped or tiled, with or without a pyramid (SubIFDs or
+  reduced pages); an alpha channel is dropped;
 - channels first, (3, H, W), with any leading singleton axes: (1, 1, 3, H, W) and the like;
 - three separate 2-D pages (series), one per channel.
 
@@ -16,6 +16,13 @@ A file whose strips are taller than ``STREAM_ROWS`` (a single-strip slide, as so
 converters write) is not decoded a strip at a time: uncompressed strips are read by byte range
 and deflate ones are decompressed as a stream (``_StripRows``), so memory follows the rows asked
 for, not the strip.
+
+Pyramids: a read that shrinks the window (``scale`` or ``shape``) by at least a level's factor
+reads the coarsest such level (a level's factor: level 0's height and width over its own, equal
+within 1%) and shrinks what is left by area: a 1024 px window at 256 px reads 16x fewer pixels
+from a level at 4x. The level's pixels are the scanner's (its own interpolation), so
+``open_slide(path, levels=False)`` reads level 0 only; training tiles and prediction read the
+same way, so they agree. The levels' strips or tiles are checked like level 0's.
 
 Anything else (greyscale, 16-bit, two channels), a truncated file (a strip or tile past the end
 of the file) or a window outside the image is one ``SlideError`` naming the file.
@@ -26,6 +33,7 @@ from __future__ import annotations
 import math
 import os
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -132,8 +140,21 @@ def _reason(error: BaseException) -> str:
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
-def _pages(series) -> list:
-    return [page for level in series.levels[:1] for page in level.pages if page is not None]
+def _pages(series, level: int = 0) -> list:
+    return [page for page in series.levels[level].pages if page is not None]
+
+
+LEVEL_TOLERANCE = 0.01  # a level's height and width factors agree to this share; a read uses a
+# level when its factor is at most the read's shrink factor times (1 + this)
+
+
+@dataclass(frozen=True)
+class Level:
+    """A reduced pyramid level: its factor against level 0 (height, width), shape and arrays."""
+
+    factor: tuple[float, float]
+    shape: tuple[int, int]
+    arrays: tuple
 
 
 def shrink(rgb: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -146,10 +167,12 @@ def shrink(rgb: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 class Slide:
     """An open TIFF; use as a context manager or call ``close``. ``row_chunk`` and
     ``col_chunk`` are the height and width of the file's strips or tiles: a read of whole
-    chunks decodes nothing twice."""
+    chunks decodes nothing twice. ``levels``: the pyramid's reduced levels (finest first) that
+    shrinking reads use; with ``levels=False`` none (an empty list)."""
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, levels: bool = True):
         self.path = Path(path)
+        self._use_levels = levels
         try:
             self._tiff = tifffile.TiffFile(self.path)
         except MemoryError:
@@ -204,7 +227,9 @@ class Slide:
                 "expected (H, W, 3), (..., 3, H, W) or three (H, W) pages"
             )
         pages = [p for s in used for p in _pages(s)]
-        _check_complete(self.path, pages)
+        self.levels = self._pyramid(used) if self._use_levels else []
+        levels = [p for s in used for k in range(1, len(self.levels) + 1) for p in _pages(s, k)]
+        _check_complete(self.path, pages + levels)
         chunks = self._arrays[0].chunks
         self.row_chunk = int(chunks[-3] if self.layout == "interleaved" else chunks[-2])
         self.col_chunk = int(chunks[-2] if self.layout == "interleaved" else chunks[-1])
@@ -213,8 +238,41 @@ class Slide:
             self._strips, self.row_chunk = _StripRows(self.path, pages[0]), STREAM_ROWS
             self.col_chunk = self.width
 
-    def _array(self, series):
-        return zarr.open(series.aszarr(level=0), mode="r")
+    def _array(self, series, level: int = 0):
+        return zarr.open(series.aszarr(level=level), mode="r")
+
+    def _yx(self, shape) -> tuple[int, int]:
+        return (shape[-3], shape[-2]) if self.layout == "interleaved" else (shape[-2], shape[-1])
+
+    def _pyramid(self, used) -> list[Level]:
+        """The reduced levels every used series has, in order, up to the first that is not a
+        uint8 image of the same layout shrunk by one factor in both directions, in strips of at
+        most ``STREAM_ROWS`` rows or in tiles."""
+        levels = []
+        for k in range(1, min(len(s.levels) for s in used)):
+            shapes = {s.levels[k].shape for s in used}
+            if len(shapes) != 1 or any(s.levels[k].dtype != np.uint8 for s in used):
+                break
+            (shape,) = shapes
+            if len(shape) != len(used[0].shape):
+                break
+            height, width = self._yx(shape)
+            factor = self.height / height, self.width / width
+            if abs(factor[0] - factor[1]) > LEVEL_TOLERANCE * max(factor) or min(factor) <= 1:
+                break
+            pages = [p for s in used for p in _pages(s, k)]
+            if any(not p.is_tiled and min(p.rowsperstrip, height) > STREAM_ROWS for p in pages):
+                break  # tall strips decode whole: level 0 streams them, so reads stay there
+            levels.append(Level(factor, (height, width), tuple(self._array(s, k) for s in used)))
+        return levels
+
+    def level_for(self, y_scale: float, x_scale: float) -> Level | None:
+        """The coarsest level whose factors are at most a read's shrink factors (with
+        ``LEVEL_TOLERANCE``), or None for level 0."""
+        fits = [lv for lv in self.levels
+                if lv.factor[0] <= y_scale * (1 + LEVEL_TOLERANCE)
+                and lv.factor[1] <= x_scale * (1 + LEVEL_TOLERANCE)]  # fmt: skip
+        return fits[-1] if fits else None
 
     @property
     def height(self) -> int:
@@ -234,29 +292,41 @@ class Slide:
                 f"{self.path}: window y {y0}:{y1}, x {x0}:{x1} is outside the "
                 f"{self.height}x{self.width} image"
             )
+        if shape is None and scale != 1:
+            shape = (max(1, round((y1 - y0) / scale)), max(1, round((x1 - x0) / scale)))
+        level = None
+        if shape is not None and self.levels:
+            level = self.level_for((y1 - y0) / shape[0], (x1 - x0) / shape[1])
         try:
-            if self._strips is not None:  # tall strips: the rows, never the whole strip
+            if level is not None:  # the window on the level, each edge at its nearest pixel
+                (fy, fx), (h, w) = level.factor, level.shape
+                ly0, lx0 = min(round(y0 / fy), h - 1), min(round(x0 / fx), w - 1)
+                ly1 = max(min(round(y1 / fy), h), ly0 + 1)
+                lx1 = max(min(round(x1 / fx), w), lx0 + 1)
+                rgb = self._read_arrays(level.arrays, ly0, ly1, lx0, lx1)
+            elif self._strips is not None:  # tall strips: the rows, never the whole strip
                 rgb = self._strips.read(y0, y1)[:, x0:x1, :3]
-            elif self.layout == "interleaved":
-                (array,) = self._arrays
-                lead = (0,) * (array.ndim - 3)
-                rgb = np.asarray(array[(*lead, slice(y0, y1), slice(x0, x1), slice(0, 3))])
-            elif self.layout == "channels-first":
-                (array,) = self._arrays
-                lead = (0,) * (array.ndim - 3)
-                planes = np.asarray(array[(*lead, slice(None), slice(y0, y1), slice(x0, x1))])
-                rgb = np.ascontiguousarray(np.moveaxis(planes, 0, -1))
             else:
-                rgb = np.stack([np.asarray(a[y0:y1, x0:x1]) for a in self._arrays], axis=-1)
+                rgb = self._read_arrays(self._arrays, y0, y1, x0, x1)
         except (MemoryError, SlideError):
             raise
         except Exception as error:  # corrupt tiles fail inside the codecs in many ways
             raise SlideError(
                 f"{self.path}: window y {y0}:{y1}, x {x0}:{x1}: {_reason(error)}"
             ) from None
-        if shape is None and scale != 1:
-            shape = (max(1, round((y1 - y0) / scale)), max(1, round((x1 - x0) / scale)))
         return rgb if shape is None else shrink(rgb, shape)
+
+    def _read_arrays(self, arrays, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        if self.layout == "interleaved":
+            (array,) = arrays
+            lead = (0,) * (array.ndim - 3)
+            return np.asarray(array[(*lead, slice(y0, y1), slice(x0, x1), slice(0, 3))])
+        if self.layout == "channels-first":
+            (array,) = arrays
+            lead = (0,) * (array.ndim - 3)
+            planes = np.asarray(array[(*lead, slice(None), slice(y0, y1), slice(x0, x1))])
+            return np.ascontiguousarray(np.moveaxis(planes, 0, -1))
+        return np.stack([np.asarray(a[y0:y1, x0:x1]) for a in arrays], axis=-1)
 
     def close(self) -> None:
         self._tiff.close()
@@ -285,8 +355,8 @@ def thumbnail(slide: Slide, max_side: int = 1024, window: int = 4096) -> np.ndar
     return out
 
 
-def open_slide(path: str | os.PathLike) -> Slide:
-    return Slide(path)
+def open_slide(path: str | os.PathLike, levels: bool = True) -> Slide:
+    return Slide(path, levels)
 
 
 def slide_shape(path: str | os.PathLike) -> tuple[int, int]:

@@ -132,26 +132,43 @@ def write_pseudo_set(
         highest = float(item.prob.max()) / PROB_SCALE
         rows.append((item.id, int(mask.any()), round(highest, 4), int(mask.sum())))
     table = pd.DataFrame(rows, columns=COLUMNS)
-    for size in sizes:
-        (folder / str(size)).mkdir(parents=True, exist_ok=True)
-        with atomic_path(folder / str(size) / "train.csv") as tmp:
-            table.to_csv(tmp, index=False)
     counts = {"kept": len(table), "positives": int(table["has_mask"].sum()),
               "negatives": int((table["has_mask"] == 0).sum()), "left_out_unsure": skipped,
               "left_out_leakage": len(excluded)}  # fmt: skip
     record = dict(provenance) | {"rules": asdict(rules), "thresholds": dict(thresholds),
                                  "sizes": sizes, "counts": counts, "excluded": excluded}  # fmt: skip
-    write_text_atomic(folder / "provenance.json", json.dumps(record, indent=2) + "\n")
-    return record
+    return write_table(folder, [str(size) for size in sizes], table, record)
 
 
-def read_pseudo_set(folder: Path, size: int) -> pd.DataFrame:
-    """The table of a pseudo set at ``size``, checked (``id``, ``has_mask``)."""
-    path = Path(folder) / str(size) / "train.csv"
+def write_table(folder: Path, keys, table: pd.DataFrame, record: Mapping) -> dict:
+    """A set's ``<folder>/<key>/train.csv`` for each of ``keys`` (its sizes, or a slide set's
+    ``<window>_<size>``), each written atomically, then ``provenance.json``; returns the record."""
+    for key in [keys] if isinstance(keys, str) else keys:
+        (folder / key).mkdir(parents=True, exist_ok=True)
+        with atomic_path(folder / key / "train.csv") as tmp:
+            table.to_csv(tmp, index=False)
+    write_text_atomic(folder / "provenance.json", json.dumps(dict(record), indent=2) + "\n")
+    return dict(record)
+
+
+def publish(out: Path, what: str, build) -> dict:
+    """``build(folder)`` into a folder beside ``out`` that replaces it whole when done, under
+    ``out``'s lock (a second run stops with one line naming ``what``); a killed build's half
+    folder is cleared first."""
+    with exclusive(out.parent / f".{out.name}.lock", what):
+        remove_stale_builds(out)  # what a killed run left half-written
+        with atomic_dir(out) as folder:  # the old set stays whole until the new one is
+            return build(folder)
+
+
+def read_pseudo_set(folder: Path, key: int | str) -> pd.DataFrame:
+    """The table of a pseudo set at ``key`` (an image set's training size, a slide set's
+    ``<window>_<size>``), checked (``id``, ``has_mask``)."""
+    path = Path(folder) / str(key) / "train.csv"
     if not path.is_file():
         raise ValueError(
-            f"{path} not found: build the pseudo set at size {size} first "
-            "(python -m competitions.<name>.pseudo --config <ensemble>)"
+            f"{path} not found: build the pseudo set at {key} first "
+            "(python -m common.cli pseudo --competition <name> --config <ensemble>)"
         )
     table = pd.read_csv(path, dtype={"id": str})
     missing = [c for c in ("id", "has_mask") if c not in table.columns]
@@ -218,11 +235,9 @@ def build_pseudo(config, task, *, train_images: Path, train_ids: set[str], out: 
 
     provenance = {"ensemble": config.name, "source": source, "size": size,
                   "members": [asdict(m) for m in members], "tta": list(config.tta)}  # fmt: skip
-    with exclusive(out.parent / f".{out.name}.lock", f"pseudo-labels {out.name}"):
-        remove_stale_builds(out)  # what a killed run left half-written
-        with atomic_dir(out) as build:  # the old set stays whole until the new one is
-            record = write_pseudo_set(build, items(), rules=rules, thresholds=thresholds, sizes=[size],
-                                      provenance=provenance, excluded=excluded)  # fmt: skip
+    record = publish(out, f"pseudo-labels {out.name}", lambda build: write_pseudo_set(
+        build, items(), rules=rules, thresholds=thresholds, sizes=[size], provenance=provenance,
+        excluded=excluded))  # fmt: skip
     c = record["counts"]
     log(f"pseudo: kept {c['kept']} ({c['positives']} positive, {c['negatives']} negative), "
         f"{c['left_out_unsure']} unsure, {c['left_out_leakage']} leaking -> {out}")  # fmt: skip

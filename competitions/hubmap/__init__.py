@@ -25,6 +25,7 @@ COMPETITION = Competition(
         "tile-filter": "common.train.slide_runner:tile_filter_main",
         "ensemble": "common.submit.slide_ensemble:main",
         "offline": "common.submit.slide_ensemble:offline",
+        "pseudo": "common.submit.slide_pseudo:main",
         "bundle": "common.submit.kaggle:competition_main",
         "leaderboard": "common.submit.leaderboard:main",
     },

@@ -338,3 +338,123 @@ def test_windows_drawn_every_epoch(synthetic, tmp_path):
         make_loaders(
             _config("unet_resnet18_cpu.yaml", tmp_path, synthetic, "data.sampling=fresh"), 0, 1
         )
+
+
+def test_slide_pseudo_rules_judge_blobs_not_pixels():
+    """A blob (connected map above negative_below) is confident when its peak reaches
+    positive_above: windows touching only confident blobs with label pixels are positives,
+    windows touching no blob negatives, the rest unsure; negatives drawn per positive."""
+    from common.data.tiles import tile_grid
+    from common.submit.pseudo import Rules
+    from common.submit.slide_pseudo import (
+        NEGATIVE,
+        POSITIVE,
+        UNSURE,
+        confident_labels,
+        pick,
+        window_kinds,
+    )
+
+    prob = np.zeros((64, 96), np.uint8)
+    prob[4:12, 4:12] = 100  # a confident object: a soft rim and a sure core
+    prob[6:10, 6:10] = 250
+    prob[40:48, 40:48] = 200  # an unsure blob: peak 0.78
+    prob[4:6, 70:72] = 250  # a confident speck under the minimum size
+    rules = Rules(positive_above=0.9, negative_below=0.1)
+    label, unsure, blob = confident_labels(prob, rules, threshold=0.5, min_size=10)
+    assert label.sum() == 16 + 64 and label[6:10, 6:10].all()  # cores above 0.5
+    assert not label[4:6, 70:72].any()  # the speck is under the minimum size
+    assert unsure.sum() == 64 and unsure[40:48, 40:48].all()
+    assert blob.sum() == 64 + 64 + 4
+    tiles = tile_grid(64, 96, 32)  # 2 x 3 windows
+    kinds = window_kinds(label, unsure, blob, tiles)
+    assert kinds == [POSITIVE, NEGATIVE, UNSURE, NEGATIVE, UNSURE, NEGATIVE]
+    assert pick(kinds, 1.0, seed=0) in ([0, 1], [0, 3], [0, 5])
+    assert pick(kinds, -1, seed=0) == [0, 1, 3, 5]
+    assert pick(kinds, 0.0, seed=0) == [0]
+
+
+def test_slide_pseudo_labels_from_an_ensemble(synthetic, tmp_path, monkeypatch):
+    """The pseudo stage on the synthetic test slides: with a map equal to the test truth every
+    blob is sure, so each positive window's mask is the truth there; an extra slide that is a
+    training slide under another name is left out as a near duplicate; training draws the set
+    into every fold's epoch (static and per-epoch windows) and refuses windows of a labelled
+    slide."""
+    import shutil
+
+    import cv2
+    import yaml
+
+    from common.data.slide_tiles import make_loaders
+    from common.infer.slide_inference import TilePlan
+    from common.io.images import read_mask
+    from common.post.postprocess import PROB_SCALE, quantise
+    from common.submit import slide_pseudo
+    from common.train.slide_runner import train_folds
+    from competitions.hubmap.data import SLIDES
+
+    monkeypatch.setenv("KSEG_WORKSPACE", str(tmp_path))
+    train_folds(_config("unet_resnet18_cpu.yaml", tmp_path, synthetic), [0], SLIDES)
+    truth = pd.read_csv(synthetic / "test_truth.csv", dtype=str, keep_default_na=False)
+    truth = truth.set_index("id").iloc[:, 0]
+
+    def known_map(slide, predictor, plan):  # the test truth at model scale, blurred: soft rims
+        full = rle_decode(truth[slide.path.stem], slide.shape).astype(np.float32)
+        h, w = plan.model_shape(slide.shape)
+        small = cv2.resize(full, (w, h), interpolation=cv2.INTER_AREA)
+        yield 0, cv2.GaussianBlur(small, (5, 5), 1.0)
+
+    monkeypatch.setattr(slide_pseudo, "predict_slide", known_map)
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    first_train = pd.read_csv(synthetic / "train.csv", dtype=str)["id"].iloc[0]
+    shutil.copy(synthetic / "train" / f"{first_train}.tiff", extra / "renamed.tiff")
+    for i in truth.index:
+        shutil.copy(synthetic / "test" / f"{i}.tiff", extra / f"{i}.tiff")
+    overrides = [f"output={tmp_path / 'models'}", f"synthetic={synthetic}", f"raw={tmp_path / 'raw'}",
+                 "tta=[none]", "synthetic_scale=0.1", "overlap=16", "name=check",
+                 f"pseudo.images={extra}", "pseudo.negatives_per_positive=2"]  # fmt: skip
+    config = load_run_config(CONFIGS / "ensembles" / "default.yaml", overrides)
+    (tmp_path / "models" / "check").mkdir(parents=True)
+    (tmp_path / "models" / "check" / "thresholds.yaml").write_text(
+        yaml.safe_dump({"threshold": 0.5, "min_size": 0}))  # fmt: skip
+    record = slide_pseudo.build_slide_pseudo(config, SLIDES, "hubmap", log=lambda _: None)
+    out = tmp_path / "data" / "hubmap" / "pseudo" / "check"
+    c = record["counts"]
+    assert record["excluded"] == {
+        "renamed": "a near duplicate of a training image (correlation >= 0.995)"
+    }
+    assert c["slides"] == len(truth) and c["positive"] > 0 and c["negative"] <= 2 * c["positive"]
+    assert c["windows"] == sum(
+        c[k] for k in ("background", "positive", "negative", "negative_not_kept", "unsure")
+    )
+    table = pd.read_csv(out / "256_64" / "train.csv", dtype={"id": str, "slide": str})
+    assert len(table) == c["kept"] and table["has_mask"].sum() == c["positive"]
+    for row in table.itertuples():  # the label is the whole slide's map above 0.5, cut
+        shape = slide_shape(extra / f"{row.slide}.tiff")
+        with open_slide(extra / f"{row.slide}.tiff") as slide:
+            (_, blurred), = known_map(slide, None, TilePlan(tile=64, scale=4.0))  # fmt: skip
+        y, x = (
+            round(row.y * blurred.shape[0] / shape[0]),
+            round(row.x * blurred.shape[1] / shape[1]),
+        )
+        expected = quantise(blurred[y : y + 64, x : x + 64]) / PROB_SCALE > 0.5
+        mask = read_mask(out / "256_64" / "masks" / f"{row.id}.png", (64, 64))
+        assert np.array_equal(mask > 0, expected), row.id
+        assert row.has_mask == int(expected.any()) and row.mask_area == expected.sum() * 16
+    assert table["has_mask"].any() and not table["has_mask"].all()
+    assert (out / f"{truth.index[0]}.png").is_file() and (out / "provenance.json").is_file()
+    for sampling in ("static", "epoch"):
+        trained = _config("unet_resnet18_cpu.yaml", tmp_path, synthetic, f"data.sampling={sampling}",
+                          f"data.pseudo.folder={out}", "data.pseudo.share=0.5")  # fmt: skip
+        loader, _ = make_loaders(trained, 0, seed=1)
+        drawn = list(loader.sampler)
+        n_base = len(loader.dataset.datasets[0])
+        assert len(loader.dataset.datasets[1]) == len(table)
+        assert sum(i >= n_base for i in drawn) == pytest.approx(len(drawn) / 2, abs=1)
+    table.loc[0, "slide"] = first_train
+    table.to_csv(out / "256_64" / "train.csv", index=False)
+    with pytest.raises(
+        ValueError, match=rf"pseudo-labelled windows come from training slides, e.g. {first_train}"
+    ):
+        make_loaders(trained, 0, seed=1)

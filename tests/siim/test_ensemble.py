@@ -214,6 +214,6 @@ def test_pseudo_inputs_that_are_refused(workspace, tmp_path, monkeypatch):
         workspace / "configs" / "tiny_seg.yaml", [f"data.pseudo.folder={tmp_path / 'none'}"]
     )
     with pytest.raises(
-        ValueError, match=r"none/48/train\.csv not found: build the pseudo set at size 48"
+        ValueError, match=r"none/48/train\.csv not found: build the pseudo set at 48"
     ):
         make_loaders(missing, 0, 0)
