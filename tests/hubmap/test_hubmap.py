@@ -452,6 +452,10 @@ def test_slide_pseudo_labels_from_an_ensemble(synthetic, tmp_path, monkeypatch):
         n_base = len(loader.dataset.datasets[0])
         assert len(loader.dataset.datasets[1]) == len(table)
         assert sum(i >= n_base for i in drawn) == pytest.approx(len(drawn) / 2, abs=1)
+    (extra / "broken.tiff").write_bytes(b"not a tiff")  # bad input: one error naming the file
+    with pytest.raises(ValueError, match=r"broken\.tiff: not a readable TIFF"):
+        slide_pseudo.build_slide_pseudo(config, SLIDES, "hubmap", log=lambda _: None)
+    assert len(pd.read_csv(out / "256_64" / "train.csv")) == len(table)  # the old set stays whole
     table.loc[0, "slide"] = first_train
     table.to_csv(out / "256_64" / "train.csv", index=False)
     with pytest.raises(
