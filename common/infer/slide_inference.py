@@ -124,15 +124,16 @@ class RowBuffer:
             b0 = b1
 
 
-def tissue_tiles(slide: Slide, plan: TilePlan, grid: Sequence[Tile], max_side: int = 1024
-                 ) -> list[bool]:  # fmt: skip
+def tissue_tiles(slide: Slide, plan: TilePlan, grid: Sequence[Tile], max_side: int = 1024,
+                 small_rgb: np.ndarray | None = None) -> list[bool]:  # fmt: skip
     """For each model-scale tile of ``grid``: does its window hold at least ``plan.min_tissue``
     stained tissue (``common.data.tiles.tissue_fraction``'s rule) on a thumbnail of the slide?
-    The thumbnail costs one low-resolution pass over the slide."""
+    The thumbnail costs one low-resolution pass over the slide (none when ``small_rgb``, the
+    slide's thumbnail already read, is given)."""
     from common.data.tiles import tissue_mask
     from common.io.slides import thumbnail
 
-    small = tissue_mask(thumbnail(slide, max_side))
+    small = tissue_mask(thumbnail(slide, max_side) if small_rgb is None else small_rgb)
     model_shape = plan.model_shape(slide.shape)
     fy, fx = small.shape[0] / slide.height, small.shape[1] / slide.width
     keep = []

@@ -128,7 +128,12 @@ def slide_windows(slide_id: str, path: Path, predictor, plan: TilePlan, rules: R
         label, unsure, blob = confident_labels(prob, rules, threshold=thresholds["threshold"],
                                                min_size=thresholds["min_size"] / scale2)  # fmt: skip
         tiles = [t for t in tile_grid(*model_shape, plan.tile) if t.shape == (plan.tile, plan.tile)]
-        tissue = tissue_tiles(slide, plan, tiles) if plan.min_tissue > 0 else [True] * len(tiles)
+        small = np.ascontiguousarray(thumbnail(slide, 1024))  # for the tissue and the picture
+        tissue = (
+            tissue_tiles(slide, plan, tiles, small_rgb=small)
+            if plan.min_tissue > 0
+            else [True] * len(tiles)
+        )
         kinds = [k if on else None for k, on in zip(window_kinds(label, unsure, blob, tiles),
                                                     tissue, strict=True)]  # fmt: skip
         kept = pick([k if k is not None else UNSURE for k in kinds], negatives_per_positive, seed)
@@ -145,7 +150,7 @@ def slide_windows(slide_id: str, path: Path, predictor, plan: TilePlan, rules: R
             rows.append((name, int(kinds[i] == POSITIVE), slide_id, y0, x0,
                          round(float(prob[t.y0 : t.y1, t.x0 : t.x1].max()) / PROB_SCALE, 4),
                          round(float(mask.sum()) * scale2)))  # fmt: skip
-        picture(slide, tiles, kinds, kept, model_shape, out.parent / f"{slide_id}.png")
+        picture(small, tiles, kinds, kept, model_shape, out.parent / f"{slide_id}.png")
     counts = {"windows": len(tiles), "background": kinds.count(None),
               "positive": sum(kinds[i] == POSITIVE for i in kept),
               "negative": sum(kinds[i] == NEGATIVE for i in kept),
@@ -154,10 +159,9 @@ def slide_windows(slide_id: str, path: Path, predictor, plan: TilePlan, rules: R
     return rows, counts
 
 
-def picture(slide, tiles, kinds, kept, model_shape, path: Path, side: int = 1024) -> None:
-    """The slide's thumbnail with its windows: kept positives green, kept negatives blue,
-    unsure red (background and negatives not kept are not drawn)."""
-    small = np.ascontiguousarray(thumbnail(slide, side))
+def picture(small: np.ndarray, tiles, kinds, kept, model_shape, path: Path) -> None:
+    """The slide's thumbnail ``small`` (drawn on) with its windows: kept positives green, kept
+    negatives blue, unsure red (background and negatives not kept are not drawn)."""
     fy, fx = small.shape[0] / model_shape[0], small.shape[1] / model_shape[1]
     colours = {POSITIVE: (0, 200, 0), NEGATIVE: (0, 90, 255), UNSURE: (230, 0, 0)}
     kept = set(kept)
