@@ -18,6 +18,7 @@ weights when ``data.tile_filter.init``.
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
@@ -116,6 +117,19 @@ def train_folds(config: Config, folds, slides: SlideSet, *, resume: bool = False
                   f"{', '.join(metrics['held_out'])} predicted in {metrics['wall_seconds']:.0f}s")  # fmt: skip
 
 
+def fold_pair(config: Config, fold: int) -> dict:
+    """The threshold and minimum size the finished run scored ``fold``'s held-out slides with:
+    searched on the other folds' slides when it cross-fitted (so the fold's own held-out truth
+    chooses nothing the next run trains on), else its ``thresholds.yaml``; {} before a search."""
+    oof = run_dir(config) / "oof.json"
+    summary = json.loads(oof.read_text()) if oof.is_file() else {}
+    pair = summary.get("fold_thresholds", {}).get(str(fold))
+    if pair is not None and summary.get("threshold_search") == "cross-fitted":
+        return pair
+    searched = run_dir(config) / "thresholds.yaml"
+    return yaml.safe_load(searched.read_text()) if searched.is_file() else {}
+
+
 def score_fold(config: Config, fold: int, *, log=print) -> dict:
     """The tile filter's first step: every training tile of ``fold`` scored with that fold's
     model of the finished run ``config``, into ``fold<k>/tile_filter.csv`` (id, dice)."""
@@ -123,8 +137,7 @@ def score_fold(config: Config, fold: int, *, log=print) -> dict:
     model = load_fold_model(config.output, config.name, fold, 1.0, device).model
     out, _, tiles = read_tiles(config)
     train = tiles[tiles["fold"] != fold].reset_index(drop=True)
-    searched = run_dir(config) / "thresholds.yaml"  # the run's own out-of-fold threshold
-    chosen = yaml.safe_load(searched.read_text()) if searched.is_file() else {}
+    chosen = fold_pair(config, fold)
     threshold = float(chosen.get("threshold", 0.5))
     scale = config.data.window / config.data.size
     min_size = round(chosen.get("min_size", 0) / scale**2)  # full-resolution pixels -> tile pixels

@@ -462,3 +462,23 @@ def test_slide_pseudo_labels_from_an_ensemble(synthetic, tmp_path, monkeypatch):
         ValueError, match=rf"pseudo-labelled windows come from training slides, e.g. {first_train}"
     ):
         make_loaders(trained, 0, seed=1)
+
+
+def test_tile_filter_uses_the_pair_searched_without_the_fold(tmp_path):
+    """The filter's threshold for fold k's training tiles is the cross-fitted pair fold k was scored
+    with (searched on the other folds' slides), not the pair searched on every slide."""
+    from common.train.slide_runner import fold_pair
+
+    config = to_config({"name": "run", "output": str(tmp_path)})
+    assert fold_pair(config, 0) == {}  # before a search
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "thresholds.yaml").write_text("threshold: 0.5\nmin_size: 2000\n")
+    pairs = {"0": {"threshold": 0.35, "min_size": 1000}, "1": {"threshold": 0.6, "min_size": 0}}
+    summary = {"threshold_search": "cross-fitted", "fold_thresholds": pairs}
+    (run / "oof.json").write_text(json.dumps(summary))
+    assert fold_pair(config, 0) == pairs["0"] and fold_pair(config, 1) == pairs["1"]
+    assert fold_pair(config, 2) == {"threshold": 0.5, "min_size": 2000}  # a fold never scored
+    summary["threshold_search"] = "in-sample (one fold)"
+    (run / "oof.json").write_text(json.dumps(summary))
+    assert fold_pair(config, 0) == {"threshold": 0.5, "min_size": 2000}
