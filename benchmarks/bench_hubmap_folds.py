@@ -2,7 +2,7 @@
 full resolution) against one change at a time, on the synthetic slides: the same tiles, folds,
 epochs and seed.
 
-    python -m benchmarks.bench_hubmap_folds --compare sampling|filter [--smoke] [--out FILE] [key=value ...]
+    python -m benchmarks.bench_hubmap_folds --compare sampling|filter|extras [--smoke] [--out FILE] [key=value ...]
 
 - ``sampling``: the static tiles against windows drawn every epoch (``data.sampling``); both
   runs share one synthetic set and one tile cache (the sampling is not part of its key).
@@ -10,9 +10,13 @@ epochs and seed.
   fold (each fold's training tiles scored by that fold's model at the pair its held-out slides
   were scored with, searched on the other folds), then ``filtered.yaml`` (6 more epochs on the
   tiles not already perfect) against ``continued.yaml`` (the same 6 epochs on every tile).
+- ``extras``: a synthetic set whose annotations miss ``MISSED`` of each slide's glomeruli
+  (``data.synthetic_unannotated``; the misses given as extra GeoJSON, as the top teams'
+  re-annotations were), trained without the extras (``data.extra_use: score``) and with them
+  (``both``); both scored against the complete truth, train.csv OR-ed with the extras.
 
 Prints the figures and merges them into ``benchmarks/results.json`` (``hubmap_sampling_*``,
-``hubmap_filter_*``); ``--smoke`` runs on the tests' tenth-scale slides for one short epoch (a
+``hubmap_filter_*``, ``hubmap_extras_*``); ``--smoke`` runs on the tests' tenth-scale slides for one short epoch (a
 check of the script, not a figure).
 """
 
@@ -38,13 +42,14 @@ SMOKE = ["data.synthetic_scale=0.1", "train.epochs=1", "train.max_steps=2", "dat
          "data.size=64", "predict.tta=[none]", "predict.overlap=16"]  # fmt: skip
 
 
-def stage(root: Path, workspace: str, name: str, config: str, overrides: list[str]) -> float:
+def stage(root: Path, workspace: str, name: str, config: str, overrides: list[str],
+          synthetic: str = "synthetic") -> float:  # fmt: skip
     """One ``common.cli`` stage of every fold in ``root/workspace``, sharing ``root``'s synthetic
     set and tiles; returns its wall time in seconds."""
     path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
     env = os.environ | {"KSEG_WORKSPACE": str(root / workspace), "PYTHONPATH": path}
     command = [sys.executable, "-m", "common.cli", name, "--competition", "hubmap", "--config",
-               f"{CONFIGS}/{config}", "--folds", FOLDS, f"data.synthetic={root / 'synthetic'}",
+               f"{CONFIGS}/{config}", "--folds", FOLDS, f"data.synthetic={root / synthetic}",
                f"data.prepared={root / 'prepared'}", *overrides]  # fmt: skip
     start = time.perf_counter()
     subprocess.run(command, cwd=REPO, env=env, check=True)
@@ -100,7 +105,27 @@ def tile_filter(root: Path, overrides: list[str], save) -> dict:
     return figures
 
 
+MISSED = 0.3
+
+
+def extras(root: Path, overrides: list[str], save) -> dict:
+    missed = [f"data.synthetic_unannotated={MISSED}",
+              f"data.extra_annotations={root / 'missed' / 'extra_annotations'}"]  # fmt: skip
+    figures: dict = {"hubmap_extras_missed_share": MISSED}
+    for use, name in (("score", "without"), ("both", "with")):
+        seconds = stage(root, name, "train", "unet_resnet18_cpu.yaml",
+                        [*missed, f"data.extra_use={use}", *overrides], synthetic="missed")  # fmt: skip
+        summary = oof(root, name, "unet_resnet18_cpu")
+        if summary["truth"] != "train.csv + data.extra_annotations":
+            raise RuntimeError(f"{name}: scored against {summary['truth']}")
+        figures |= {f"hubmap_extras_{name}_oof_dice": summary["oof_dice"],
+                    f"hubmap_extras_{name}_seconds": seconds, "_mode": summary["threshold_search"]}  # fmt: skip
+        save(figures)
+    return figures
+
+
 COMPARE = {"sampling": (sampling, "make hubmap-folds: static tiles against windows drawn every epoch"),
+           "extras": (extras, "make hubmap-folds on annotations that miss glomeruli: without and with the extra annotations"),
            "filter": (tile_filter, "make hubmap-folds: the tile filter on every fold, against the same continuation on every tile")}  # fmt: skip
 
 

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import tifffile
 
-from common.io.polygons import check_inside, rasterize, read_geojson
+from common.io.polygons import check_inside, rasterize, read_geojson, union_rle
+from common.io.rle import rle_decode, rle_encode
 from common.io.slides import SlideError, open_slide
 from tests.conftest import shared_path
 from tests.reference import ref_rasterize
@@ -263,6 +264,26 @@ def test_rasterize_by_pixel_centres_against_a_reference():
     inner = np.array(_square(8, 8, 12, 12), float)
     both = rasterize([[ring, hole], [inner]], (20, 20))
     assert both[8:12, 8:12].all() and not both[5:8, 5:15].any() and both.sum() == 400 - 100 + 16
+
+
+def test_union_rle_block_by_block_against_the_whole_mask():
+    """A column-major RLE OR-ed with polygons, a few rows at a time (blocks that cut objects and
+    runs that go on into the next column), is the RLE of the whole union."""
+    rng = np.random.default_rng(11)
+    shape = (97, 61)
+    mask = (rng.random(shape) < 0.03).astype(np.uint8)
+    mask[40:70, 10:12] = 1  # runs down a column across blocks
+    mask[90:, 30] = mask[:5, 31] = 1  # a run from the bottom of one column into the next
+    polygons = [[np.array(_square(3, 50, 25, 80), float)],
+                [np.array([[30.2, 5.5], [58.7, 20.1], [44.0, 60.3]]), np.array(_square(40, 25, 46, 32), float)]]  # fmt: skip
+    expected = rle_encode(mask | ref_rasterize(polygons, shape))
+    for rows in (1, 13, 97, 500):
+        assert union_rle(rle_encode(mask), shape, polygons, rows=rows) == expected
+    assert union_rle("", shape, polygons, rows=7) == rle_encode(ref_rasterize(polygons, shape))
+    assert union_rle("3 4", shape, []) == "3 4"  # nothing to add: the string as it was
+    with pytest.raises(ValueError, match="past the end"):
+        union_rle(f"{97 * 61 - 2} 5", shape, polygons)
+    assert rle_decode(expected, shape).sum() > mask.sum()
 
 
 def test_real_geojson_mixed_geometries():

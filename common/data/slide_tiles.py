@@ -17,7 +17,10 @@ settings changed. Tiles are read through ``common.io.slides`` one window at a ti
 grouped by slide (``data.n_folds``, ``data.fold_seed``). With ``data.extra_annotations`` (a
 folder of ``<id>.json`` GeoJSON in full-resolution pixels, as QuPath writes them), each slide's
 extra polygons are drawn by pixel centres (``common.io.polygons``) and OR-ed into its training
-masks, and each adds an object tile; the files are part of the cache key.
+masks, and each adds an object tile; the files are part of the cache key. ``data.extra_use``
+says where they count: ``both`` (the default: training masks and the out-of-fold truth, since
+the organisers' test masks hold the glomeruli their train masks missed), ``train`` or ``score``
+(the truth only: a run without them scored against the same corrected truth).
 
 What differs between slide competitions is a ``SlideSet``: the column names and the embedded
 synthetic set.
@@ -75,12 +78,13 @@ TRANSFORMS = Path(__file__).resolve().parents[1] / "configs" / "transforms"
 class SlideSet:
     """What a slide competition's files look like: the RLE column of ``train.csv``, the
     prediction column of the submission, the slides' extension, and its synthetic set
-    (``generate(folder, scale)``, described in one line for the banner)."""
+    (``generate(folder, data)``: the data section's ``synthetic_*`` keys, described in one line
+    for the banner)."""
 
     truth_column: str = "encoding"
     prediction_column: str = "predicted"
     extension: str = ".tiff"
-    generate: Callable[[Path, float], object] | None = None
+    generate: Callable[[Path, Config], object] | None = None  # (folder, the data section)
     describe: str = "synthetic slides"
     patients: str = "HuBMAP-20-dataset_information.csv"  # image_file, patient_number (optional)
 
@@ -105,7 +109,7 @@ def source(slides: SlideSet, data: Config, log=print) -> Source:
         data.synthetic,
         has_data=lambda root: (root / "train.csv").is_file() or (root / "test").is_dir(),
         expected=f"train.csv, train/<id>{slides.extension}, test/<id>{slides.extension}",
-        generate=lambda root: slides.generate(root, scale),
+        generate=lambda root: slides.generate(root, data),
         describe=f"{slides.describe} ({scale:g} x scale),",
         log=log,
     )
@@ -142,6 +146,29 @@ def source_root(config: Config) -> Path:
     return Path(json.loads((folder(config) / "source.json").read_text())["root"])
 
 
+EXTRA_USES = ("both", "train", "score")
+
+
+def extra_folder(data: Config, use: str) -> Path | None:
+    """``data.extra_annotations`` when it counts for ``use`` (``train`` masks or the ``score``'s
+    truth) under ``data.extra_use``, else None; a folder that is not there is refused."""
+    folder, where = str(data.get("extra_annotations") or ""), str(data.get("extra_use", "both"))
+    if where not in EXTRA_USES:
+        raise ValueError(f"data.extra_use = {where!r}: expected one of {', '.join(EXTRA_USES)}")
+    if not folder or where not in ("both", use):
+        return None
+    if not Path(folder).is_dir():
+        raise ValueError(f"data.extra_annotations: {folder} is not a folder")
+    return Path(folder)
+
+
+def extra_file(data: Config, use: str, image_id: str) -> Path | None:
+    """One slide's extra annotations for ``use`` (None when off or the slide has none)."""
+    folder = extra_folder(data, use)
+    path = folder / f"{image_id}.json" if folder is not None else None
+    return path if path is not None and path.is_file() else None
+
+
 def _settings(config: Config) -> dict:
     d = config.data
     for key in ("window", "size"):
@@ -149,10 +176,10 @@ def _settings(config: Config) -> dict:
             raise ValueError(f"data.{key} = {d[key]}: must be a positive number of pixels")
     return {"window": d.window, "size": d.size, "grid_overlap": d.grid_overlap,
             "object_tiles": d.object_tiles, "jitter": d.jitter, "min_tissue": d.min_tissue,
-            "seed": config.seed, "extra_annotations": str(d.get("extra_annotations") or "")}  # fmt: skip
+            "seed": config.seed, "extra_annotations": str(extra_folder(d, "train") or "")}  # fmt: skip
 
 
-def _extra_polygons(path: str | None, shape: tuple[int, int]) -> list:
+def extra_polygons(path: str | Path | None, shape: tuple[int, int]) -> list:
     """The extra annotations of one slide (none without a file), checked to lie on it."""
     if not path:
         return []
@@ -173,7 +200,7 @@ def _work(entry: Entry, out: Path) -> dict:
                 raise ValueError(
                     f"train.csv, id {image_id} ({shape[0]}x{shape[1]}): {error}"
                 ) from None
-            polygons = _extra_polygons(extra, shape)
+            polygons = extra_polygons(extra, shape)
             centres = object_centres(runs, shape, s["window"] // 2) if s["object_tiles"] else None
             if centres is not None and polygons:  # one more object tile per extra polygon
                 middle = [((b + t) / 2, (r + left) / 2) for t, b, left, r in map(bounds, polygons)]
@@ -214,18 +241,14 @@ def prepare(config: Config, slides: SlideSet, *, n_jobs: int = 2, skip_bad: bool
     """Bring ``<prepared>/<window>_<size>/`` up to date; returns the folder. A slide that
     cannot be read stops it (every one named), or with ``skip_bad`` is left out; a slide without
     a ``train.csv`` row is named and left out, its old tiles with it."""
+    src = source(slides, config.data, log=log)  # first: extras may live in the synthetic set
     settings = _settings(config)
-    src = source(slides, config.data, log=log)
     train = read_train(src.root, slides)
     out = folder(config)
-    extras = Path(settings["extra_annotations"]) if settings["extra_annotations"] else None
-    if extras is not None and not extras.is_dir():
-        raise ValueError(f"data.extra_annotations: {extras} is not a folder")
     entries = []
     for image_id, encoding in zip(train["id"], train["encoding"], strict=True):
         tiff = slides.slide(src.root, "train", image_id)
-        extra = extras / f"{image_id}.json" if extras is not None else None
-        extra = extra if extra is not None and extra.is_file() else None
+        extra = extra_file(config.data, "train", image_id)
         digest = hashlib.sha1(encoding.encode()).hexdigest()
         key = source_key(VERSION, [tiff, extra], digest, sorted(settings.items()))
         entries.append(Entry(image_id, SLIDES.name, key, (f"tiles/{image_id}.csv", f"objects/{image_id}.csv"),
@@ -339,14 +362,13 @@ def slide_sources(config: Config, slides: pd.DataFrame, tiles: pd.DataFrame, out
     """The training slides as ``SlideSource``: file, RLE, extra polygons, objects, tissue."""
     root = source_root(config)
     truth = dict(read_train(root, slides_set).itertuples(index=False))
-    extras = config.data.get("extra_annotations") or ""
     sources = []
     for row in slides.itertuples(index=False):
-        extra = Path(extras) / f"{row.id}.json" if extras else None
+        extra = extra_file(config.data, "train", row.id)
         grid = tiles[(tiles["slide"] == row.id) & (tiles["kind"] == "grid")]
         sources.append(SlideSource(
             row.id, str(slides_set.slide(root, "train", row.id)), (int(row.height), int(row.width)),
-            truth[row.id], str(extra) if extra is not None and extra.is_file() else None,
+            truth[row.id], str(extra) if extra is not None else None,
             pd.read_csv(out / "objects" / f"{row.id}.csv"), grid[["y", "x"]].to_numpy(np.int64),
         ))  # fmt: skip
     return sources

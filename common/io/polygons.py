@@ -11,6 +11,8 @@ r and column c (the square [c, c+1) x [r, r+1)) is set when its centre (c + 0.5,
 inside a polygon's outline and inside none of its holes (a centre exactly on an edge is in on
 the left and top edges, out on the right and bottom: a 30 px square covers 30 x 30 pixels).
 Each polygon is filled on its own and the masks OR-ed, so a hole never clears a neighbour.
+``union_rle(rle, shape, polygons)`` ORs them into a mask given as column-major RLE and gives its
+RLE, a block of rows at a time (the whole mask of a 2-gigapixel slide never exists).
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
+
+from common.io.rle import ColumnRunWriter, RleWindows
 
 Polygon = list[np.ndarray]  # [outline, *holes], each (N, 2) float64 (x, y)
 AREA_TYPES = ("Polygon", "MultiPolygon")
@@ -153,3 +157,16 @@ def rasterize(
             inside &= ~_ring_rows(hole, rows, x0, width)
         mask[first - y0 : last - y0] |= inside.astype(np.uint8)
     return mask
+
+
+def union_rle(rle, shape: tuple[int, int], polygons: Sequence[Polygon], rows: int = 1024) -> str:
+    """The absolute column-major RLE of the (height, width) mask ``rle`` describes OR-ed with
+    ``polygons`` drawn by pixel centres, made ``rows`` full-width rows at a time."""
+    if not polygons:
+        return "" if rle is None or (isinstance(rle, float) and np.isnan(rle)) else str(rle)
+    height, width = shape
+    truth, writer = RleWindows(rle, shape), ColumnRunWriter(height, width)
+    for y0 in range(0, height, rows):
+        box = (y0, min(y0 + rows, height), 0, width)
+        writer.add(y0, truth.window(box) | rasterize(polygons, shape, box))
+    return writer.encode()

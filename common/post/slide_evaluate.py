@@ -12,7 +12,8 @@ probability thresholds and ``search.min_areas`` the minimum object sizes in full
 pixels (``search.tops`` has no meaning for a slide). The search runs at model scale
 (``common.post.slide_search``); the score is the competition's: the mean over slides of the Dice
 of the full-resolution masks, each made strip by strip from the map and compared run by run with
-``train.csv``.
+``train.csv``, OR-ed with ``data.extra_annotations`` when ``data.extra_use`` counts them for
+the score (``both`` or ``score``; ``oof.json`` says which truth it scored against).
 """
 
 from __future__ import annotations
@@ -26,8 +27,17 @@ import tifffile
 import yaml
 
 from common.config import Config
-from common.data.slide_tiles import DEFAULT_SLIDES, SlideSet, read_tiles, read_train, source_root
+from common.data.slide_tiles import (
+    DEFAULT_SLIDES,
+    SlideSet,
+    extra_file,
+    extra_polygons,
+    read_tiles,
+    read_train,
+    source_root,
+)
 from common.io.atomic import write_text_atomic
+from common.io.polygons import union_rle
 from common.io.slides import open_slide, thumbnail
 from common.plots import mask_overlays
 from common.post.slide_search import score_honestly, search_maps, truth_at_scale
@@ -58,8 +68,12 @@ def oof_slides(config: Config, slides_set: SlideSet = DEFAULT_SLIDES) -> list[di
     for row in slides.itertuples(index=False):
         path = fold_dir(config, row.fold) / "oof" / f"{row.id}.tiff"
         if path.is_file():
-            out.append({"id": row.id, "fold": int(row.fold), "map": path,
-                        "shape": (int(row.height), int(row.width)), "rle": truth[row.id]})  # fmt: skip
+            shape = (int(row.height), int(row.width))
+            rle, extra = truth[row.id], extra_file(config.data, "score", row.id)
+            if extra is not None:  # the organisers' mask and the glomeruli it missed
+                rle = union_rle(rle, shape, extra_polygons(extra, shape))
+            out.append({"id": row.id, "fold": int(row.fold), "map": path, "shape": shape,
+                        "rle": rle, "extra": extra is not None})  # fmt: skip
     return out
 
 
@@ -100,6 +114,7 @@ def evaluate(config: Config, slides_set: SlideSet = DEFAULT_SLIDES, *, log=print
         "oof_dice": round(float(np.mean(list(scores.values()))), 4),
         "threshold_search": mode,
         "empty_dice": empty,
+        "truth": "train.csv" + (" + data.extra_annotations" * any(s["extra"] for s in slides)),
         "search_dice_model_scale": round(float(search.best["dice"]), 4),
         "threshold": threshold,
         "min_size": min_size,

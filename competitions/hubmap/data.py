@@ -4,13 +4,16 @@ TIFF layouts (``synthetic.py``)."""
 
 from pathlib import Path
 
+from common.config import Config
 from common.data.slide_tiles import SlideSet
 
 
-def generate(root: Path, scale: float) -> None:
+def generate(root: Path, data: Config) -> None:
     from competitions.hubmap.synthetic import SyntheticSpec, generate
 
-    generate(root, SyntheticSpec(scale=scale))
+    spec = SyntheticSpec(scale=float(data.get("synthetic_scale", 1.0)),
+                         unannotated=float(data.get("synthetic_unannotated", 0.0)))  # fmt: skip
+    generate(root, spec)
 
 
 SLIDES = SlideSet(

@@ -12,6 +12,9 @@
       HuBMAP-20-dataset_information.csv    image_file, width_pixels, height_pixels, split, layout,
                                            patient_number (the train slides: three patients)
       test_truth.csv                       the test masks, id,encoding (held back: scoring only)
+      extra_annotations/<id>.json          with ``unannotated`` > 0 only: the glomeruli left out
+                                           of train.csv and train/<id>.json (the organisers'
+                                           misses), as a QuPath FeatureCollection
       manifest.json                        the generation parameters; a re-run with them does nothing
 
 A slide is light background with blobs of pink tissue (grain and stain texture), pale tubules
@@ -57,10 +60,14 @@ LOW = 16  # the texture and tissue fields are drawn at 1/16 and resized up
 class SyntheticSpec:
     scale: float = 1.0  # multiplies the slide sides (the glomeruli keep their size down to 0.5)
     seed: int = 0
+    unannotated: float = 0.0  # share of each train slide's glomeruli missing from its annotations
+    # (at least one a slide when above 0)
 
     def __post_init__(self):
         if not 0.05 <= self.scale <= 2:
             raise ValueError(f"synthetic scale {self.scale}: expected 0.05 .. 2")
+        if not 0.0 <= self.unannotated <= 0.9:
+            raise ValueError(f"synthetic unannotated share {self.unannotated}: expected 0 .. 0.9")
 
 
 def _smooth(rng, shape, sigma: float) -> np.ndarray:
@@ -137,8 +144,9 @@ def _polygons(features) -> list[list[np.ndarray]]:
     return out
 
 
-def _render(rng, height, width, tissue_low, stain_low, polygons, tubules):
-    """The (height, width, 3) RGB slide and the column-major RLE of its glomeruli."""
+def _render(rng, height, width, tissue_low, stain_low, polygons, tubules, annotated=None):
+    """The (height, width, 3) RGB slide and the column-major RLE of its glomeruli (of those in
+    ``annotated`` when given: the image shows them all)."""
     image = np.empty((height, width, 3), np.uint8)
     writer = ColumnRunWriter(height, width)
     grain = rng.normal(0, 1, (256, 256)).astype(np.float32)
@@ -151,7 +159,12 @@ def _render(rng, height, width, tissue_low, stain_low, polygons, tubules):
         noise = np.tile(grain, (-(-(y1 - y0) // 256), -(-width // 256)))[: y1 - y0, :width]
         noise = np.roll(noise, (y0 * 7) % 256, axis=1)
         glom = rasterize(polygons, (height, width), (y0, y1, 0, width))
-        writer.add(y0, glom)
+        writer.add(
+            y0,
+            glom
+            if annotated is None
+            else rasterize(annotated, (height, width), (y0, y1, 0, width)),
+        )
         rim = np.zeros_like(glom)
         wall = np.zeros_like(glom)
         lumen = np.zeros_like(glom)
@@ -230,7 +243,18 @@ def _make_one(
     object_scale = max(0.5, min(1.0, spec.scale))
     features, tubules = _layout_objects(rng, height, width, tissue_low > 0, object_scale)
     polygons = _polygons(features)
-    image, encoding = _render(rng, height, width, tissue_low, stain_low, polygons, tubules)
+    missed = []
+    if split == "train" and spec.unannotated > 0 and features:  # its own stream: same slide
+        count = min(len(features), max(1, round(spec.unannotated * len(features))))
+        drop = np.random.default_rng([spec.seed, index, 1]).choice(
+            len(features), count, replace=False
+        )
+        missed = [features[i] for i in sorted(drop)]
+        features = [f for i, f in enumerate(features) if i not in set(drop.tolist())]
+    annotated = _polygons(features) if missed else None
+    image, encoding = _render(
+        rng, height, width, tissue_low, stain_low, polygons, tubules, annotated
+    )
     _write_tiff(root / split / f"{image_id}.tiff", image, layout)
     contours, _ = cv2.findContours(
         (tissue_low > 0).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE
@@ -244,6 +268,10 @@ def _make_one(
                 "geometry": {"type": "LineString", "coordinates": [[10, 10], [60, 60]]},
                 "properties": {"classification": {"name": "note"}}}  # fmt: skip
         (root / split / f"{image_id}.json").write_text(json.dumps([*features, note]))
+    if missed:
+        (root / "extra_annotations").mkdir(exist_ok=True)
+        collection = {"type": "FeatureCollection", "features": missed}
+        (root / "extra_annotations" / f"{image_id}.json").write_text(json.dumps(collection))
     return {
         "id": image_id,
         "patient_number": PATIENTS[index],

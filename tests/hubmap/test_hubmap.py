@@ -482,3 +482,62 @@ def test_tile_filter_uses_the_pair_searched_without_the_fold(tmp_path):
     summary["threshold_search"] = "in-sample (one fold)"
     (run / "oof.json").write_text(json.dumps(summary))
     assert fold_pair(config, 0) == {"threshold": 0.5, "min_size": 2000}
+
+
+def test_organisers_misses_and_where_extra_annotations_count(synthetic, tmp_path):
+    """synthetic_unannotated leaves glomeruli out of train.csv and <id>.json and writes them as
+    extra GeoJSON: the slides are the same, and train.csv OR-ed with the extras is the complete
+    truth. data.extra_use says whether the extras reach the training tiles and the OOF truth."""
+    from common.data.slide_tiles import prepare, read_tiles
+    from common.io.polygons import union_rle
+    from common.post.slide_evaluate import oof_slides
+    from competitions.hubmap.data import SLIDES
+
+    missed = generate(tmp_path / "missed", SyntheticSpec(scale=0.1, unannotated=0.4))
+    complete = pd.read_csv(synthetic / "train.csv", dtype=str, keep_default_na=False)
+    partial = pd.read_csv(missed / "train.csv", dtype=str, keep_default_na=False)
+    assert list(complete["id"]) == list(partial["id"])
+    shapes = {}
+    for image_id, full, part in zip(
+        complete["id"], complete["encoding"], partial["encoding"], strict=True
+    ):
+        a, b = synthetic / "train" / f"{image_id}.tiff", missed / "train" / f"{image_id}.tiff"
+        assert a.read_bytes() == b.read_bytes()  # the same slide, fewer annotations
+        with open_slide(a) as slide:
+            shapes[image_id] = shape = slide.shape
+        extra = read_geojson(missed / "extra_annotations" / f"{image_id}.json")
+        drawn = read_geojson(missed / "train" / f"{image_id}.json", log=lambda _: None)
+        assert len(extra) >= 1 and len(drawn) + len(extra) == len(
+            read_geojson(synthetic / "train" / f"{image_id}.json", log=lambda _: None)
+        )
+        assert rle_decode(part, shape).sum() < rle_decode(full, shape).sum()
+        assert union_rle(part, shape, extra) == full
+    assert not (synthetic / "extra_annotations").exists()  # the default set misses nothing
+    with pytest.raises(ValueError, match=r"unannotated share 0\.95"):
+        SyntheticSpec(unannotated=0.95)
+
+    def config(use):
+        return _config("unet_resnet18_cpu.yaml", tmp_path, missed, f"data.raw={missed}",
+                       f"data.extra_annotations={missed / 'extra_annotations'}",
+                       f"data.extra_use={use}", f"output={tmp_path / use}")  # fmt: skip
+
+    prepare(config("score"), SLIDES, log=lambda _: None)
+    _, slides, plain = read_tiles(config("score"))
+    assert (slides["extra_objects"] == 0).all()  # the truth only: the tiles are train.csv's
+    prepare(config("both"), SLIDES, log=lambda _: None)
+    _, slides, tiles = read_tiles(config("both"))
+    assert (slides["extra_objects"] >= 1).all() and tiles["mask_area"].sum() > plain[
+        "mask_area"
+    ].sum()
+    for use in ("both", "score", "train"):
+        for row in slides.itertuples():
+            oof = tmp_path / use / "unet_resnet18_cpu" / f"fold{row.fold}" / "oof"
+            oof.mkdir(parents=True, exist_ok=True)
+            (oof / f"{row.id}.tiff").touch()  # only its presence matters to the truth
+        truth = {s["id"]: s["rle"] for s in oof_slides(config(use), SLIDES)}
+        expected = complete if use != "train" else partial
+        assert truth == dict(zip(expected["id"], expected["encoding"], strict=True)), use
+    with pytest.raises(
+        ValueError, match=r"data.extra_use = 'all': expected one of both, train, score"
+    ):
+        prepare(config("all"), SLIDES, log=lambda _: None)
