@@ -197,7 +197,7 @@ def test_background_tiles_are_neither_read_nor_predicted(tmp_path):
     """With min_tissue, tiles of glass (a thumbnail says so) are blended in as zeros: the
     predictor never sees them, the tissue tiles come out as without skipping."""
     from common.infer.slide_inference import TilePlan, predict_slide, tissue_tiles
-    from common.io.slides import open_slide
+    from common.io.slides import open_slide, thumbnail
 
     image = np.full((600, 900, 3), 235, np.uint8)  # pale glass
     image[:, :300] = (180, 60, 160)  # stained tissue on the left third
@@ -217,7 +217,14 @@ def test_background_tiles_are_neither_read_nor_predicted(tmp_path):
         seen.clear()
         skipped = np.concatenate([b for _, b in predict_slide(slide, ones, skip)])
         keep = tissue_tiles(slide, skip, tile_grid(200, 300, 64, 16))
-    assert np.allclose(everything, 1.0) and sum(seen) == sum(keep) < n_all
+        small = thumbnail(slide, 1024)
+        with pytest.MonkeyPatch.context() as patch:  # a thumbnail already read: no second pass
+            patch.setattr("common.io.slides.thumbnail", lambda *a, **k: pytest.fail("read again"))
+            given = np.concatenate(
+                [b for _, b in predict_slide(slide, ones, skip, small_rgb=small)]
+            )
+    np.testing.assert_array_equal(given, skipped)
+    assert np.allclose(everything, 1.0) and sum(seen) == 2 * sum(keep) < 2 * n_all
     assert np.allclose(skipped[:, : 100 - 16], 1.0)  # inside the tissue: as before
     assert np.allclose(skipped[:, 100 + 64 :], 0.0)  # far from it: zero, never predicted
     with pytest.raises(ValueError, match=r"min_tissue 1\.5"):

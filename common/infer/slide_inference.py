@@ -182,15 +182,18 @@ def read_tiles(slide: Slide, plan: TilePlan, grid: Sequence[Tile] | None = None
             yield tiles, images
 
 
-def predict_slide(slide: Slide, predict: Predictor, plan: TilePlan) -> Iterator[Band]:
+def predict_slide(slide: Slide, predict: Predictor, plan: TilePlan,
+                  small_rgb: np.ndarray | None = None) -> Iterator[Band]:  # fmt: skip
     """The blended probability map of the slide at model scale, as bands of rows top to
-    bottom. With ``plan.min_tissue`` the tiles of background (``tissue_tiles``) are neither
-    read nor predicted: they are blended in as zeros."""
+    bottom. With ``plan.min_tissue`` the tiles of background (``tissue_tiles``, on
+    ``small_rgb`` when the caller has read the slide's 1,024 px thumbnail) are neither read nor
+    predicted: they are blended in as zeros."""
     model_shape = plan.model_shape(slide.shape)
     stitcher = RowStitcher(*model_shape, channels=1)
     weights = blend_weights(plan.tile, plan.blend)
     grid = tile_grid(*model_shape, plan.tile, plan.overlap)
-    keep = tissue_tiles(slide, plan, grid) if plan.min_tissue > 0 else [True] * len(grid)
+    keep = (tissue_tiles(slide, plan, grid, small_rgb=small_rgb) if plan.min_tissue > 0
+            else [True] * len(grid))  # fmt: skip
     skipped = iter([tile for tile, kept in zip(grid, keep, strict=True) if not kept])
     pending = next(skipped, None)
 

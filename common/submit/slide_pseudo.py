@@ -122,13 +122,13 @@ def slide_windows(slide_id: str, path: Path, predictor, plan: TilePlan, rules: R
     with open_slide(path) as slide:
         model_shape = plan.model_shape(slide.shape)
         prob = np.zeros(model_shape, np.uint8)  # the map at model scale (1/scale^2 of the slide)
-        for start, band in predict_slide(slide, predictor, plan):
+        small = np.ascontiguousarray(thumbnail(slide, 1024))  # tissue rules and the picture
+        for start, band in predict_slide(slide, predictor, plan, small_rgb=small):
             prob[start : start + len(band)] = quantise(band)
         scale2 = slide.shape[0] * slide.shape[1] / (model_shape[0] * model_shape[1])
         label, unsure, blob = confident_labels(prob, rules, threshold=thresholds["threshold"],
                                                min_size=thresholds["min_size"] / scale2)  # fmt: skip
         tiles = [t for t in tile_grid(*model_shape, plan.tile) if t.shape == (plan.tile, plan.tile)]
-        small = np.ascontiguousarray(thumbnail(slide, 1024))  # for the tissue and the picture
         tissue = (
             tissue_tiles(slide, plan, tiles, small_rgb=small)
             if plan.min_tissue > 0
