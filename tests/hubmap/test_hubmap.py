@@ -398,7 +398,7 @@ def test_slide_pseudo_labels_from_an_ensemble(synthetic, tmp_path, monkeypatch):
     truth = pd.read_csv(synthetic / "test_truth.csv", dtype=str, keep_default_na=False)
     truth = truth.set_index("id").iloc[:, 0]
 
-    def known_map(slide, predictor, plan):  # the test truth at model scale, blurred: soft rims
+    def known_map(slide, predictor, plan, small_rgb=None):  # the test truth, blurred: soft rims
         full = rle_decode(truth[slide.path.stem], slide.shape).astype(np.float32)
         h, w = plan.model_shape(slide.shape)
         small = cv2.resize(full, (w, h), interpolation=cv2.INTER_AREA)
