@@ -6,7 +6,7 @@ epochs and seed.
 
 - ``sampling``: the static tiles against windows drawn every epoch (``data.sampling``); both
   runs share one synthetic set and one tile cache (the sampling is not part of its key).
-- ``filter``: the seed's tile filter, every fold. The default run, then its tile filter on each
+- ``filter``: the seed's tile filter, every fold. The default run on static tiles, then its tile filter on each
   fold (each fold's training tiles scored by that fold's model at the pair its held-out slides
   were scored with, searched on the other folds), then ``filtered.yaml`` (6 more epochs on the
   tiles not already perfect) against ``continued.yaml`` (the same 6 epochs on every tile).
@@ -82,7 +82,9 @@ def sampling(root: Path, overrides: list[str], save) -> dict:
 
 
 def tile_filter(root: Path, overrides: list[str], save) -> dict:
-    seconds = stage(root, "runs", "train", "unet_resnet18_cpu.yaml", overrides)
+    seconds = stage(
+        root, "runs", "train", "unet_resnet18_cpu.yaml", ["data.sampling=static", *overrides]
+    )
     base = oof(root, "runs", "unet_resnet18_cpu")
     oof_figures = {"hubmap_filter_base_oof_dice": base["oof_dice"],
                    "hubmap_filter_base_seconds": seconds, "_mode": base["threshold_search"]}  # fmt: skip
