@@ -169,11 +169,15 @@ def extra_file(data: Config, use: str, image_id: str) -> Path | None:
     return path if path is not None and path.is_file() else None
 
 
+def _check_sizes(data: Config) -> None:
+    for key in ("window", "size"):
+        if int(data[key]) <= 0:
+            raise ValueError(f"data.{key} = {data[key]}: must be a positive number of pixels")
+
+
 def _settings(config: Config) -> dict:
     d = config.data
-    for key in ("window", "size"):
-        if int(d[key]) <= 0:
-            raise ValueError(f"data.{key} = {d[key]}: must be a positive number of pixels")
+    _check_sizes(d)
     return {"window": d.window, "size": d.size, "grid_overlap": d.grid_overlap,
             "object_tiles": d.object_tiles, "jitter": d.jitter, "min_tissue": d.min_tissue,
             "seed": config.seed, "extra_annotations": str(extra_folder(d, "train") or "")}  # fmt: skip
@@ -241,7 +245,10 @@ def prepare(config: Config, slides: SlideSet, *, n_jobs: int = 2, skip_bad: bool
     """Bring ``<prepared>/<window>_<size>/`` up to date; returns the folder. A slide that
     cannot be read stops it (every one named), or with ``skip_bad`` is left out; a slide without
     a ``train.csv`` row is named and left out, its old tiles with it."""
-    src = source(slides, config.data, log=log)  # first: extras may live in the synthetic set
+    _check_sizes(config.data)  # before anything is written
+    src = source(
+        slides, config.data, log=log
+    )  # then the settings: extras may live in the synthetic set
     settings = _settings(config)
     train = read_train(src.root, slides)
     out = folder(config)
