@@ -2,7 +2,8 @@
 full resolution) against one change at a time, on the synthetic slides: the same tiles, folds,
 epochs and seed.
 
-    python -m benchmarks.bench_hubmap_folds --compare sampling|filter|extras [--smoke] [--out FILE] [key=value ...]
+    python -m benchmarks.bench_hubmap_folds --compare sampling|filter|extras [--smoke] [--out FILE]
+                                            [--root DIR] [key=value ...]
 
 - ``sampling``: the static tiles against windows drawn every epoch (``data.sampling``); both
   runs share one synthetic set and one tile cache (the sampling is not part of its key).
@@ -45,15 +46,21 @@ SMOKE = ["data.synthetic_scale=0.1", "train.epochs=1", "train.max_steps=2", "dat
 def stage(root: Path, workspace: str, name: str, config: str, overrides: list[str],
           synthetic: str = "synthetic") -> float:  # fmt: skip
     """One ``common.cli`` stage of every fold in ``root/workspace``, sharing ``root``'s synthetic
-    set and tiles; returns its wall time in seconds."""
+    set and tiles; returns its wall time in seconds. A stage that finished before in the same
+    ``root`` with the same command (``--root``) is not run again: its time is read back."""
     path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
     env = os.environ | {"KSEG_WORKSPACE": str(root / workspace), "PYTHONPATH": path}
     command = [sys.executable, "-m", "common.cli", name, "--competition", "hubmap", "--config",
                f"{CONFIGS}/{config}", "--folds", FOLDS, f"data.synthetic={root / synthetic}",
                f"data.prepared={root / 'prepared'}", *overrides]  # fmt: skip
+    done = root / workspace / f"{name}-{config}.done.json"
+    if done.is_file() and json.loads(done.read_text())["command"] == command:
+        return json.loads(done.read_text())["seconds"]
     start = time.perf_counter()
     subprocess.run(command, cwd=REPO, env=env, check=True)
-    return time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    done.write_text(json.dumps({"command": command, "seconds": seconds}))
+    return seconds
 
 
 def oof(root: Path, workspace: str, run: str) -> dict:
@@ -136,6 +143,8 @@ def main(argv=None) -> None:
     parser.add_argument("--compare", choices=sorted(COMPARE), required=True)
     parser.add_argument("--smoke", action="store_true")
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--root", type=Path, help="keep the runs here (default: a temporary "
+                        "folder); a re-run with the same --root skips the stages that finished")  # fmt: skip
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args(argv)
     overrides = [*(SMOKE if args.smoke else []), *args.overrides]
@@ -145,8 +154,12 @@ def main(argv=None) -> None:
         if args.out:
             args.out.write_text(json.dumps(figures | {"overrides": overrides}, indent=2))
 
-    with tempfile.TemporaryDirectory() as scratch:
-        figures = compare(Path(scratch), overrides, save)
+    if args.root is not None:
+        args.root.mkdir(parents=True, exist_ok=True)
+        figures = compare(args.root.resolve(), overrides, save)
+    else:
+        with tempfile.TemporaryDirectory() as scratch:
+            figures = compare(Path(scratch), overrides, save)
     mode = figures.pop("_mode")
     print(f"threshold search: {mode}")
     save(figures | {"mode": mode})
