@@ -55,6 +55,7 @@ def test_zero_or_negative_sizes_are_one_line(name, config, override, expected, m
     monkeypatch.setenv("KSEG_WORKSPACE", str(tmp_path))
     assert expected in _stage(name, "prepare", "--config", config, override)
     assert not (tmp_path / "data" / name / "prepared").exists()
+    assert not (tmp_path / "data" / name / "synthetic").exists()  # checked before any work
 
 
 def test_an_unwritable_output_is_one_line_naming_the_path(monkeypatch, tmp_path):
