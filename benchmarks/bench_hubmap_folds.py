@@ -35,6 +35,7 @@ from pathlib import Path
 import pandas as pd
 
 from benchmarks._util import record
+from common.config import load_run_config
 from common.io.paths import REPO
 
 CONFIGS = "competitions/hubmap/configs"
@@ -101,8 +102,11 @@ def tile_filter(root: Path, overrides: list[str], save) -> dict:
         pd.read_csv(p).assign(fold=p.parent.name)
         for p in (root / "runs" / "models" / "hubmap" / "unet_resnet18_cpu").glob("fold*/tile_filter.csv")
     )  # fmt: skip
+    min_dice = load_run_config(
+        REPO / CONFIGS / "filtered.yaml", overrides
+    ).data.tile_filter.min_dice
     figures = oof_figures | {"hubmap_filter_tiles": len(scores),
-                             "hubmap_filter_dropped_share": float((scores["dice"] >= 0.99).mean())}  # fmt: skip
+                             "hubmap_filter_dropped_share": float((scores["dice"] >= min_dice).mean())}  # fmt: skip
     for run, config in (("filtered", "filtered.yaml"), ("continued", "continued.yaml")):
         stage(root, "runs", "train", config, overrides)
         summary = oof(root, "runs", run)

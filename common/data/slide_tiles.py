@@ -246,10 +246,8 @@ def prepare(config: Config, slides: SlideSet, *, n_jobs: int = 2, skip_bad: bool
     cannot be read stops it (every one named), or with ``skip_bad`` is left out; a slide without
     a ``train.csv`` row is named and left out, its old tiles with it."""
     _check_sizes(config.data)  # before anything is written
-    src = source(
-        slides, config.data, log=log
-    )  # then the settings: extras may live in the synthetic set
-    settings = _settings(config)
+    src = source(slides, config.data, log=log)
+    settings = _settings(config)  # after the source: extras may live in the synthetic set
     train = read_train(src.root, slides)
     out = folder(config)
     entries = []

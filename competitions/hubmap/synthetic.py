@@ -249,8 +249,9 @@ def _make_one(
         drop = np.random.default_rng([spec.seed, index, 1]).choice(
             len(features), count, replace=False
         )
-        missed = [features[i] for i in sorted(drop)]
-        features = [f for i, f in enumerate(features) if i not in set(drop.tolist())]
+        dropped = set(drop.tolist())
+        missed = [f for i, f in enumerate(features) if i in dropped]
+        features = [f for i, f in enumerate(features) if i not in dropped]
     annotated = _polygons(features) if missed else None
     image, encoding = _render(
         rng, height, width, tissue_low, stain_low, polygons, tubules, annotated
