@@ -541,3 +541,8 @@ def test_organisers_misses_and_where_extra_annotations_count(synthetic, tmp_path
         ValueError, match=r"data.extra_use = 'all': expected one of both, train, score"
     ):
         prepare(config("all"), SLIDES, log=lambda _: None)
+    nowhere = _config("unet_resnet18_cpu.yaml", tmp_path / "other", missed, f"data.raw={missed}",
+                      f"data.extra_annotations={tmp_path / 'nowhere'}")  # fmt: skip
+    with pytest.raises(ValueError, match=r"data.extra_annotations: .*nowhere is not a folder"):
+        prepare(nowhere, SLIDES, log=lambda _: None)
+    assert not (tmp_path / "other" / "prepared").exists()  # nothing half-written
