@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -20,3 +21,15 @@ def shared_path(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"real competition data not available: {path} is absent (private test data)")
     return path
+
+
+@pytest.fixture(scope="module")
+def module_tmp(request, tmp_path_factory):
+    """A folder for the runs one test module shares, removed when the module ends with no test
+    failed: each such module writes hundreds of MB of checkpoints, which ``tmp_path_factory``
+    would keep until the session ends (several GB together, more than a small CI disk has)."""
+    failed = request.session.testsfailed
+    path = tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1])
+    yield path
+    if request.session.testsfailed == failed:
+        shutil.rmtree(path, ignore_errors=True)

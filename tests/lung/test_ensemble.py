@@ -25,8 +25,8 @@ STRUCTURES = ["left_lung", "right_lung", "heart", "left_clavicle", "right_clavic
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
-    root = tmp_path_factory.mktemp("lung_ensemble")
+def workspace(module_tmp):
+    root = module_tmp
     data = {"raw": str(root / "raw"), "synthetic": str(root / "synthetic")}
     data |= {"prepared": str(root / "prepared"), "size": 64, "score_size": 64, "crop": 0}
     data |= {"batch_size": 4, "val_batch_size": 4, "num_workers": 0}

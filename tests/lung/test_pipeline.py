@@ -39,8 +39,8 @@ FAST = [
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
-    return tmp_path_factory.mktemp("lung")
+def workspace(module_tmp):
+    return module_tmp
 
 
 def _config(name, *overrides):

@@ -47,8 +47,8 @@ def _dark_lungs(stage, images):
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
-    root = tmp_path_factory.mktemp("siim_crop")
+def workspace(module_tmp):
+    root = module_tmp
     tiny_siim(root, n_train=40, n_test=4, size=64)
     constant_stage(root / "models" / "lung" / "lungs", 64)
     return root

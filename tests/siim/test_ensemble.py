@@ -24,8 +24,8 @@ CONFIGS = REPO / "competitions" / "siim" / "configs"
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
-    root = tmp_path_factory.mktemp("siim_ensemble")
+def workspace(module_tmp):
+    root = module_tmp
     tiny_siim(root, n_train=40, n_test=8, size=48)
     data = {"size": 48, "prepared": str(root / "prepared"), "folds": str(root / "folds.csv")}
     data |= {"batch_size": 4, "val_batch_size": 8, "num_workers": 0}

@@ -29,8 +29,8 @@ CONFIGS = REPO / "competitions" / "siim" / "configs"
 
 
 @pytest.fixture(scope="module")
-def ensemble(tmp_path_factory):
-    root = tmp_path_factory.mktemp("siim_bundle")
+def ensemble(module_tmp):
+    root = module_tmp
     synthetic = tiny_siim(root, n_train=30, n_test=6, size=48, n_folds=3)
     data = {"size": 48, "prepared": str(root / "prepared"), "folds": str(root / "folds.csv")}
     data |= {"batch_size": 4, "num_workers": 0}
