@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import itertools
 import os
 from functools import partial
@@ -96,6 +97,31 @@ def test_bad_items_are_all_reported_and_no_table_names_them(tmp_path):
     sources["a3"].write_bytes(b"12345678")
     fixed = refresh(out, TABLES, _entries(sources, 1), partial(_work, scale=1))
     assert fixed.done == 2 and not (out / BAD_IDS).exists()
+
+
+def _work_on_a_filling_disk(entry: Entry, out: Path, full: Path) -> dict:
+    """``_work``, but every item from ``a5`` on meets a full disk while ``full`` exists."""
+    if full.exists() and entry.id >= "a5":
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(out / f"{entry.id}.png"))
+    return _work(entry, out, scale=1)
+
+
+def test_a_full_disk_is_raised_after_the_pool_drains_and_keeps_the_finished_work(tmp_path):
+    """A worker's ``OSError`` is the run's error, naming its file; the items finished before it
+    stay in the index, so the re-run once there is room redoes only the rest."""
+    sources, out, full = _sources(tmp_path, 9), tmp_path / "cache", tmp_path / "full"
+    work = partial(_work_on_a_filling_disk, full=full)
+    full.touch()
+    with pytest.raises(OSError) as caught:
+        refresh(out, TABLES, _entries(sources, 1), work, n_jobs=2, chunk=1)
+    assert caught.value.errno == errno.ENOSPC and caught.value.filename.endswith(".png")
+    assert not (out / "items.csv").exists()
+    full.unlink()
+    again = refresh(out, TABLES, _entries(sources, 1), work, n_jobs=2, chunk=1)
+    assert again.cached >= 5 and again.done + again.cached == 10  # a0-a4 went out before a5 failed
+    clean = refresh(tmp_path / "clean", TABLES, _entries(sources, 1), work, n_jobs=1)
+    for name in ("items.csv", "other.csv"):
+        pd.testing.assert_frame_equal(again.tables[name], clean.tables[name])
 
 
 def test_entries_are_checked(tmp_path):

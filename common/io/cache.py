@@ -9,12 +9,15 @@ of a run that stopped on bad items is kept), runs the worker on the rest over jo
 processes in chunks with a progress bar, and writes each table (CSV, with a ``key`` column)
 atomically, after the files. A worker's ``ValueError`` marks that item bad: all bad items are
 listed in ``bad_ids.csv`` and reported together (``CacheError``), or left out with
-``skip_bad``. Files are written atomically by the workers (``common.io.images``), so a killed run
-leaves whole files and tables that name only finished items; the next run redoes the rest.
+``skip_bad``. A worker's ``OSError`` (a full disk, a read-only folder) is raised once the
+pool has drained, with the items finished before it kept in the index. Files are written
+atomically by the workers (``common.io.images``), so a killed run leaves whole files and tables
+that name only finished items; the next run redoes the rest.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import hashlib
@@ -122,7 +125,11 @@ def _die_with_parent(parent: int) -> None:
 
 
 def _run_chunk(work: Callable, entries: list[Entry], out: Path, parent: int = 0
-               ) -> list[tuple[Entry, dict | str]]:  # fmt: skip
+               ) -> tuple[list[tuple[Entry, dict | str]], OSError | None]:  # fmt: skip
+    """The chunk's rows (a bad item's reason in place of its row), and the ``OSError`` that
+    stopped it (a full disk, a read-only folder), returned rather than raised: a raise aborts
+    joblib, which kills the other workers mid-write and leaves the resource tracker to warn
+    about their semaphores after the one-line error."""
     _die_with_parent(parent)
     results = []
     with deferred_sync():  # refresh syncs once before its index names these files
@@ -131,7 +138,9 @@ def _run_chunk(work: Callable, entries: list[Entry], out: Path, parent: int = 0
                 results.append((entry, work(entry, out)))
             except ValueError as error:
                 results.append((entry, str(error)))
-    return results
+            except OSError as error:
+                return results, error
+    return results, None
 
 
 def refresh(
@@ -178,18 +187,28 @@ def _refresh(out, tables, entries, work, n_jobs, chunk, desc, skip_bad) -> Refre
     cached = len(rows)
     chunk = max(1, min(chunk, -(-len(todo) // (8 * n_jobs))))  # >= 8 chunks a process: balanced
     chunks = [todo[i : i + chunk] for i in range(0, len(todo), chunk)]
+    failures: list[OSError] = []
     if chunks:
+        # the chunks are handed out lazily: after a failure the rest go out empty, so the
+        # pool drains at once and shuts down cleanly
         jobs = Parallel(n_jobs=min(n_jobs, len(chunks)), return_as="generator_unordered")(
-            delayed(_run_chunk)(work, part, out, os.getpid()) for part in chunks
+            delayed(_run_chunk)(work, [] if failures else part, out, os.getpid())
+            for part in chunks
         )
         with tqdm(total=len(todo), desc=desc, unit="item", disable=None) as bar:
-            for results in jobs:
+            for results, failure in jobs:
                 for entry, row in results:
                     rows[(entry.table, entry.id)] = (
                         row if isinstance(row, str) else row | {"key": entry.key}
                     )
                 bar.update(len(results))
+                failures += [failure] if failure is not None else []
     finished = sorted([t, i, row] for (t, i), row in rows.items() if not isinstance(row, str))
+    if failures:
+        with contextlib.suppress(OSError):  # keep the finished items' work, where there is room
+            os.sync()
+            write_text_atomic(out / INDEX, json.dumps(finished, default=str))
+        raise failures[0]
     if todo:
         os.sync()  # every worker's files, at once, before the index names them
         write_text_atomic(out / INDEX, json.dumps(finished, default=str))
