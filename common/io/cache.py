@@ -192,8 +192,7 @@ def _refresh(out, tables, entries, work, n_jobs, chunk, desc, skip_bad) -> Refre
         # the chunks are handed out lazily: after a failure the rest go out empty, so the
         # pool drains at once and shuts down cleanly
         jobs = Parallel(n_jobs=min(n_jobs, len(chunks)), return_as="generator_unordered")(
-            delayed(_run_chunk)(work, [] if failures else part, out, os.getpid())
-            for part in chunks
+            delayed(_run_chunk)(work, [] if failures else part, out, os.getpid()) for part in chunks
         )
         with tqdm(total=len(todo), desc=desc, unit="item", disable=None) as bar:
             for results, failure in jobs:
