@@ -11,8 +11,12 @@ from common.data.slide_tiles import SlideSet
 def generate(root: Path, data: Config) -> None:
     from competitions.hubmap.synthetic import SyntheticSpec, generate
 
-    spec = SyntheticSpec(scale=float(data.get("synthetic_scale", 1.0)),
-                         unannotated=float(data.get("synthetic_unannotated", 0.0)))  # fmt: skip
+    scale, unannotated = data.get("synthetic_scale", 1.0), data.get("synthetic_unannotated", 0.0)
+    try:
+        spec = SyntheticSpec(scale=float(scale), unannotated=float(unannotated))
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"data.synthetic_scale={scale!r}, data.synthetic_unannotated="
+                         f"{unannotated!r}: {error}") from None  # fmt: skip
     generate(root, spec)
 
 

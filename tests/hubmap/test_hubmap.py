@@ -546,3 +546,8 @@ def test_organisers_misses_and_where_extra_annotations_count(synthetic, tmp_path
     with pytest.raises(ValueError, match=r"data.extra_annotations: .*nowhere is not a folder"):
         prepare(nowhere, SLIDES, log=lambda _: None)
     assert not (tmp_path / "other" / "prepared").exists()  # nothing half-written
+    share = _config("unet_resnet18_cpu.yaml", tmp_path / "bad", tmp_path / "bad" / "set",
+                    "data.synthetic_unannotated=0.95")  # fmt: skip
+    with pytest.raises(ValueError, match=r"data.synthetic_unannotated=0.95: .* expected 0 .. 0.9"):
+        prepare(share, SLIDES, log=lambda _: None)
+    assert not (tmp_path / "bad").exists()  # the key is named before anything is written
