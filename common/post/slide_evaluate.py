@@ -18,6 +18,7 @@ the score (``both`` or ``score``; ``oof.json`` says which truth it scored agains
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -71,10 +72,18 @@ def oof_slides(config: Config, slides_set: SlideSet = DEFAULT_SLIDES) -> list[di
             shape = (int(row.height), int(row.width))
             rle, extra = truth[row.id], extra_file(config.data, "score", row.id)
             if extra is not None:  # the organisers' mask and the glomeruli it missed
-                rle = union_rle(rle, shape, extra_polygons(extra, shape))
+                stat = extra.stat()
+                rle = _with_extras(rle, shape, str(extra), (stat.st_mtime_ns, stat.st_size))
             out.append({"id": row.id, "fold": int(row.fold), "map": path, "shape": shape,
                         "rle": rle, "extra": extra is not None})  # fmt: skip
     return out
+
+
+@functools.lru_cache(maxsize=32)
+def _with_extras(rle: str, shape: tuple[int, int], extra: str, stamp: tuple[int, int]) -> str:
+    """``rle`` OR-ed with the polygons in ``extra``: once a slide, however many ensemble members
+    are scored against it (``stamp``, the file's time and size, makes an edit count)."""
+    return union_rle(rle, shape, extra_polygons(extra, shape))
 
 
 def _read(slide: dict) -> np.ndarray:

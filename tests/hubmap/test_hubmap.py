@@ -484,12 +484,13 @@ def test_tile_filter_uses_the_pair_searched_without_the_fold(tmp_path):
     assert fold_pair(config, 0) == {"threshold": 0.5, "min_size": 2000}
 
 
-def test_organisers_misses_and_where_extra_annotations_count(synthetic, tmp_path):
+def test_organisers_misses_and_where_extra_annotations_count(synthetic, tmp_path, monkeypatch):
     """synthetic_unannotated leaves glomeruli out of train.csv and <id>.json and writes them as
     extra GeoJSON: the slides are the same, and train.csv OR-ed with the extras is the complete
     truth. data.extra_use says whether the extras reach the training tiles and the OOF truth."""
     from common.data.slide_tiles import prepare, read_tiles
     from common.io.polygons import union_rle
+    from common.post import slide_evaluate
     from common.post.slide_evaluate import oof_slides
     from competitions.hubmap.data import SLIDES
 
@@ -529,6 +530,9 @@ def test_organisers_misses_and_where_extra_annotations_count(synthetic, tmp_path
     assert (slides["extra_objects"] >= 1).all() and tiles["mask_area"].sum() > plain[
         "mask_area"
     ].sum()
+    unions = []
+    monkeypatch.setattr(slide_evaluate, "union_rle", lambda *a: unions.append(a) or union_rle(*a))
+    slide_evaluate._with_extras.cache_clear()
     for use in ("both", "score", "train"):
         for row in slides.itertuples():
             oof = tmp_path / use / "unet_resnet18_cpu" / f"fold{row.fold}" / "oof"
@@ -537,6 +541,7 @@ def test_organisers_misses_and_where_extra_annotations_count(synthetic, tmp_path
         truth = {s["id"]: s["rle"] for s in oof_slides(config(use), SLIDES)}
         expected = complete if use != "train" else partial
         assert truth == dict(zip(expected["id"], expected["encoding"], strict=True)), use
+    assert len(unions) == len(slides)  # once a slide: "score" reuses what "both" merged
     with pytest.raises(
         ValueError, match=r"data.extra_use = 'all': expected one of both, train, score"
     ):
