@@ -55,8 +55,8 @@ def stage(root: Path, workspace: str, name: str, config: str, overrides: list[st
                f"{CONFIGS}/{config}", "--folds", FOLDS, f"data.synthetic={root / synthetic}",
                f"data.prepared={root / 'prepared'}", *overrides]  # fmt: skip
     done = root / workspace / f"{name}-{config}.done.json"
-    if done.is_file() and json.loads(done.read_text())["command"] == command:
-        return json.loads(done.read_text())["seconds"]
+    if done.is_file() and (before := json.loads(done.read_text()))["command"] == command:
+        return before["seconds"]
     start = time.perf_counter()
     subprocess.run(command, cwd=REPO, env=env, check=True)
     seconds = time.perf_counter() - start

@@ -17,7 +17,6 @@ that name only finished items; the next run redoes the rest.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import ctypes.util
 import hashlib
@@ -201,16 +200,18 @@ def _refresh(out, tables, entries, work, n_jobs, chunk, desc, skip_bad) -> Refre
                         row if isinstance(row, str) else row | {"key": entry.key}
                     )
                 bar.update(len(results))
-                failures += [failure] if failure is not None else []
+                if failure is not None:
+                    failures.append(failure)
     finished = sorted([t, i, row] for (t, i), row in rows.items() if not isinstance(row, str))
-    if failures:
-        with contextlib.suppress(OSError):  # keep the finished items' work, where there is room
-            os.sync()
+    if todo:  # after a worker's failure too: the finished items' work is kept where there is room
+        try:
+            os.sync()  # every worker's files, at once, before the index names them
             write_text_atomic(out / INDEX, json.dumps(finished, default=str))
+        except OSError:
+            if not failures:
+                raise  # else the worker's error, raised next, names the cause
+    if failures:
         raise failures[0]
-    if todo:
-        os.sync()  # every worker's files, at once, before the index names them
-        write_text_atomic(out / INDEX, json.dumps(finished, default=str))
     bad = [(e.id, e.table, r) for e in entries if isinstance(r := rows[(e.table, e.id)], str)]
     bad_path = out / BAD_IDS
     if bad:
